@@ -1,0 +1,149 @@
+"""Forward-only schema migrations, as a numbered list of SQL steps.
+
+The database records its schema version in `PRAGMA user_version`. Opening a database runs every
+step above that version, each in its own `BEGIN IMMEDIATE` transaction together with the version
+bump, so a crash mid-migration leaves the previous version intact. A database newer than this
+release is refused instead of being touched.
+
+Why not Alembic: labdeck's schema is a handful of tables on one local file, and a list of steps
+keeps the whole history readable in one screen, with no extra tool for a user to run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry upgrades version i to i + 1. Never edit a released step; append a new one.
+STEPS: list[list[str]] = [
+    # 0 -> 1: the first schema.
+    [
+        """CREATE TABLE experiment (
+            id INTEGER PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            description VARCHAR NOT NULL DEFAULT '',
+            created_at FLOAT NOT NULL)""",
+        "CREATE INDEX ix_experiment_name ON experiment (name)",
+        """CREATE TABLE job (
+            id INTEGER PRIMARY KEY,
+            experiment_id INTEGER NOT NULL REFERENCES experiment (id),
+            name VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            status VARCHAR(11) NOT NULL DEFAULT 'queued',
+            priority INTEGER NOT NULL DEFAULT 0,
+            gpus_requested INTEGER NOT NULL DEFAULT 0,
+            min_free_mem_mb INTEGER NOT NULL DEFAULT 0,
+            gpu_mem_mb INTEGER NOT NULL DEFAULT 0,
+            allow_foreign BOOLEAN NOT NULL DEFAULT 0,
+            time_limit_s FLOAT,
+            retry_max INTEGER NOT NULL DEFAULT 0,
+            retry_on VARCHAR NOT NULL DEFAULT '[]',
+            assigned_gpus VARCHAR NOT NULL DEFAULT '',
+            pid INTEGER,
+            pid_start_time FLOAT,
+            host VARCHAR NOT NULL DEFAULT '',
+            run_dir VARCHAR NOT NULL DEFAULT '',
+            attempt INTEGER NOT NULL DEFAULT 1,
+            parent_id INTEGER REFERENCES job (id),
+            cancel_requested BOOLEAN NOT NULL DEFAULT 0,
+            queued_at FLOAT NOT NULL,
+            started_at FLOAT,
+            finished_at FLOAT,
+            heartbeat_at FLOAT,
+            exit_code INTEGER,
+            exit_signal INTEGER,
+            failure_reason VARCHAR,
+            failure_detail VARCHAR NOT NULL DEFAULT '',
+            log_tail VARCHAR NOT NULL DEFAULT '',
+            events_offset INTEGER NOT NULL DEFAULT 0,
+            progress_done FLOAT,
+            progress_total FLOAT,
+            eta_s FLOAT)""",
+        "CREATE INDEX ix_job_experiment_id ON job (experiment_id)",
+        "CREATE INDEX ix_job_kind ON job (kind)",
+        "CREATE INDEX ix_job_status ON job (status)",
+        """CREATE TABLE jobdependency (
+            job_id INTEGER NOT NULL REFERENCES job (id),
+            depends_on_id INTEGER NOT NULL REFERENCES job (id),
+            PRIMARY KEY (job_id, depends_on_id))""",
+        "CREATE INDEX ix_jobdependency_depends_on_id ON jobdependency (depends_on_id)",
+        """CREATE TABLE metric (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES job (id),
+            name VARCHAR NOT NULL,
+            step INTEGER,
+            value FLOAT NOT NULL,
+            time FLOAT NOT NULL)""",
+        "CREATE INDEX ix_metric_job_id ON metric (job_id)",
+        """CREATE TABLE artifact (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES job (id),
+            kind VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            meta VARCHAR NOT NULL DEFAULT '{}',
+            created_at FLOAT NOT NULL)""",
+        "CREATE INDEX ix_artifact_job_id ON artifact (job_id)",
+        """CREATE TABLE worker (
+            id INTEGER PRIMARY KEY,
+            host VARCHAR NOT NULL,
+            pid INTEGER NOT NULL,
+            pid_start_time FLOAT NOT NULL,
+            started_at FLOAT NOT NULL,
+            heartbeat_at FLOAT NOT NULL,
+            stopped_at FLOAT,
+            gpus VARCHAR NOT NULL DEFAULT '',
+            state VARCHAR NOT NULL DEFAULT 'running')""",
+        """CREATE TABLE setting (
+            key VARCHAR PRIMARY KEY,
+            value VARCHAR NOT NULL)""",
+    ],
+    # 1 -> 2: sweep/pipeline parameters per job (what results pivot over), and the index that
+    # answers "latest value of metric M for every job" without scanning all metric rows.
+    [
+        "ALTER TABLE job ADD COLUMN params VARCHAR NOT NULL DEFAULT '{}'",
+        "DROP INDEX ix_metric_job_id",
+        "CREATE INDEX ix_metric_job_name_step ON metric (job_id, name, step)",
+        "CREATE INDEX ix_metric_name_job ON metric (name, job_id)",
+        "CREATE INDEX ix_job_status_priority ON job (status, priority DESC, id)",
+    ],
+]
+
+SCHEMA_VERSION = len(STEPS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer labdeck; opening it could lose data."""
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: str = "", target: int = SCHEMA_VERSION) -> int:
+    """Bring `conn` up to `target`, one transaction per step. Returns the version reached.
+
+    `conn` must be in autocommit mode (isolation_level None) so the explicit BEGIN holds.
+    """
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path or 'database'}: schema version {version} is newer than this labdeck "
+            f"understands ({SCHEMA_VERSION}); upgrade labdeck"
+        )
+    while version < target:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the lock: another process may have migrated meanwhile.
+            version = current_version(conn)
+            if version >= target:
+                conn.execute("COMMIT")
+                break
+            for statement in STEPS[version]:
+                conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version
