@@ -96,8 +96,12 @@ class Store:
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database (the worker calls this when the WAL grows)."""
-        with self.write_engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            _configure(raw, None)
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         self.write_engine.dispose()

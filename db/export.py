@@ -1,0 +1,87 @@
+"""Export an experiment's jobs as flat rows: identity, status, parameters and latest metrics.
+
+One row per job, columns `param.<name>` and `metric.<name>`: what a notebook wants to load with
+pandas, and what MLflow's and W&B's run tables export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from db.models import Experiment, Job, JobStatus
+from db.queries import latest_metrics
+
+
+def export_rows(session: Session, experiment: str) -> list[dict[str, Any]]:
+    exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
+    if exp is None:
+        raise LookupError(f"experiment {experiment!r}: no such experiment")
+    jobs = session.execute(select(Job).where(Job.experiment_id == exp[0]).order_by(Job.id)).scalars().all()
+    metrics = latest_metrics(session, [j.id for j in jobs if j.id is not None])
+    rows = []
+    for j in jobs:
+        row: dict[str, Any] = {
+            "id": j.id, "experiment": experiment, "name": j.name, "kind": j.kind,
+            "status": j.status.value if isinstance(j.status, JobStatus) else j.status,
+            "attempt": j.attempt, "queued_at": j.queued_at, "started_at": j.started_at,
+            "finished_at": j.finished_at, "failure_reason": j.failure_reason, "spec": j.spec,
+        }
+        row |= {f"param.{k}": v for k, v in json.loads(j.params or "{}").items()}
+        row |= {f"metric.{k}": v for k, v in sorted(metrics.get(j.id or 0, {}).items())}
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    return cols
+
+
+def _scalar(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (dict, list)) else v
+
+
+def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None) -> None:
+    """Write rows as csv, json or parquet to `output` (stdout when None, text formats only).
+
+    The file is written to a temporary name and renamed, so a failed export never leaves a
+    half-written file behind.
+    """
+    cols = _columns(rows)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{c: _scalar(r.get(c)) for c in cols} for r in rows])
+        assert output is not None
+        tmp = Path(f"{output}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(output)
+        return
+    if fmt == "json":
+        text = json.dumps(rows, indent=2) + "\n"
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: _scalar(r.get(c)) for c in cols})
+        text = buf.getvalue()
+    else:
+        raise ValueError(f"--format: {fmt!r} is not one of csv, json, parquet")
+    if output is None:
+        sys.stdout.write(text)
+        return
+    tmp = Path(f"{output}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)

@@ -1,0 +1,304 @@
+"""The read side: plain frozen dataclasses for the CLI and the TUI, never ORM objects.
+
+Widgets and commands get values, not live rows, so nothing they hold can trigger a lazy load on
+the event loop or keep a transaction open.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlmodel import Session
+
+from db.models import Artifact, Experiment, Job, JobDependency, JobStatus, Metric, Worker
+from db.queue import QUEUE_STATE_KEY, UnknownJob, get_setting
+
+# A worker that has not beaten for this long is shown as offline.
+WORKER_STALE_S = 15.0
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    experiment: str
+    name: str
+    kind: str
+    status: str
+    priority: int
+    gpus_requested: int
+    assigned_gpus: str
+    attempt: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress_done: float | None
+    progress_total: float | None
+    eta_s: float | None
+    failure_reason: str | None
+    params: dict[str, Any]
+
+    @property
+    def fraction(self) -> float | None:
+        if self.progress_total and self.progress_done is not None:
+            return max(0.0, min(1.0, self.progress_done / self.progress_total))
+        return None
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or now or time.time()) - self.started_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "experiment": self.experiment, "name": self.name, "kind": self.kind,
+            "status": self.status, "priority": self.priority, "gpus_requested": self.gpus_requested,
+            "assigned_gpus": self.assigned_gpus, "attempt": self.attempt, "queued_at": self.queued_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "progress": {"done": self.progress_done, "total": self.progress_total, "eta_s": self.eta_s},
+            "failure_reason": self.failure_reason, "params": self.params,
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    kind: str
+    path: str
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    row: JobRow
+    spec: dict[str, Any]
+    run_dir: str
+    pid: int | None
+    host: str
+    exit_code: int | None
+    exit_signal: int | None
+    failure_detail: str
+    log_tail: str
+    heartbeat_at: float | None
+    cancel_requested: bool
+    parent_id: int | None
+    depends_on: list[int]
+    metrics: dict[str, float]  # latest value of every metric
+    artifacts: list[ArtifactRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.row.as_dict()
+        d.update(
+            spec=self.spec, run_dir=self.run_dir,
+            log_path=f"{self.run_dir}/log.txt" if self.run_dir else None,
+            pid=self.pid, host=self.host, exit_code=self.exit_code, exit_signal=self.exit_signal,
+            failure_detail=self.failure_detail, log_tail=self.log_tail, heartbeat_at=self.heartbeat_at,
+            cancel_requested=self.cancel_requested, parent_id=self.parent_id, depends_on=self.depends_on,
+            metrics=self.metrics,
+            artifacts=[{"kind": a.kind, "path": a.path, "meta": a.meta, "created_at": a.created_at} for a in self.artifacts],
+            timestamps={"queued": self.row.queued_at, "started": self.row.started_at,
+                        "finished": self.row.finished_at, "heartbeat": self.heartbeat_at},
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    online: bool
+    pid: int | None
+    host: str
+    heartbeat_at: float | None
+    state: str  # running | stopping | stopped | offline | none
+    gpus: str
+    queue_state: str  # running | paused | draining
+
+
+_ROW_COLUMNS = (
+    Job.id, Experiment.name, Job.name, Job.kind, Job.status, Job.priority, Job.gpus_requested,
+    Job.assigned_gpus, Job.attempt, Job.queued_at, Job.started_at, Job.finished_at, Job.progress_done,
+    Job.progress_total, Job.eta_s, Job.failure_reason, Job.params,
+)
+
+
+def _row(r: Sequence[Any]) -> JobRow:
+    values = list(r)
+    values[4] = JobStatus(values[4]).value if not isinstance(values[4], str) else values[4]
+    values[16] = json.loads(values[16] or "{}")
+    return JobRow(*values)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    experiment: str | None = None,
+    statuses: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    text: str | None = None,
+    limit: int | None = None,
+    before_id: int | None = None,
+    newest_first: bool = True,
+) -> list[JobRow]:
+    """Jobs matching the filters. Keyset pagination: pass the last id seen as `before_id`."""
+    q = select(*_ROW_COLUMNS).join(Experiment, Experiment.id == Job.experiment_id)
+    if experiment:
+        q = q.where(Experiment.name == experiment)
+    if statuses:
+        q = q.where(Job.status.in_(list(statuses)))
+    if kinds:
+        q = q.where(Job.kind.in_(list(kinds)))
+    if text:
+        like = f"%{text}%"
+        q = q.where(or_(Job.name.like(like), Experiment.name.like(like), Job.kind.like(like), Job.status.like(like)))
+    if before_id is not None:
+        q = q.where(Job.id < before_id if newest_first else Job.id > before_id)
+    q = q.order_by(Job.id.desc() if newest_first else Job.id.asc())
+    if limit is not None:
+        q = q.limit(limit)
+    return [_row(r) for r in session.execute(q).all()]
+
+
+def count_jobs(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {(s.value if isinstance(s, JobStatus) else s): n for s, n in rows}
+
+
+def latest_metrics(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, float]]:
+    """The most recent value (highest step, then latest row) of every metric of these jobs."""
+    if not job_ids:
+        return {}
+    latest = (
+        select(Metric.job_id, Metric.name, func.max(Metric.id).label("mid"))
+        .where(Metric.job_id.in_(list(job_ids)))
+        .group_by(Metric.job_id, Metric.name)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Metric.job_id, Metric.name, Metric.value).join(latest, Metric.id == latest.c.mid)
+    ).all()
+    out: dict[int, dict[str, float]] = {}
+    for job_id, name, value in rows:
+        out.setdefault(job_id, {})[name] = value
+    return out
+
+
+def job_detail(session: Session, job_id: int) -> JobDetail:
+    r = session.execute(
+        select(*_ROW_COLUMNS).join(Experiment, Experiment.id == Job.experiment_id).where(Job.id == job_id)
+    ).first()
+    if r is None:
+        raise UnknownJob(f"job {job_id}: no such job")
+    job = session.get(Job, job_id)
+    assert job is not None
+    deps = list(session.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars())
+    arts = session.execute(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)).scalars()
+    return JobDetail(
+        row=_row(r), spec=json.loads(job.spec), run_dir=job.run_dir, pid=job.pid, host=job.host,
+        exit_code=job.exit_code, exit_signal=job.exit_signal, failure_detail=job.failure_detail,
+        log_tail=job.log_tail, heartbeat_at=job.heartbeat_at, cancel_requested=job.cancel_requested,
+        parent_id=job.parent_id, depends_on=sorted(deps), metrics=latest_metrics(session, [job_id]).get(job_id, {}),
+        artifacts=[ArtifactRow(a.kind, a.path, json.loads(a.meta or "{}"), a.created_at) for a in arts],
+    )
+
+
+def job_ids_exist(session: Session, ids: Sequence[int]) -> list[int]:
+    """The ids among `ids` that do not exist."""
+    found = set(session.execute(select(Job.id).where(Job.id.in_(list(ids)))).scalars())
+    return [i for i in ids if i not in found]
+
+
+def metric_names(session: Session, job_id: int) -> list[str]:
+    return list(session.execute(select(Metric.name).where(Metric.job_id == job_id).distinct().order_by(Metric.name)).scalars())
+
+
+def metric_series(session: Session, job_id: int, name: str, limit: int = 5000) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric, oldest first; summaries without a step are left out.
+
+    Long series are thinned to about `limit` points (every k-th row) so charts stay cheap.
+    """
+    n = session.execute(
+        select(func.count()).where(Metric.job_id == job_id, Metric.name == name, Metric.step.is_not(None))
+    ).scalar_one()
+    q = select(Metric.step, Metric.value).where(
+        Metric.job_id == job_id, Metric.name == name, Metric.step.is_not(None)
+    ).order_by(Metric.step, Metric.id)
+    rows = session.execute(q).all()
+    if n > limit:
+        k = -(-n // limit)
+        rows = rows[::k]
+    return [(int(s), float(v)) for s, v in rows]
+
+
+def experiments(session: Session) -> list[tuple[str, int]]:
+    """(name, job count) for every experiment, newest first."""
+    rows = session.execute(
+        select(Experiment.name, func.count(Job.id))
+        .join(Job, Job.experiment_id == Experiment.id, isouter=True)
+        .group_by(Experiment.id)
+        .order_by(Experiment.id.desc())
+    ).all()
+    return [(n, c) for n, c in rows]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One job as the results pivot sees it: identity, parameters, spec and one reduced metric."""
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    spec: dict[str, Any]
+    value: float | None
+
+
+def experiment_metric(session: Session, experiment: str, metric: str, reduce: str = "last") -> list[ResultRow]:
+    """Every job of `experiment` with metric `metric` reduced over its rows (last/min/max/mean)."""
+    agg = {
+        "min": func.min(Metric.value),
+        "max": func.max(Metric.value),
+        "mean": func.avg(Metric.value),
+        "last": func.max(Metric.id),
+    }.get(reduce)
+    if agg is None:
+        raise ValueError(f"--reduce: {reduce!r} is not one of last, min, max, mean")
+    exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
+    if exp is None:
+        raise LookupError(f"experiment {experiment!r}: no such experiment")
+    sub = (
+        select(Metric.job_id, agg.label("v"))
+        .join(Job, Job.id == Metric.job_id)
+        .where(Job.experiment_id == exp[0], Metric.name == metric)
+        .group_by(Metric.job_id)
+        .subquery()
+    )
+    value_col = sub.c.v
+    q = select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec, value_col).join(
+        sub, sub.c.job_id == Job.id, isouter=True
+    ).where(Job.experiment_id == exp[0]).order_by(Job.id)
+    rows = session.execute(q).all()
+    out = []
+    if reduce == "last":
+        ids = [v for *_, v in rows if v is not None]
+        values = dict(session.execute(select(Metric.id, Metric.value).where(Metric.id.in_(ids))).all()) if ids else {}
+    for jid, name, kind, status, params, spec, v in rows:
+        value = values.get(v) if reduce == "last" and v is not None else v
+        out.append(ResultRow(jid, name, kind, status.value if isinstance(status, JobStatus) else status,
+                             json.loads(params or "{}"), json.loads(spec), value))
+    return out
+
+
+def worker_state(session: Session, now: float | None = None) -> WorkerState:
+    now = now or time.time()
+    queue_state = get_setting(session, QUEUE_STATE_KEY, "running")
+    w = session.execute(
+        select(Worker).where(and_(Worker.stopped_at.is_(None))).order_by(Worker.heartbeat_at.desc())
+    ).scalars().first()
+    if w is None:
+        return WorkerState(False, None, "", None, "none", "", queue_state)
+    online = now - w.heartbeat_at < WORKER_STALE_S
+    return WorkerState(online, w.pid, w.host, w.heartbeat_at, w.state if online else "offline", w.gpus, queue_state)

@@ -1,0 +1,314 @@
+"""Every job state transition, in one place.
+
+The lifecycle (see docs/ARCHITECTURE.md):
+
+    queued --claim--> running --exit 0--> succeeded
+      |                 |--exit != 0 / spawn error--> failed
+      |                 |--cancel requested, group killed--> cancelled
+      |                 '--worker restarts and the pid is gone--> interrupted
+      |--a dependency failed--> skipped
+      '--cancel before claim--> cancelled
+    failed | cancelled | interrupted | skipped --retry--> a new queued job (attempt + 1, parent id)
+
+Each transition is one `UPDATE ... WHERE id = ? AND status IN (allowed sources)`: two processes
+racing on the same job can never both win, and a transition from a state that does not allow it
+changes nothing and raises `IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlmodel import Session
+
+from db.models import (
+    RETRYABLE_STATUSES,
+    Artifact,
+    Experiment,
+    FailureReason,
+    Job,
+    JobDependency,
+    JobStatus,
+    Metric,
+    Setting,
+)
+
+S = JobStatus
+
+# target status -> the statuses it may be entered from
+ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+    S.queued: frozenset(),  # only by creation (submit or retry)
+    S.running: frozenset({S.queued}),
+    S.succeeded: frozenset({S.running}),
+    S.failed: frozenset({S.running, S.queued}),  # queued -> failed: could not start at all
+    S.cancelled: frozenset({S.queued, S.running}),
+    S.interrupted: frozenset({S.running}),
+    S.skipped: frozenset({S.queued}),
+}
+
+
+def can_transition(src: JobStatus, dst: JobStatus) -> bool:
+    return src in ALLOWED_FROM[dst]
+
+
+class IllegalTransition(RuntimeError):
+    """The job was not in a state from which the requested transition is allowed."""
+
+
+class UnknownJob(LookupError):
+    """No job has this id."""
+
+
+@dataclass(frozen=True)
+class JobDraft:
+    """A job to create: what `engine.specfile` expands a spec file into.
+
+    `depends_on` holds indices into the same batch of drafts (for pipelines) and
+    `depends_on_ids` ids of jobs already stored.
+    """
+
+    experiment: str
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    gpus_requested: int = 0
+    min_free_mem_mb: int = 0
+    gpu_mem_mb: int = 0
+    allow_foreign: bool = False
+    time_limit_s: float | None = None
+    retry_max: int = 0
+    retry_on: tuple[str, ...] = ()
+    depends_on: tuple[int, ...] = ()
+    depends_on_ids: tuple[int, ...] = ()
+
+
+def _experiment_id(session: Session, name: str, now: float) -> int:
+    found = session.execute(select(Experiment.id).where(Experiment.name == name)).first()
+    if found is not None:
+        return int(found[0])
+    exp = Experiment(name=name, created_at=now)
+    session.add(exp)
+    session.flush()
+    assert exp.id is not None
+    return exp.id
+
+
+def enqueue(session: Session, drafts: Sequence[JobDraft], resolve=None) -> list[int]:
+    """Insert `drafts` as queued jobs with their dependencies, in the caller's transaction.
+
+    `resolve(draft_index, spec, ids)` may rewrite a spec once every id in the batch is known
+    (pipelines use it to turn a stage reference into the upstream job's output path).
+    Returns the new ids in draft order. Raises `UnknownJob` for a missing `depends_on_ids`.
+    """
+    now = time.time()
+    exp_ids: dict[str, int] = {}
+    ids: list[int] = []
+    for draft in drafts:
+        if draft.experiment not in exp_ids:
+            exp_ids[draft.experiment] = _experiment_id(session, draft.experiment, now)
+        job = Job(
+            experiment_id=exp_ids[draft.experiment],
+            name=draft.name,
+            kind=draft.kind,
+            spec=json.dumps(draft.spec, sort_keys=True),
+            params=json.dumps(draft.params, sort_keys=True),
+            priority=draft.priority,
+            gpus_requested=draft.gpus_requested,
+            min_free_mem_mb=draft.min_free_mem_mb,
+            gpu_mem_mb=draft.gpu_mem_mb,
+            allow_foreign=draft.allow_foreign,
+            time_limit_s=draft.time_limit_s,
+            retry_max=draft.retry_max,
+            retry_on=json.dumps(list(draft.retry_on)),
+            queued_at=now,
+        )
+        session.add(job)
+        session.flush()
+        assert job.id is not None
+        ids.append(job.id)
+    external = {i for d in drafts for i in d.depends_on_ids}
+    if external:
+        found = set(session.execute(select(Job.id).where(Job.id.in_(external))).scalars())
+        missing = sorted(external - found)
+        if missing:
+            raise UnknownJob(f"dependency on job {missing[0]}: no such job")
+    rows = []
+    for i, draft in enumerate(drafts):
+        rows += [{"job_id": ids[i], "depends_on_id": ids[j]} for j in draft.depends_on]
+        rows += [{"job_id": ids[i], "depends_on_id": j} for j in draft.depends_on_ids]
+    if rows:
+        session.execute(insert(JobDependency), rows)
+    if resolve is not None:
+        for i, draft in enumerate(drafts):
+            new_spec = resolve(i, draft.spec, ids)
+            if new_spec is not draft.spec:
+                session.execute(
+                    update(Job).where(Job.id == ids[i]).values(spec=json.dumps(new_spec, sort_keys=True))
+                )
+    return ids
+
+
+def _status_of(session: Session, job_id: int) -> JobStatus:
+    row = session.execute(select(Job.status).where(Job.id == job_id)).first()
+    if row is None:
+        raise UnknownJob(f"job {job_id}: no such job")
+    return JobStatus(row[0])
+
+
+def transition(session: Session, job_id: int, to: JobStatus, **values: Any) -> None:
+    """Move one job to `to`, setting `values` too, or raise `IllegalTransition`."""
+    sources = ALLOWED_FROM[to]
+    if not sources:
+        raise IllegalTransition(f"job {job_id}: nothing may move into {to.value}")
+    now = time.time()
+    if to.is_terminal:
+        values.setdefault("finished_at", now)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([s.value for s in sources]))
+        .values(status=to.value, **values)
+    )
+    if result.rowcount != 1:
+        current = _status_of(session, job_id)
+        raise IllegalTransition(f"job {job_id}: cannot go from {current.value} to {to.value}")
+
+
+def claim(session: Session, job_id: int, *, gpus: Iterable[int] = (), host: str = "", run_dir: str = "") -> bool:
+    """Atomically take a queued job for running. True if this caller won it.
+
+    One statement: `UPDATE job SET status='running' ... WHERE id=? AND status='queued'`; under
+    BEGIN IMMEDIATE no two claimers can both see the job queued.
+    """
+    now = time.time()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == S.queued.value, Job.cancel_requested.is_(False))
+        .values(
+            status=S.running.value,
+            started_at=now,
+            heartbeat_at=now,
+            assigned_gpus=",".join(str(g) for g in gpus),
+            host=host,
+            run_dir=run_dir,
+        )
+    )
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, job_id: int) -> JobStatus:
+    """Cancel a job: a queued one at once, a running one by a flag the worker honours.
+
+    Returns the job's status after the call. A finished job is left as it is.
+    """
+    status = _status_of(session, job_id)
+    if status is S.queued:
+        transition(session, job_id, S.cancelled, failure_reason=FailureReason.cancelled.value,
+                   failure_detail="cancelled before it started")
+        return S.cancelled
+    if status is S.running:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    return status
+
+
+def retry(session: Session, job_id: int, *, reason: str = "") -> int:
+    """Queue a new attempt of a finished job; returns the new job's id.
+
+    The new job copies the spec and resource request, links to its parent and keeps the parent's
+    dependencies (so a retried pipeline stage still waits for its upstream).
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise UnknownJob(f"job {job_id}: no such job")
+    if job.status not in RETRYABLE_STATUSES:
+        raise IllegalTransition(f"job {job_id}: a {job.status.value} job cannot be retried")
+    fields = {
+        c: getattr(job, c)
+        for c in (
+            "experiment_id", "name", "kind", "spec", "params", "priority", "gpus_requested",
+            "min_free_mem_mb", "gpu_mem_mb", "allow_foreign", "time_limit_s", "retry_max", "retry_on",
+        )
+    }
+    new = Job(**fields, attempt=job.attempt + 1, parent_id=job.id, queued_at=time.time())
+    session.add(new)
+    session.flush()
+    assert new.id is not None
+    deps = session.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars()
+    rows = [{"job_id": new.id, "depends_on_id": d} for d in deps]
+    if rows:
+        session.execute(insert(JobDependency), rows)
+    # Jobs that were skipped because of this one now wait for the new attempt instead.
+    return new.id
+
+
+def set_priority(session: Session, job_id: int, priority: int) -> None:
+    status = _status_of(session, job_id)
+    if status is not S.queued:
+        raise IllegalTransition(f"job {job_id}: only a queued job's priority can change (it is {status.value})")
+    session.execute(update(Job).where(Job.id == job_id).values(priority=priority))
+
+
+def skip_dependents_of_failed(session: Session) -> list[int]:
+    """Mark `skipped` every queued job with a dependency that ended without success.
+
+    Repeats until nothing changes, so a chain a -> b -> c skips both b and c. Returns the ids.
+    """
+    skipped: list[int] = []
+    bad = [S.failed.value, S.cancelled.value, S.interrupted.value, S.skipped.value]
+    while True:
+        dep = Job.__table__.alias("dep")
+        rows = session.execute(
+            select(Job.id, func.min(dep.c.id), func.min(dep.c.name), func.min(dep.c.status))
+            .join(JobDependency, JobDependency.job_id == Job.id)
+            .join(dep, dep.c.id == JobDependency.depends_on_id)
+            .where(Job.status == S.queued.value, dep.c.status.in_(bad))
+            .group_by(Job.id)
+        ).all()
+        if not rows:
+            return skipped
+        for job_id, dep_id, dep_name, dep_status in rows:
+            transition(
+                session, job_id, S.skipped,
+                failure_reason=FailureReason.dependency.value,
+                failure_detail=f"dependency job {dep_id} ({dep_name}) ended {dep_status}",
+            )
+            skipped.append(job_id)
+
+
+def record_metrics(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert metric rows (job_id, name, step, value, time) in one executemany."""
+    if rows:
+        session.execute(insert(Metric), list(rows))
+
+
+def record_artifacts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(Artifact), list(rows))
+
+
+def set_setting(session: Session, key: str, value: str) -> None:
+    existing = session.get(Setting, key)
+    if existing is None:
+        session.add(Setting(key=key, value=value))
+    else:
+        existing.value = value
+
+
+def get_setting(session: Session, key: str, default: str = "") -> str:
+    row = session.get(Setting, key)
+    return default if row is None else row.value
+
+
+QUEUE_STATE_KEY = "queue_state"  # "running" | "paused" | "draining"
+
+
+def set_queue_state(session: Session, state: str) -> None:
+    if state not in ("running", "paused", "draining"):
+        raise ValueError(f"queue state: {state!r} is not one of running, paused, draining")
+    set_setting(session, QUEUE_STATE_KEY, state)

@@ -1,0 +1,108 @@
+"""The results pivot: jobs of an experiment arranged by two fields, one metric, mean ± std over seeds.
+
+This is the table papers are made of (rows: base models, columns: teachers, cells: win rate).
+Jobs that share a (row, column) cell and differ only in seed or other swept fields are pooled:
+the cell holds their mean, sample standard deviation and count.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from db.queries import ResultRow
+
+JOB_FIELDS = ("id", "name", "kind", "status")
+
+
+def field_value(row: ResultRow, name: str) -> Any:
+    """A job's value for a pivot field: a job column, a sweep/matrix parameter, or a spec field."""
+    if name in JOB_FIELDS:
+        return getattr(row, name)
+    if name in row.params:
+        return row.params[name]
+    if name.startswith("params."):
+        return row.params.get(name[7:])
+    node: Any = row.spec
+    for part in name.removeprefix("spec.").split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    if isinstance(node, dict) and "path" in node:  # a model or dataset reference: show its path
+        return node["path"]
+    return node
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float | None  # None with a single value
+    n: int
+
+    def text(self, digits: int = 4) -> str:
+        if self.std is None:
+            return f"{self.mean:.{digits}g}"
+        return f"{self.mean:.{digits}g} ± {self.std:.2g}"
+
+
+@dataclass(frozen=True)
+class Pivot:
+    experiment: str
+    metric: str
+    reduce: str
+    rows_field: str
+    cols_field: str
+    row_labels: list[str]
+    col_labels: list[str]
+    cells: dict[tuple[str, str], Cell]
+    missing: int  # jobs without the metric
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment, "metric": self.metric, "reduce": self.reduce,
+            "rows": self.rows_field, "cols": self.cols_field,
+            "row_labels": self.row_labels, "col_labels": self.col_labels,
+            "cells": [
+                {"row": r, "col": c, "mean": cell.mean, "std": cell.std, "n": cell.n}
+                for (r, c), cell in self.cells.items()
+            ],
+            "missing": self.missing,
+        }
+
+
+def _label(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _sort_key(label: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def pivot(
+    rows: Sequence[ResultRow], experiment: str, metric: str, rows_field: str, cols_field: str | None, reduce: str = "last"
+) -> Pivot:
+    groups: dict[tuple[str, str], list[float]] = {}
+    missing = 0
+    for r in rows:
+        if r.value is None or (isinstance(r.value, float) and math.isnan(r.value)):
+            missing += 1
+            continue
+        key = (_label(field_value(r, rows_field)), _label(field_value(r, cols_field)) if cols_field else metric)
+        groups.setdefault(key, []).append(float(r.value))
+    cells = {
+        k: Cell(statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None, len(v)) for k, v in groups.items()
+    }
+    row_labels = sorted({k[0] for k in cells}, key=_sort_key)
+    col_labels = sorted({k[1] for k in cells}, key=_sort_key)
+    return Pivot(experiment, metric, reduce, rows_field, cols_field or "", row_labels, col_labels, cells, missing)

@@ -1,0 +1,36 @@
+"""A user's own command line (a TRL or axolotl script, an eval harness) run as a labdeck job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from engine.specs.base import JobSpecBase
+
+
+class CommandSpec(JobSpecBase):
+    """Runs `command` as given (no shell), with GPUs assigned through CUDA_VISIBLE_DEVICES.
+
+    It reports progress and metrics by appending JSON lines to the file named in the
+    LABDECK_EVENTS environment variable (see `engine.events.Reporter`), or simply by printing.
+    """
+
+    kind: Literal["command"] = "command"
+    command: list[str] = Field(min_length=1)
+    """The program and its arguments, as a list; never passed through a shell."""
+    env: dict[str, str] = {}
+    """Extra environment variables for the command."""
+    cwd: str | None = None
+    """Working directory; default the job's run folder."""
+    multi_gpu: Literal["none", "accelerate"] = "none"
+    """With several GPUs: 'accelerate' starts it through `accelerate launch`, one process per GPU."""
+
+    @field_validator("command")
+    @classmethod
+    def _no_empty(cls, v: list[str]) -> list[str]:
+        if not v[0].strip():
+            raise ValueError("the program name is empty")
+        if any("\x00" in a for a in v):
+            raise ValueError("arguments may not contain NUL bytes")
+        return v
