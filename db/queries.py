@@ -302,3 +302,47 @@ def worker_state(session: Session, now: float | None = None) -> WorkerState:
         return WorkerState(False, None, "", None, "none", "", queue_state)
     online = now - w.heartbeat_at < WORKER_STALE_S
     return WorkerState(online, w.pid, w.host, w.heartbeat_at, w.state if online else "offline", w.gpus, queue_state)
+
+
+GPU_SNAPSHOT_KEY = "gpu_snapshot"
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    mem_mb: float
+    job_id: int | None  # None: a process that is not ours (someone else's)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    mem_total_mb: float
+    mem_used_mb: float
+    util_pct: float | None
+    processes: tuple[GpuProcess, ...] = ()
+
+    @property
+    def mem_free_mb(self) -> float:
+        return max(0.0, self.mem_total_mb - self.mem_used_mb)
+
+
+def gpu_snapshot(session: Session) -> tuple[float | None, list[GpuInfo]]:
+    """The worker's latest GPU inventory (written every heartbeat) and when it was taken.
+
+    The worker is the only process that talks to NVML; the CLI and the TUI read this row.
+    """
+    raw = get_setting(session, GPU_SNAPSHOT_KEY, "")
+    if not raw:
+        return None, []
+    data = json.loads(raw)
+    gpus = [
+        GpuInfo(
+            g["index"], g.get("name", ""), g.get("mem_total_mb", 0.0), g.get("mem_used_mb", 0.0), g.get("util_pct"),
+            tuple(GpuProcess(p["pid"], p.get("mem_mb", 0.0), p.get("job_id"), p.get("name", "")) for p in g.get("processes", [])),
+        )
+        for g in data.get("gpus", [])
+    ]
+    return data.get("t"), gpus
