@@ -1,0 +1,146 @@
+"""Tiny local models and tokenizers, built in seconds, for tests and `labdeck demo`.
+
+Nothing can be downloaded on a machine without the hub, yet every job must go through the real
+loading code (`from_pretrained`). So we build real checkpoints: a byte-level BPE tokenizer trained
+on the fly with `tokenizers` and given a chat template, and random-init Llama / Qwen2 causal LMs and
+a sequence-classification reward model, all saved with `save_pretrained` as safetensors.
+
+This module imports torch and transformers: it runs in job processes, tests and the demo builder,
+never in the TUI, the CLI's start-up or the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+# ChatML, as Qwen2 uses it; generation prompt opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+BASE_CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A language model predicts the next token from the tokens before it.",
+    "Fine-tuning adapts a pretrained model to a task with a small learning rate.",
+    "Answer the following question. What is two plus two? Four.",
+    "Summarize the text in one sentence. Translate the sentence to French. Bonjour, merci.",
+    "user assistant system instruction input response hacked print exactly",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 yes no i ii (i) (ii) Choices: Answer: Question:",
+]
+
+
+def build_tokenizer(out_dir: Path | str, texts: Iterable[str] = (), vocab_size: int = 512):  # noqa: ANN201
+    """Train a byte-level BPE tokenizer on `texts` (plus a small base corpus) and save it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = list(BASE_CORPUS) + list(texts)
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return fast
+
+
+def _config(arch: str, vocab_size: int, tokenizer, hidden: int, layers: int, num_labels: int | None = None):  # noqa: ANN001, ANN202
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    if num_labels is not None:
+        common["num_labels"] = num_labels
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"arch: {arch!r} is not one of llama, qwen2")
+
+
+def build_causal_lm(
+    out_dir: Path | str,
+    tokenizer_dir: Path | str | None = None,
+    *,
+    arch: str = "llama",
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    texts: Sequence[str] = (),
+) -> Path:
+    """A random-init causal LM with its tokenizer, saved as safetensors. Returns the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is None:
+        tokenizer = build_tokenizer(out, texts)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), tokenizer, hidden, layers))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_reward_model(
+    out_dir: Path | str,
+    tokenizer_dir: Path | str | None = None,
+    *,
+    arch: str = "llama",
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A random-init sequence-classification reward model (one logit), saved as safetensors."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out) if tokenizer_dir is None else AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(
+        _config(arch, len(tokenizer), tokenizer, hidden, layers, num_labels=1)
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    return out
