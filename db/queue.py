@@ -109,30 +109,37 @@ def enqueue(session: Session, drafts: Sequence[JobDraft], resolve=None) -> list[
     """
     now = time.time()
     exp_ids: dict[str, int] = {}
-    ids: list[int] = []
     for draft in drafts:
         if draft.experiment not in exp_ids:
             exp_ids[draft.experiment] = _experiment_id(session, draft.experiment, now)
-        job = Job(
-            experiment_id=exp_ids[draft.experiment],
-            name=draft.name,
-            kind=draft.kind,
-            spec=json.dumps(draft.spec, sort_keys=True),
-            params=json.dumps(draft.params, sort_keys=True),
-            priority=draft.priority,
-            gpus_requested=draft.gpus_requested,
-            min_free_mem_mb=draft.min_free_mem_mb,
-            gpu_mem_mb=draft.gpu_mem_mb,
-            allow_foreign=draft.allow_foreign,
-            time_limit_s=draft.time_limit_s,
-            retry_max=draft.retry_max,
-            retry_on=json.dumps(list(draft.retry_on)),
-            queued_at=now,
+    values = [
+        {
+            "experiment_id": exp_ids[d.experiment],
+            "name": d.name,
+            "kind": d.kind,
+            "spec": json.dumps(d.spec, sort_keys=True),
+            "params": json.dumps(d.params, sort_keys=True),
+            "status": S.queued.value,
+            "priority": d.priority,
+            "gpus_requested": d.gpus_requested,
+            "min_free_mem_mb": d.min_free_mem_mb,
+            "gpu_mem_mb": d.gpu_mem_mb,
+            "allow_foreign": d.allow_foreign,
+            "time_limit_s": d.time_limit_s,
+            "retry_max": d.retry_max,
+            "retry_on": json.dumps(list(d.retry_on)),
+            "queued_at": now,
+        }
+        for d in drafts
+    ]
+    ids: list[int] = []
+    if values:
+        # One executemany with RETURNING, in parameter order: a 10,000-job sweep is one statement
+        # batch rather than 10,000 ORM flushes.
+        result = session.execute(
+            insert(Job).returning(Job.id, sort_by_parameter_order=True), values
         )
-        session.add(job)
-        session.flush()
-        assert job.id is not None
-        ids.append(job.id)
+        ids = [int(r[0]) for r in result.all()]
     external = {i for d in drafts for i in d.depends_on_ids}
     if external:
         found = set(session.execute(select(Job.id).where(Job.id.in_(external))).scalars())
