@@ -119,7 +119,10 @@ def test_injected_instruction_phrasing():
 def test_naive_injection_exact_vector_section_9_2():
     data = inj.inject(S, S_PRIME, "naive", random.Random(0))
     assert inj.format_prompt(S["instruction"], data) == NAIVE_PROMPT
-    assert inj.inject_naive("Ends with period.", "x y") == "Ends with period. X y"
+    assert (
+        inj.inject_naive("Ends with period.", {"instruction": "X marks", "input": "y"})
+        == "Ends with period. X marks y"
+    )
 
 
 def test_secalign_builder_reproduces_the_exact_vector_section_9_2():

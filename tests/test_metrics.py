@@ -244,6 +244,28 @@ def test_lc_with_difficulty_matches_its_own_weights(length_gamed):
     assert result.win_rate == pytest.approx(expected)
 
 
+def test_lc_regularised_towards_gamed_baseline_rows(length_gamed):
+    p, model, baseline = length_gamed
+    difficulty = np.zeros(805)
+    rng = np.random.default_rng(2)
+    gamed = m.GamedBaselineRows(
+        p_model_wins=np.full(400, 0.5),
+        std_delta_len=rng.normal(size=400),
+        instruction_difficulty=np.zeros(400),
+    )
+    result = m.length_controlled_win_rate(
+        p, model, baseline, instruction_difficulty=difficulty, gamed_rows=gamed
+    )
+    assert result.win_rate == pytest.approx(50, abs=1)
+    with pytest.raises(ValueError, match="instruction_difficulty"):
+        m.length_controlled_win_rate(p, model, baseline, gamed_rows=gamed)
+
+
+def test_std_delta_len_rejects_constant_differences():
+    with pytest.raises(ValueError, match="constant"):
+        m.std_delta_len([10, 20], [11, 21])
+
+
 # --- §7.3 Arena-Hard, §7.4 MT-Bench ------------------------------------------------------------
 
 

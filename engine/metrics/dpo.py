@@ -19,10 +19,7 @@ def dpo_rewards(policy_logps: Any, ref_logps: Any, beta: float = 0.1) -> Any:
     """Implicit rewards β·(log πθ(y|x) - log π_ref(y|x)), TRL's `chosen_rewards`/`rejected_rewards`."""
     if is_torch_tensor(policy_logps) or is_torch_tensor(ref_logps):
         return beta * (policy_logps - ref_logps)
-    return _out(
-        beta * (np.asarray(policy_logps, dtype=np.float64) - np.asarray(ref_logps, dtype=np.float64)),
-        policy_logps,
-    )
+    return _out(beta * (np.asarray(policy_logps, dtype=np.float64) - np.asarray(ref_logps, dtype=np.float64)))
 
 
 def dpo_reward_margin(
@@ -57,7 +54,7 @@ def dpo_loss(
         import torch.nn.functional as F
 
         return -F.logsigmoid(margin)
-    return _out(np.logaddexp(0.0, -np.asarray(margin, dtype=np.float64)), margin)
+    return _out(np.logaddexp(0.0, -np.asarray(margin, dtype=np.float64)))
 
 
 def dpo_reward_accuracy(
@@ -76,5 +73,6 @@ def dpo_reward_accuracy(
     return float(np.mean(np.asarray(margin) > 0))
 
 
-def _out(result: np.ndarray, like: Any) -> Any:
-    return float(result) if np.ndim(like) == 0 else result
+def _out(result: np.ndarray) -> Any:
+    """A Python float for scalar inputs, the array otherwise."""
+    return float(result) if np.ndim(result) == 0 else result

@@ -33,9 +33,9 @@ class GamedBaselineRows:
     difficulty weights towards the baseline's (step 4 of §7.2).
     """
 
-    p_model_wins: np.ndarray
-    std_delta_len: np.ndarray
-    instruction_difficulty: np.ndarray
+    p_model_wins: ArrayLike
+    std_delta_len: ArrayLike
+    instruction_difficulty: ArrayLike
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,10 @@ def std_delta_len(
     if m.size != b.size:
         raise ValueError(f"{m.size} model outputs against {b.size} baseline outputs")
     delta = b - m
-    return delta / delta.std(ddof=1)
+    std = delta.std(ddof=1) if delta.size > 1 else 0.0
+    if not std > 0:
+        raise ValueError("the length differences are constant: std_delta_len is undefined")
+    return delta / std
 
 
 def lc_from_weights(
@@ -126,17 +129,17 @@ def length_controlled_win_rate(
     if gamed_rows is not None:
         if difficulty is None:
             raise ValueError("gamed_rows regularise the v1 formula: pass instruction_difficulty too")
-        g = gamed_rows
+        g_target = as_1d(gamed_rows.p_model_wins, "gamed_rows.p_model_wins")
+        g_len = as_1d(gamed_rows.std_delta_len, "gamed_rows.std_delta_len")
+        g_diff = as_1d(gamed_rows.instruction_difficulty, "gamed_rows.instruction_difficulty")
         X = np.vstack(
             [
-                np.column_stack(
-                    [np.tanh(g.std_delta_len), g.instruction_difficulty, np.zeros(g.p_model_wins.size)]
-                ),
+                np.column_stack([np.tanh(g_len), g_diff, np.zeros(g_target.size)]),
                 X,
             ]
         )
-        target = np.concatenate([g.p_model_wins, target])
-        weight = np.concatenate([np.full(g.p_model_wins.size, regularize_lambda / 2), weight])
+        target = np.concatenate([g_target, target])
+        weight = np.concatenate([np.full(g_target.size, regularize_lambda / 2), weight])
     if ((target < 0) | (target > 1)).any():
         raise ValueError("p_model_wins must lie in [0, 1]")
 

@@ -54,14 +54,14 @@ def with_period(data: str) -> str:
     return data if data.endswith(".") else data + "."
 
 
-def inject_naive(data: str, injected: str) -> str:
-    """The Naive ("Straightforward") injection: data + " " + injected, first letter upper-cased."""
+def inject_naive(data: str, injected_sample: Record) -> str:
+    """The Naive ("Straightforward") injection: data + " " + the injected instruction, first letter
+    upper-cased."""
+    injected = injected_instruction(injected_sample)
     return f"{with_period(data)} {injected[0].upper()}{injected[1:]}"
 
 
-def inject_completion(
-    data: str, own_response: str, injected_sample: Record, injected: str, rng: random.Random
-) -> str:
+def inject_completion(data: str, own_response: str, injected_sample: Record, rng: random.Random) -> str:
     """The Completion injection: a fake end of the response, then a fake new instruction (§9.2 step 4).
 
     Appends [resp delimiter] + `own_response`, [inst delimiter] + `injected.capitalize()`
@@ -69,6 +69,7 @@ def inject_completion(
     sample has an input, [input delimiter] + that input (so it appears twice). Every reserved
     delimiter is then swapped for a random textual one.
     """
+    injected = injected_instruction(injected_sample)
     text = f"{with_period(data)}\n\n{SPCL.response}\n{own_response}\n\n{SPCL.instruction}\n{injected.capitalize()}"
     injected_data = injected_sample.get("input", "")
     if injected_data:
@@ -126,13 +127,12 @@ def inject(
     data = record.get("input", "")
     if not data:
         raise ValueError("only samples with a non-empty input are injected")
-    injected = injected_instruction(injected_sample)
     if kind == "naive":
-        return inject_naive(data, injected)
+        return inject_naive(data, injected_sample)
     if kind == "completion":
         lookup = reference_lookup or {}
         own_response = lookup.get(record["instruction"], record["output"])
-        return inject_completion(data, own_response, injected_sample, injected, rng)
+        return inject_completion(data, own_response, injected_sample, rng)
     raise ValueError(f"kind must be 'naive' or 'completion', got {kind!r}")
 
 
