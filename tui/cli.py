@@ -324,6 +324,37 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_correlate(args: argparse.Namespace) -> int:
+    import math
+
+    from db.queries import experiment_metric
+    from db.results import correlate
+
+    store = _store(args)
+    try:
+        with store.read() as s:
+            xr = experiment_metric(s, args.experiment, args.x, args.reduce)
+            yr = experiment_metric(s, args.experiment, args.y, args.reduce)
+    except LookupError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    result = correlate(xr, yr, args.match, args.by)
+    if not result:
+        raise UserError(f"experiment {args.experiment!r}: no job pairs with both {args.x!r} and {args.y!r} matched on {', '.join(args.match)}")
+    finite = [c.rho for c in result if not math.isnan(c.rho)]
+    mean = sum(finite) / len(finite) if finite else float("nan")
+    if args.json:
+        print(json.dumps({"x": args.x, "y": args.y, "by": args.by, "match": args.match, "average_rho": mean,
+                          "groups": [{"group": c.group, "n": c.n, "rho": c.rho, "pairs": c.pairs} for c in result]},
+                         allow_nan=True))
+        return 0
+    print(f"Spearman rho of {args.x} against {args.y}, matched on {', '.join(args.match)}")
+    for c in result:
+        print(f"  {c.group:24} n={c.n:<3} rho={c.rho:+.4f}")
+    if len(result) > 1:
+        print(f"  {'average':24}       rho={mean:+.4f}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from db.export import export_rows, write_export
 
@@ -443,6 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metric", required=True, metavar="NAME")
     sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"), help="over a job's values of the metric")
     sp.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex", "json"))
+
+    sp = add("correlate", cmd_correlate, "Spearman's rho between two per-job metrics, matched on fields, per group (e.g. CAR vs win rate per base model)")
+    sp.add_argument("experiment")
+    sp.add_argument("x", metavar="X_METRIC")
+    sp.add_argument("y", metavar="Y_METRIC")
+    sp.add_argument("--match", nargs="+", required=True, metavar="FIELD", help="fields that pair an X job with a Y job (e.g. teacher student)")
+    sp.add_argument("--by", default=None, metavar="FIELD", help="one rho per value of this field, and their average")
+    sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"))
+    sp.add_argument("--json", action="store_true")
 
     sp = add("export", cmd_export, "Export an experiment's jobs with their parameters and latest metrics")
     sp.add_argument("experiment")

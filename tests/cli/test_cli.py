@@ -210,3 +210,33 @@ def test_cli_and_store_do_not_load_the_ml_stack(home) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_correlate_per_group_matches_the_worked_example(tmp_path, home, capsys, store) -> None:
+    """science.md §4.2: x = [0.2, 0.5, 0.1, 0.9, 0.4], y = [10, 14, 9, 12, 13] gives rho = 0.7."""
+    spec = {"experiment": "car", "stages": [
+        {"name": "score", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": list("abcde"), "env.B": ["b1", "b2"]}}},
+        {"name": "judge", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": list("abcde"), "env.B": ["b1", "b2"]}}},
+    ]}
+    ids = json.loads(run(capsys, "submit", str(write(tmp_path, "p.yaml", spec)), "--no-worker", "--json")[1])["ids"]
+    x = dict(zip("abcde", [0.2, 0.5, 0.1, 0.9, 0.4], strict=True))
+    y = dict(zip("abcde", [10, 14, 9, 12, 13], strict=True))
+    from db.queries import job_detail
+    from db.queue import record_metrics
+
+    with store.write() as s:
+        rows = []
+        for i in ids:
+            d = job_detail(s, i)
+            t, b = d.row.params["env.T"], d.row.params["env.B"]
+            if d.row.params["stage"] == "score":
+                rows.append({"job_id": i, "name": "car", "step": None, "value": x[t] if b == "b1" else -x[t], "time": 0.0})
+            else:
+                rows.append({"job_id": i, "name": "win_rate", "step": None, "value": y[t], "time": 0.0})
+        record_metrics(s, rows)
+    code, out, _ = run(capsys, "correlate", "car", "car", "win_rate", "--match", "env.T", "--by", "env.B", "--json")
+    assert code == 0
+    res = json.loads(out)
+    rhos = {g["group"]: g["rho"] for g in res["groups"]}
+    assert rhos == pytest.approx({"b1": 0.7, "b2": -0.7})
+    assert res["average_rho"] == pytest.approx(0.0)
