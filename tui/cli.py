@@ -58,10 +58,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from db.queue import UnknownJob, enqueue
     from engine.specfile import SpecError, expand_file
 
+    variables = {}
+    for item in args.var or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--var {item!r}: write NAME=VALUE")
+        variables[name] = value
     expansions = []
     for f in args.files:
         try:
-            expansions.append(expand_file(f))
+            expansions.append(expand_file(f, variables))
         except SpecError as e:
             raise UserError(str(e)) from None
     store = _store(args)
@@ -434,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files")
     sp.add_argument("--json", action="store_true", help="print {\"ids\": [...]}")
     sp.add_argument("--no-worker", action="store_true", help="do not start a worker if none is alive")
+    sp.add_argument("--var", action="append", metavar="NAME=VALUE", help="override a variable the file declares under vars:")
 
     sp = add("ls", cmd_ls, "List jobs, newest first")
     sp.add_argument("-e", "--experiment", help="only this experiment")

@@ -96,3 +96,22 @@ def test_file_errors(tmp_path: Path) -> None:
     js.write_text('{"experiment": "e", ')
     with pytest.raises(SpecError, match=r"s.json: line 1: malformed JSON"):
         expand_file(js)
+
+
+def test_vars_and_builtin_variables() -> None:
+    doc = {
+        "experiment": "v", "vars": {"student": "Qwen/Qwen2-1.5B", "steps": 5},
+        "stages": [{"name": "ft", "kind": "finetune", "model": "${vars.student}", "max_steps": "${vars.steps}",
+                    "dataset": "${labdeck.data}/demo_train.jsonl", "description": "student ${vars.student}"}],
+    }
+    (d,) = expand(doc, "v.yaml").drafts
+    assert d.spec["model"]["path"] == "Qwen/Qwen2-1.5B" and d.spec["max_steps"] == 5
+    assert d.spec["dataset"]["path"].endswith("engine/data/demo_train.jsonl")
+    assert d.spec["description"] == "student Qwen/Qwen2-1.5B"
+    (d,) = expand(doc, "v.yaml", {"student": "/models/mine"}).drafts
+    assert d.spec["model"]["path"] == "/models/mine"
+    with pytest.raises(SpecError, match=r"v.yaml: vars: --var nope: the file declares no such variable"):
+        expand(doc, "v.yaml", {"nope": "1"})
+    doc["stages"][0]["model"] = "${vars.teacher}"
+    with pytest.raises(SpecError, match=r"v.yaml: \$\{vars.teacher\}: no such variable \(known: steps, student\)"):
+        expand(doc, "v.yaml")
