@@ -189,6 +189,9 @@ def plan(
     starts: list[Start] = []
     waiting: dict[int, str] = {}
     gpu_blocked_by: int | None = None
+    # Jobs of the same shape that failed to place fail again until something is placed: with
+    # thousands of queued sweep points this keeps a round linear in the queue, not in queue x GPUs.
+    unplaceable: dict[tuple[int, float, float, bool], tuple[str, bool]] = {}
     for c in sorted(candidates, key=lambda c: c.order):
         missing = [d for d in c.depends_on if d not in done]
         if missing:
@@ -205,13 +208,17 @@ def plan(
         if gpu_blocked_by is not None:
             waiting[c.id] = f"behind job {gpu_blocked_by}, which waits for GPUs"
             continue
-        chosen = _place(c, state, allowed_set)
+        shape = (c.gpus, c.min_free_mb, c.share_mb, c.allow_foreign)
+        known = unplaceable.get(shape)
+        chosen = None if known else _place(c, state, allowed_set)
         if chosen is None:
-            reason, ours_only = _why_not(c, state, allowed_set)
+            reason, ours_only = known or _why_not(c, state, allowed_set)
+            unplaceable[shape] = (reason, ours_only)
             waiting[c.id] = reason
             if ours_only and not backfill:
                 gpu_blocked_by = c.id
             continue
+        unplaceable.clear()
         for i in chosen:
             if c.share_mb > 0:
                 state[i].shared[c.id] = c.share_mb

@@ -41,6 +41,7 @@ import argparse
 import json
 import logging
 import os
+import select as io_select
 import signal
 import socket
 import sqlite3
@@ -58,7 +59,7 @@ from sqlalchemy import and_, select, update
 
 from db.home import ensure_home
 from db.home import run_dir as run_dir_of
-from db.models import Job, JobDependency, JobStatus, Worker
+from db.models import Job, JobStatus, Worker
 from db.queries import GPU_SNAPSHOT_KEY
 from db.queue import (
     QUEUE_STATE_KEY,
@@ -94,7 +95,7 @@ class Config:
     cpu_slots: int | None = None  # concurrent CPU-only jobs; None: no limit
     backfill: bool = False
     wal_limit_mb: float = 64.0
-    queue_window: int = 5000  # how many queued jobs one planning round looks at
+    queue_window: int = 2000  # how many queued jobs (highest priority, oldest) one planning round looks at
 
 
 @dataclass
@@ -121,6 +122,25 @@ class Running:
     log_size: int = -1
     launcher_rc: int | None = None
     ended: bool = False
+    pidfd: int | None = None  # readable once the launcher exits: wakes the worker at once
+
+    def open_pidfd(self) -> None:
+        """A pidfd for the launcher (Linux >= 5.3), checked against its start time after opening."""
+        if not hasattr(os, "pidfd_open") or self.pidfd is not None:
+            return
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:
+            return
+        if self.popen is None and not process.is_alive(self.pid, self.start_time):
+            os.close(fd)  # the pid was reused between the check and the open
+            return
+        self.pidfd = fd
+
+    def close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     @property
     def adopted(self) -> bool:
@@ -211,6 +231,7 @@ class WorkerDaemon:
         self._watch = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
         self._watch.execute("PRAGMA busy_timeout = 10000")
         self._data_version = -1
+        self._fingerprint: tuple[Any, ...] = ()
         self._next_heartbeat = 0.0
         self._next_wal_check = 0.0
         self._plan_due = True
@@ -248,22 +269,38 @@ class WorkerDaemon:
                  "all" if self.cfg.gpus is None else sorted(self.cfg.gpus), self.inventory.source)
         self.reconcile()
         while True:
-            busy = False
             try:
                 busy = self.tick()
+                if self.exit_now or (self.stop_mode is not None and not self.running):
+                    break
+                if until is not None and until():
+                    break
+                if not busy:
+                    self._sleep(self.cfg.poll_s)
             except Exception:  # noqa: BLE001 - one bad round must not end the worker
                 log.error("round failed:\n%s", traceback.format_exc())
                 time.sleep(1.0)
-            if self.exit_now:
-                break
-            if self.stop_mode is not None and not self.running:
-                break
-            if until is not None and until():
-                break
-            if not busy:
-                time.sleep(self.cfg.poll_s)
+                if self.exit_now:
+                    break
         self.shutdown()
         return 0
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep until the next round, waking early when a job's launcher exits (its pidfd turns readable).
+
+        So a job's end is recorded within milliseconds while the queue is still polled only every
+        `poll_s`; without pidfds (old kernels) this is a plain sleep.
+        """
+        # A launcher already known to have exited (its session still being stopped) would keep
+        # its pidfd readable and turn this into a busy loop: leave it out.
+        fds = [r.pidfd for r in self.running.values() if r.pidfd is not None and not r.ended]
+        if not fds:
+            time.sleep(seconds)
+            return
+        try:
+            io_select.select(fds, [], [], seconds)
+        except (OSError, ValueError):
+            time.sleep(seconds)
 
     def shutdown(self) -> None:
         """Leave the store saying the worker stopped; jobs still running stay `running` for the next one."""
@@ -296,8 +333,8 @@ class WorkerDaemon:
         """One round; True if there is more work right away (do not sleep)."""
         now = time.time()
         if self._db_changed():
-            self._read_commands()
-            self._plan_due = True
+            if self._read_commands():
+                self._plan_due = True
         more = self._ingest()
         ended = self._watch_jobs(now)
         if ended:
@@ -312,12 +349,24 @@ class WorkerDaemon:
             self._schedule()
         return more
 
-    def _read_commands(self) -> None:
-        with self.store.read() as s:
-            self.queue_state = get_setting(s, QUEUE_STATE_KEY, "running")
-            stop = get_setting(s, STOP_KEY, "")
-            cancel_ids = set(s.execute(select(Job.id).where(
-                Job.status == JobStatus.running.value, Job.cancel_requested.is_(True))).scalars())
+    def _read_commands(self) -> bool:
+        """Read what other processes asked for (pause, stop, cancels); True if the queue changed.
+
+        These reads run on the worker's long-lived raw connection (microseconds each, no session
+        set-up): they happen after every commit by anyone, including the worker's own ingestion,
+        so they must stay cheap. The queue's fingerprint (count, newest id, a priority checksum of
+        the queued jobs, the queue state) decides whether a planning round is worth its cost.
+        """
+        db = self._watch
+        settings = dict(db.execute("SELECT key, value FROM setting WHERE key IN (?, ?)",
+                                   (QUEUE_STATE_KEY, STOP_KEY)).fetchall())
+        self.queue_state = settings.get(QUEUE_STATE_KEY) or "running"
+        stop = settings.get(STOP_KEY) or ""
+        cancel_ids = [r[0] for r in db.execute(
+            "SELECT id FROM job WHERE status = 'running' AND cancel_requested = 1").fetchall()]
+        fingerprint = (self.queue_state, *db.execute(
+            "SELECT count(*), max(id), total(priority * id) FROM job WHERE status = 'queued' AND cancel_requested = 0"
+        ).fetchone())
         if stop.startswith(f"{self.worker_id}:") and self.stop_mode is None:
             self.stop_mode = stop.split(":", 1)[1]
             log.info("stop requested (%s)", self.stop_mode)
@@ -330,6 +379,9 @@ class WorkerDaemon:
             r = self.running.get(jid)
             if r is not None and r.stopper is None:
                 self._stop(r, "cancel")
+        changed = fingerprint != self._fingerprint
+        self._fingerprint = fingerprint
+        return changed
 
     def _stop(self, r: Running, reason: str) -> None:
         if r.stopper is not None:
@@ -392,6 +444,7 @@ class WorkerDaemon:
             skipped = skip_dependents_of_failed(s)
         for r in ended:
             self.running.pop(r.job_id, None)
+            r.close_pidfd()
             if r.popen is not None and r.popen.stdin is not None:
                 r.popen.stdin.close()
         if skipped:
@@ -483,33 +536,33 @@ class WorkerDaemon:
         return views
 
     def _schedule(self) -> None:
-        window = self.cfg.queue_window
-        with self.store.read() as s:
-            rows = s.execute(
-                select(Job.id, Job.priority, Job.queued_at, Job.gpus_requested, Job.min_free_mem_mb,
-                       Job.gpu_mem_mb, Job.allow_foreign)
-                .where(Job.status == JobStatus.queued.value, Job.cancel_requested.is_(False))
-                .order_by(Job.priority.desc(), Job.queued_at, Job.id).limit(window)
-            ).all()
-            if not rows:
-                self._waiting, self._waiting_for_gpus = {}, False
-                return
-            ids = [r[0] for r in rows]
-            dep = Job.__table__.alias("dep")
-            deps = s.execute(
-                select(JobDependency.job_id, JobDependency.depends_on_id, dep.c.status)
-                .join(dep, dep.c.id == JobDependency.depends_on_id)
-                .where(JobDependency.job_id.in_(ids))
-            ).all() if len(ids) <= 30000 else []
+        """One planning round: read the head of the queue, plan, start what fits.
+
+        Reads use the raw watch connection: with thousands of queued jobs an ORM round costs
+        ~100 ms on a small box, these plain queries a few.
+        """
+        db = self._watch
+        rows = db.execute(
+            "SELECT id, priority, queued_at, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign FROM job "
+            "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id LIMIT ?",
+            (self.cfg.queue_window,),
+        ).fetchall()
+        if not rows:
+            self._waiting, self._waiting_for_gpus = {}, False
+            return
+        deps = db.execute(
+            "SELECT d.job_id, d.depends_on_id, up.status FROM jobdependency d "
+            "JOIN job q ON q.id = d.job_id JOIN job up ON up.id = d.depends_on_id "
+            "WHERE q.status = 'queued'"
+        ).fetchall()
         depends: dict[int, list[int]] = {}
         succeeded: set[int] = set()
         bad = False
         for jid, dep_id, dep_status in deps:
             depends.setdefault(jid, []).append(dep_id)
-            st = dep_status.value if hasattr(dep_status, "value") else dep_status
-            if st == "succeeded":
+            if dep_status == "succeeded":
                 succeeded.add(dep_id)
-            elif st in BAD_DEP_STATUSES:
+            elif dep_status in BAD_DEP_STATUSES:
                 bad = True
         if bad:
             with self.store.write() as s:
@@ -582,6 +635,7 @@ class WorkerDaemon:
                 skip_dependents_of_failed(s)
         for r, popen in spawned:
             self.running[r.job_id] = r
+            r.open_pidfd()
             try:
                 assert popen.stdin is not None
                 popen.stdin.write(b"go\n")
@@ -617,6 +671,7 @@ class WorkerDaemon:
                     r.proc = None
             if r.proc is not None:
                 self.running[r.job_id] = r
+                r.open_pidfd()
                 log.info("job %d: adopted (pid %d)", r.job_id, r.pid)
                 if job.cancel_requested:
                     self._stop(r, "cancel")
