@@ -113,7 +113,7 @@ def bench_latency(root: Path, n: int) -> dict[str, float]:
             time.sleep(random.uniform(0.05, 0.4))  # land anywhere in the poll cycle
             mark = root / f"first{i}"
             jid = submit(store, [PY, str(script), str(mark)])
-            wait(lambda: status(store, jid) in ("succeeded", "failed"), 30)
+            wait(lambda jid=jid: status(store, jid) in ("succeeded", "failed"), 30)
             q, s, _ = times(store, jid)
             claim.append(s - q)
             process.append(float(mark.read_text()) - q)
@@ -176,14 +176,14 @@ def bench_ingest(root: Path, n: int) -> dict[str, float]:
             mark = root / f"copied{k}"
             job = submit(store, [PY, str(copier), str(events), str(mark)])
 
-            def count() -> int:
+            def count(job: int = job) -> int:
                 with store.read() as s:
                     return s.execute(select(func.count()).where(Metric.job_id == job)).scalar_one()
 
             wait(lambda: count() >= n, 120, 0.01)
             t_end = time.time()
             live.append(n / (t_end - float(mark.read_text())))
-            wait(lambda: status(store, job) == "succeeded", 30)
+            wait(lambda job=job: status(store, job) == "succeeded", 30)
     finally:
         w.stop()
     r, p, lv = statistics.median(raw), statistics.median(path_rates), statistics.median(live)
@@ -240,7 +240,7 @@ def bench_overhead(root: Path, n: int) -> dict[str, float]:
         for _ in range(n):
             t0 = time.time()
             jid = submit(store, cmd)
-            wait(lambda: status(store, jid) == "succeeded", 60, 0.005)
+            wait(lambda jid=jid: status(store, jid) == "succeeded", 60, 0.005)
             through.append(time.time() - t0)
             q, s, f = times(store, jid)
             inside.append(f - s)
