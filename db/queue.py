@@ -283,7 +283,7 @@ def skip_dependents_of_failed(session: Session) -> list[int]:
             transition(
                 session, job_id, S.skipped,
                 failure_reason=FailureReason.dependency.value,
-                failure_detail=f"dependency job {dep_id} ({dep_name}) ended {dep_status}",
+                failure_detail=f"dependency job {dep_id} ({dep_name}) ended {getattr(dep_status, 'value', dep_status)}",
             )
             skipped.append(job_id)
 
@@ -319,3 +319,18 @@ def set_queue_state(session: Session, state: str) -> None:
     if state not in ("running", "paused", "draining"):
         raise ValueError(f"queue state: {state!r} is not one of running, paused, draining")
     set_setting(session, QUEUE_STATE_KEY, state)
+
+
+def repoint_dependents(session: Session, old_id: int, new_id: int) -> int:
+    """Make queued jobs that wait for `old_id` wait for its retry `new_id` instead; returns how many.
+
+    Used when a job is retried automatically in the same transaction that records its failure,
+    so a pipeline's downstream stages follow the new attempt instead of being skipped.
+    """
+    queued = select(Job.id).where(Job.status == S.queued.value)
+    result = session.execute(
+        update(JobDependency)
+        .where(JobDependency.depends_on_id == old_id, JobDependency.job_id.in_(queued))
+        .values(depends_on_id=new_id)
+    )
+    return int(result.rowcount or 0)
