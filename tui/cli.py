@@ -297,6 +297,22 @@ def cmd_queue(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- results / export
 
 
+def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
+    """A pivot as a rich table on standard output (mean ± std over seeds in each cell)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{p.experiment}: {p.metric} ({p.reduce})", header_style="bold")
+    t.add_column(f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field)
+    for c in p.col_labels:
+        t.add_column(c, justify="right")
+    for r in p.row_labels:
+        t.add_row(r, *(p.cells[(r, c)].text() if (r, c) in p.cells else "" for c in p.col_labels))
+    Console().print(t)
+    if p.missing:
+        print(f"({p.missing} jobs without {p.metric})", file=sys.stderr)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from db.queries import experiment_metric
     from db.results import pivot
@@ -311,18 +327,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if not p.cells:
         raise UserError(f"experiment {args.experiment!r}: no job reported metric {args.metric!r}")
     if args.format == "table":
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=f"{args.experiment}: {args.metric} ({args.reduce})", header_style="bold")
-        t.add_column(f"{args.rows} \\ {args.cols}" if args.cols else args.rows)
-        for c in p.col_labels:
-            t.add_column(c, justify="right")
-        for r in p.row_labels:
-            t.add_row(r, *(p.cells[(r, c)].text() if (r, c) in p.cells else "" for c in p.col_labels))
-        Console().print(t)
-        if p.missing:
-            print(f"({p.missing} jobs without {args.metric})", file=sys.stderr)
+        print_pivot(p)
         return 0
     from tui.formats import RENDERERS
 
