@@ -200,7 +200,7 @@ class LossScorer(Scorer):
         p = self.spec.prefix
         f = [p, f"{p}_ppl", f"{p}_tokens"]
         if self.spec.ifd:
-            f += [f"{p}_uncond", f"{p}_uncond_ppl", f"{p}_ifd", f"{p}_ifd_ppl"]
+            f += [f"{p}_uncond", f"{p}_uncond_ppl", f"{p}_ifd", f"{p}_ifd_loss", f"{p}_ifd_ppl"]
         self.fields = tuple(f)
 
     @property
@@ -298,8 +298,11 @@ class LossScorer(Scorer):
                 row[f"{p}_uncond"] = _finite(u_loss)
                 row[f"{p}_uncond_ppl"] = _finite(math.exp(u_loss)) if u[1] else None
                 ok = c_n and u[1] and u_loss > 0
-                row[f"{p}_ifd"] = _finite(float(ifd(loss, u_loss, form="loss"))) if ok else None
-                row[f"{p}_ifd_ppl"] = _finite(float(ifd(loss, u_loss, form="ppl"))) if c_n and u[1] else None
+                by_form = {"loss": _finite(float(ifd(loss, u_loss, form="loss"))) if ok else None,
+                           "ppl": _finite(float(ifd(loss, u_loss, form="ppl"))) if c_n and u[1] else None}
+                row[f"{p}_ifd"] = by_form[self.spec.ifd_form]  # the headline form, recorded as UNPINNED (§1.1)
+                row[f"{p}_ifd_loss"] = by_form["loss"]
+                row[f"{p}_ifd_ppl"] = by_form["ppl"]
             out.append(row)
         return out
 
@@ -329,8 +332,6 @@ class LengthScorer(Scorer):
 
 
 class InjectionScorer(Scorer):
-    fields = ("injection_begin_with", "injection_in_response")
-
     def __post_init__(self) -> None:
         self.fields = ("injection_begin_with", "injection_in_response")
 
@@ -401,8 +402,6 @@ def judge_messages(instruction: str, reference: str, response: str, switched: bo
 
 
 class JudgeScorer(Scorer):
-    fields = ("judge_preference", "judge_p_model_wins", "judge_switched", "judge_lp_m", "judge_lp_M")
-
     def __post_init__(self) -> None:
         self.fields = ("judge_preference", "judge_p_model_wins", "judge_switched", "judge_lp_m", "judge_lp_M")
 

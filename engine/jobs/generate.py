@@ -32,6 +32,7 @@ from engine.jobs._batching import Throughput, pad, sorted_batches
 from engine.jobs._common import JobContext, JobInputError
 from engine.jobs._loading import (
     check_fields,
+    check_model_path,
     load_causal_lm,
     load_tokenizer,
     model_record,
@@ -64,8 +65,8 @@ def row_seed(seed: int, key: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def build_work(spec: GenerateSpec, tokenizer: Any, ctx: JobContext | None = None) -> tuple[list[Work], dict[str, Any]]:
-    """Read the dataset and build every prompt; all input errors surface here, before a model loads."""
+def load_rows(spec: GenerateSpec) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read and check the dataset (no torch needed, so bad input fails in a fraction of a second)."""
     ds = spec.dataset
     label = "dataset"
     rows = read_records(ds.path, label, ds.split, ds.config)
@@ -85,7 +86,15 @@ def build_work(spec: GenerateSpec, tokenizer: Any, ctx: JobContext | None = None
             raise JobInputError(f"{label} {source}: field {ds.id_field!r} (dataset.id_field) has duplicate values")
     else:
         keys = [str(i) for i in range(len(rows))]
+    return rows, keys
 
+
+def build_work(spec: GenerateSpec, tokenizer: Any, rows: list[dict[str, Any]], keys: list[str]
+               ) -> tuple[list[Work], dict[str, Any]]:
+    """Build every prompt (attack and filter applied to the input first); all input errors surface here."""
+    ds = spec.dataset
+    label = "dataset"
+    source = ds.path if isinstance(ds.path, str) else ", ".join(ds.path)
     attack_fn = prepare = filt = None
     if spec.attack != "none" or spec.defense_filter:
         from engine.data.injection import ATTACKS, prepare_test_data, recursive_filter
@@ -289,6 +298,12 @@ def _output_row(spec: GenerateSpec, w: Work, samples: list[tuple[str, int, bool]
 
 
 def run(spec: GenerateSpec, ctx: JobContext) -> None:
+    # Cheap checks first: a missing path or field fails before torch is even imported.
+    check_model_path(spec.model)
+    if spec.reward_model is not None:
+        check_model_path(spec.reward_model, "reward model")
+    rows, keys = load_rows(spec)
+
     from accelerate import PartialState
 
     _quiet()
@@ -299,7 +314,7 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
     tokenizer = load_tokenizer(spec.model, "left")
     if spec.template == "chat":
         require_chat_template(tokenizer, spec.model)
-    work, stats = build_work(spec, tokenizer, ctx)
+    work, stats = build_work(spec, tokenizer, rows, keys)
     out = ResumableRows(ctx.outputs, "records", fingerprint(_fingerprint_params(spec), (w.prompt for w in work)),
                         rank=state.process_index)
     if main:

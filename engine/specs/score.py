@@ -51,7 +51,8 @@ class LossScorer(_Batched):
     ifd: bool = False
     """Also compute the unconditional loss L(A) and both IFD forms (§1.1)."""
     ifd_form: Literal["loss", "ppl"] = "loss"
-    """Which IFD form the summary metric 'ifd' reports (UNPINNED, §1.1); both are stored per sample."""
+    """Which IFD form '{prefix}_ifd' holds (UNPINNED, §1.1): L(A|Q)/L(A) or PPL(A|Q)/PPL(A). Both are also stored
+    as '{prefix}_ifd_loss' and '{prefix}_ifd_ppl'."""
     max_length: int = Field(1024, ge=8)
     """Truncation of prompt + response in tokens (Superfiltering: 1024 for GPT-2); truncated records are counted."""
     prefix: str = Field("loss", pattern=_FIELD_RE)
