@@ -548,7 +548,10 @@ class ConfidenceScorer(Scorer):
         self.fields = ("confidence", "confidence_label", "confidence_logits")
 
     def required_fields(self) -> dict[str, str | None]:
-        return {"scorers[confidence].question_field": self.spec.question_field}
+        out = {"scorers[confidence].question_field": self.spec.question_field}
+        if self.spec.target_field is None:
+            out["scorers[confidence].label_field"] = self.spec.label_field
+        return out
 
     def prepare(self, items: list[Item]) -> None:
         import torch
