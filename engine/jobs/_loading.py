@@ -32,11 +32,16 @@ LOCAL_RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Devices and dtypes
 
 
-def pick_device() -> str:
-    """The device this process should use: its accelerate rank's GPU, else cpu."""
+def process_state():  # noqa: ANN201 - accelerate.PartialState
+    """This process's place in a data-parallel launch (torchrun / accelerate launch), or a single process.
+
+    Without CUDA, accelerate only forms a multi-process group when asked for the CPU explicitly, so a
+    CPU launch with several processes still splits the work (how the data-parallel path is tested here).
+    """
+    import torch
     from accelerate import PartialState
 
-    return str(PartialState().device)
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def resolve_dtype(requested: str, device: str):  # noqa: ANN201 - torch.dtype

@@ -36,6 +36,7 @@ from engine.jobs._loading import (
     load_causal_lm,
     load_tokenizer,
     model_record,
+    process_state,
     read_records,
     require_chat_template,
     text_field,
@@ -304,10 +305,8 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
         check_model_path(spec.reward_model, "reward model")
     rows, keys = load_rows(spec)
 
-    from accelerate import PartialState
-
     _quiet()
-    state = PartialState()
+    state = process_state()
     device = str(state.device)
     main = state.is_main_process
 

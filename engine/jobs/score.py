@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.jobs._common import JobContext, JobInputError
-from engine.jobs._loading import check_fields, check_model_path, read_records, text_field
+from engine.jobs._loading import check_fields, check_model_path, process_state, read_records, text_field
 from engine.jobs._output import INDEX, ResumableRows, fingerprint, write_json
 from engine.jobs._scorers import SCORERS, Item, Scorer
 from engine.specs.common import ModelRef
@@ -82,12 +82,13 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         required.update(sc.required_fields())
     check_fields(rows, required, "records", source)
 
-    from accelerate import PartialState
-
     from engine.jobs.generate import _quiet
 
     _quiet()
-    device = str(PartialState().device)
+    state = process_state()
+    if not state.is_main_process:
+        return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
+    device = str(state.device)
     for sc in scorers:
         sc.device = device
     items = [Item(text_field(r, spec.instruction_field), text_field(r, spec.input_field),
