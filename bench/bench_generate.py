@@ -67,8 +67,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from engine.jobs._batching import pad, unsorted_batches
     from engine.jobs.__main__ import main as job_main
+    from engine.jobs._batching import pad, unsorted_batches
     from engine.specs import dump_spec, parse_spec
 
     cuda = torch.cuda.is_available()

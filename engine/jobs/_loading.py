@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from engine.jobs._common import JobInputError
 
 if TYPE_CHECKING:
-    from engine.specs.common import DatasetRef, ModelRef
+    from engine.specs.common import ModelRef
 
 # A hub id is "name" or "owner/name"; anything else that does not exist is a missing local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
@@ -130,7 +130,7 @@ def _load(auto_cls_name: str, ref: ModelRef, device: str, what: str):  # noqa: A
     auto_cls = getattr(transformers, auto_cls_name)
     try:
         model = auto_cls.from_pretrained(path, dtype=dtype, use_safetensors=True, **_hub_kwargs(ref))
-    except (OSError, ValueError, KeyError, EnvironmentError) as e:
+    except (OSError, ValueError, KeyError) as e:
         raise _load_error(ref, what, e) from e
     model.to(device)
     model.eval()

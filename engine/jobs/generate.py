@@ -42,7 +42,7 @@ from engine.jobs._loading import (
     text_field,
 )
 from engine.jobs._output import INDEX, ResumableRows, fingerprint, write_json
-from engine.jobs._prompts import chat_messages, describe, messages_of, render, user_text
+from engine.jobs._prompts import describe, messages_of, render, user_text
 from engine.specs.generate import GenerateSpec
 
 
@@ -105,7 +105,7 @@ def build_work(spec: GenerateSpec, tokenizer: Any, rows: list[dict[str, Any]], k
 
     work: list[Work] = []
     skipped = truncated = 0
-    for n, (row, key) in enumerate(zip(rows, keys, strict=True)):
+    for row, key in zip(rows, keys, strict=True):
         messages = None
         if ds.messages_field:
             messages = messages_of(row, ds.messages_field)
@@ -181,8 +181,13 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 class HFGenerator:
     def __init__(self, spec: GenerateSpec, model: Any, tokenizer: Any, device: str) -> None:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
-        from transformers import TopPLogitsWarper
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.torch = torch
         self.spec = spec
@@ -195,6 +200,9 @@ class HFGenerator:
         self.gc = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1,
                                    repetition_penalty=spec.repetition_penalty, eos_token_id=self.eos,
                                    pad_token_id=tokenizer.pad_token_id)
+        # transformers 5 fills every field a passed config does not set explicitly from model.generation_config
+        # (a checkpoint's no_repeat_ngram_size or min_new_tokens would apply on top of ours), so it is replaced.
+        model.generation_config = self.gc
         self.sampling = spec.temperature > 0
         self.warpers: list[Any] = []
         if self.sampling:
@@ -228,7 +236,7 @@ class HFGenerator:
         new = out[:, ids.shape[1]:].tolist()
         eos = set(self.eos)
         results: list[list[tuple[str, int, bool]]] = []
-        for r, it in enumerate(items):
+        for r in range(len(items)):
             samples = []
             for j in range(n):
                 toks = new[r * n + j]
@@ -316,13 +324,11 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
     work, stats = build_work(spec, tokenizer, rows, keys)
     out = ResumableRows(ctx.outputs, "records", fingerprint(_fingerprint_params(spec), (w.prompt for w in work)),
                         rank=state.process_index)
-    if main:
-        out.check_fingerprint()
+    out.check_fingerprint()  # every rank reads the same file, so all raise together (no rank left in a barrier)
     state.wait_for_everyone()
-    if not main:
-        out.check_fingerprint()
     done = out.done()
     pending = [w for w in work if w.index not in done]
+    state.wait_for_everyone()  # all ranks agree on `pending` before any of them writes a row
     if main:
         ctx.events.info("generate: prompts built", **stats, already_done=len(done), pending=len(pending),
                         prompt_format=describe(spec.template, spec.input_join, spec.system_prompt),
@@ -348,7 +354,7 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
         ctx.events.info("generate: model loaded", model=info, eos_token_ids=gen.eos,
                         reward_model=rm.describe() if rm else None)
 
-    throughput = Throughput()
+    throughput, prompts = Throughput(), Throughput()
     with state.split_between_processes(pending) as mine:
         total = len(work)
         n_done = len(done)
@@ -356,14 +362,14 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
             ctx.events.progress(n_done, total, "records")
         for batch_idx in sorted_batches([len(w.ids) for w in mine], spec.batch_size):
             items = [mine[i] for i in batch_idx]
+            prompts.add_batch([it.ids for it in items])
             throughput.start()
             results = gen.generate(items)
             throughput.stop()
             throughput.real_tokens += sum(s[1] for r in results for s in r)
             rewards_all: list[list[float] | None] = [None] * len(items)
             if rm is not None:
-                flat = [rm.encode(it.user, s[0], _rm_messages(it)) for it, r in zip(items, results, strict=True)
-                        for s in r]
+                flat = [rm.encode(it.user, s[0], it.messages) for it, r in zip(items, results, strict=True) for s in r]
                 values = rm.score_ids(flat)
                 rewards_all = [values[k * spec.n:(k + 1) * spec.n] for k in range(len(items))]
             rows = [_output_row(spec, it, r, rw, meta) for it, r, rw in zip(items, results, rewards_all, strict=True)]
@@ -375,11 +381,8 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
     out.close()
     state.wait_for_everyone()
     if main:
+        stats["prompt_padding_fraction"] = prompts.padding_fraction
         _finish(spec, ctx, out, len(work), stats, throughput, info, rm)
-
-
-def _rm_messages(w: Work) -> list[dict[str, str]] | None:
-    return w.messages
 
 
 def _finish(spec: GenerateSpec, ctx: JobContext, out: ResumableRows, total: int, stats: dict[str, Any],
@@ -400,6 +403,8 @@ def _finish(spec: GenerateSpec, ctx: JobContext, out: ResumableRows, total: int,
                "truncated_prompts": stats["truncated_prompts"]}
     if throughput.seconds > 0:
         summary["gen_tokens_per_s"] = throughput.tokens_per_s
+    if "prompt_padding_fraction" in stats:
+        summary["prompt_padding_fraction"] = stats["prompt_padding_fraction"]
     if rewards:
         summary["mean_reward"] = sum(rewards) / len(rewards)
     for k, v in summary.items():

@@ -30,7 +30,7 @@ def test_greedy_output_is_the_same_with_batch_size_1_and_8(tiny, prompts: Path, 
     rows = eight.records()
     src = [json.loads(line) for line in prompts.read_text().splitlines()]
     assert [r["id"] for r in rows] == [s["id"] for s in src]  # dataset order restored after length sorting
-    assert all(r["instruction"] == s["instruction"] and r["output"] == s["output"] for r, s in zip(rows, src))
+    assert all(r["instruction"] == s["instruction"] and r["output"] == s["output"] for r, s in zip(rows, src, strict=True))
     g = rows[0]["generator"]
     assert g["model"] == str(tiny.llama) and g["temperature"] == 0.0 and g["template"] == "chat"
     assert "_index" not in rows[0]
@@ -210,3 +210,19 @@ def test_data_parallel_launch_splits_the_records_and_merges_them_in_order(tiny, 
     assert sum(e["type"] == "artifact" for e in events) == 1  # rank 0 alone finishes
     rows = [json.loads(line) for line in (run / "outputs" / "records.jsonl").read_text().splitlines()]
     assert [r["response"] for r in rows] == [r["response"] for r in single.records()]
+
+
+def test_the_checkpoints_own_sampling_defaults_do_not_leak_in(tiny, prompts: Path, tmp_path: Path) -> None:
+    """A checkpoint's generation_config.json sets sampling and decoding constraints; the spec alone decides
+    (transformers 5 fills whatever the passed config does not set explicitly from the checkpoint's)."""
+    import shutil
+
+    noisy = tmp_path / "noisy"
+    shutil.copytree(tiny.llama, noisy)
+    gc = json.loads((noisy / "generation_config.json").read_text())
+    gc.pop("_from_model_config", None)  # as in a real instruct checkpoint's file
+    gc.update(do_sample=True, temperature=0.6, top_p=0.5, top_k=3, repetition_penalty=1.5, no_repeat_ngram_size=1)
+    (noisy / "generation_config.json").write_text(json.dumps(gc))
+    clean = run_inprocess(tmp_path / "clean", gen_spec(tiny, prompts))
+    other = run_inprocess(tmp_path / "noisy-run", {**gen_spec(tiny, prompts), "model": str(noisy)})
+    assert responses(clean) == responses(other)

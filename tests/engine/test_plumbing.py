@@ -65,7 +65,7 @@ def test_resumable_rows_cut_a_torn_line_and_finalize_in_order(tmp_path: Path) ->
 def test_spearman_by_group_worked_example_and_groups() -> None:
     x = [0.2, 0.5, 0.1, 0.9, 0.4]
     y = [10, 14, 9, 12, 13]  # §4.2: rho = 0.7
-    rows = [("qwen2", a, b) for a, b in zip(x, y)] + [("gemma", a, -b) for a, b in zip(x, y)]
+    rows = [("qwen2", a, b) for a, b in zip(x, y, strict=True)] + [("gemma", a, -b) for a, b in zip(x, y, strict=True)]
     rows += [("gemma", None, 1.0), ("gemma", float("nan"), 2.0), ("tiny", 1.0, 2.0), ("tiny", 2.0, 3.0)]
     res = spearman_by_group(rows)
     assert res["qwen2"].rho == pytest.approx(0.7) and res["qwen2"].n == 5
