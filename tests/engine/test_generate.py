@@ -191,6 +191,7 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tiny, prompts: Path, tmp_pat
     assert res.returncode == 3 and "vLLM is not installed" in res.errors()[-1]["message"]
 
 
+@pytest.mark.slow  # two interpreters importing torch plus a gloo group: ~20 s on 2 busy cores
 def test_data_parallel_launch_splits_the_records_and_merges_them_in_order(tiny, prompts: Path, tmp_path: Path) -> None:
     """Two processes under torchrun (CPU, gloo): each takes half the pending records, rank 0 merges; sampled output
     equals a single-process run because samples are seeded per record."""
