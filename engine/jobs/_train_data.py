@@ -113,36 +113,55 @@ def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], wha
 # ------------------------------------------------------------------------------------------ transforms
 
 
-def apply_transform(name: str, records: list[dict[str, Any]], ref: DatasetRef, eos: str, seed: int) -> list[dict[str, Any]]:
-    """Run a named transform of science.md §9.2 (or best-of-N -> SFT) from engine.data.injection.
+def apply_transform(name: str, records: list[dict[str, Any]], ref: DatasetRef, eos: str, seed: int,
+                    reference_lookup: dict[str, str] | None = None, bon_select: str = "best") -> list[dict[str, Any]]:
+    """Run a named transform from engine.data (science.md §9.2; best-of-N -> SFT, §5).
 
-    Returns SFT records (instruction/input/output, in `ref`'s field names) for 'struq' and
-    'bon_to_sft', and preference records {'prompt', 'chosen', 'rejected'} with the prompt already
-    in the StruQ format and the responses ending in `eos` for 'secalign'.
+    - 'struq': the StruQ training mix; rows {'prompt' (already in the StruQ format), 'completion'
+      (output + eos)}, trained as given.
+    - 'secalign': the SecAlign preference set; rows {'prompt', 'chosen', 'rejected'}, prompt
+      formatted, responses ending in `eos`.
+    - 'bon_to_sft': generate-job records with N `responses` (and `rewards`) -> Alpaca records
+      {'instruction', 'input', 'output'} holding the selected response.
+
+    The record's own field names (`ref`) are mapped to the Alpaca names the builders read.
     """
     if name == "none":
         return records
-    from engine.data import injection
-
     if name in ("struq", "secalign"):
-        fields = [ref.instruction_field, ref.output_field] + ([ref.input_field] if ref.input_field else [])
+        from engine.data import injection
+
+        fields = [ref.instruction_field, ref.output_field]
         require_fields(records, fields, f"transform {name}")
-        alpaca = [
-            {"instruction": r[ref.instruction_field], "input": (r.get(ref.input_field) or "") if ref.input_field else "",
-             "output": r[ref.output_field]}
-            for r in records
-        ]
+        alpaca = [_alpaca(r, ref) for r in records]
         if name == "struq":
-            out = injection.build_struq_dataset(alpaca, seed=seed)
-            return [{ref.instruction_field: r["instruction"], (ref.input_field or "input"): r["input"],
-                     ref.output_field: r["output"]} for r in out]
-        prefs = injection.build_secalign_preferences(alpaca, seed=seed, eos=eos)
+            return injection.build_struq_dataset(alpaca, seed, reference_lookup, eos_token=eos)
+        prefs = injection.build_secalign_preferences(alpaca, seed, reference_lookup, eos_token=eos)
         if not prefs:
             raise JobInputError("transform secalign: no record has a non-empty input, so there is nothing to inject into")
-        return [dict(p) for p in prefs]
+        return prefs
     if name == "bon_to_sft":
-        return [dict(r) for r in injection.bon_to_sft(records)]
+        from engine.data import bon_to_sft
+
+        require_fields(records, [ref.instruction_field, "responses"], "transform bon_to_sft")
+        renamed = [{**r, "instruction": r[ref.instruction_field],
+                    "input": (r.get(ref.input_field) or "") if ref.input_field else ""} for r in records]
+        try:
+            return bon_to_sft(renamed, mode=bon_select)
+        except (ValueError, KeyError, TypeError) as e:
+            raise JobInputError(f"transform bon_to_sft: {e}") from None
     raise JobInputError(f"transform {name!r}: unknown")
+
+
+def _alpaca(r: dict[str, Any], ref: DatasetRef) -> dict[str, str]:
+    inp = (r.get(ref.input_field) or "") if ref.input_field else ""
+    return {"instruction": r[ref.instruction_field], "input": inp, "output": r[ref.output_field]}
+
+
+def reference_responses(records: list[dict[str, Any]], ref: DatasetRef) -> dict[str, str]:
+    """instruction -> output of the original Alpaca data, for Completion injections (§9.2 step 4)."""
+    require_fields(records, [ref.instruction_field, ref.output_field], "injection_reference")
+    return {r[ref.instruction_field]: r[ref.output_field] for r in records}
 
 
 # ----------------------------------------------------------------------------------------- templates
@@ -162,8 +181,7 @@ def _prompt(template: str, instruction: str, inp: str) -> str:
     if template == "struq":
         from engine.data import injection
 
-        fmt = injection.PROMPT_FORMAT["SpclSpclSpcl"]
-        return (fmt["prompt_input"] if inp else fmt["prompt_no_input"]).format(instruction=instruction, input=inp)
+        return injection.format_prompt(instruction, inp, "SpclSpclSpcl")
     raise ValueError(template)
 
 
@@ -223,8 +241,13 @@ def chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> Segments:
 
 
 def sft_segments(record: dict[str, Any], ref: DatasetRef, template: str, tokenizer: Any,
-                 system_prompt: str | None = None) -> Segments:
-    """The (text, trained) segments of one SFT record: prompt untrained, response + EOS trained."""
+                 system_prompt: str | None = None, preformatted: bool = False) -> Segments:
+    """The (text, trained) segments of one SFT record: prompt untrained, response + EOS trained.
+
+    Records from the StruQ transform carry a formatted 'prompt' and a 'completion' (with EOS).
+    """
+    if preformatted:
+        return [(record["prompt"], False), (record["completion"], True)]
     if template == "chat":
         return chat_segments(tokenizer, _messages(record, ref, system_prompt))
     instruction, inp = record_prompt(record, ref)

@@ -37,11 +37,12 @@ from engine.jobs._train_data import (
     pack_batch,
     pad_batch,
     read_records,
+    reference_responses,
     require_fields,
     sft_segments,
     tokenize_many,
 )
-from engine.specs import FinetuneSpec, dump_spec
+from engine.specs import DatasetRef, FinetuneSpec, dump_spec
 
 FLASH = ("flash_attention_2", "flash_attention_3")
 
@@ -147,11 +148,27 @@ class SFTLoss:
         return _SFT(model)
 
 
+def transformed_records(spec: FinetuneSpec, records: list[dict[str, Any]], eos: str) -> list[dict[str, Any]]:
+    lookup = None
+    if spec.injection_reference is not None:
+        lookup = reference_responses(read_records(spec.injection_reference), spec.injection_reference)
+    return apply_transform(spec.transform, records, spec.dataset, eos, spec.seed, lookup, spec.bon_select)
+
+
+def record_fields(spec: FinetuneSpec) -> DatasetRef:
+    """The field names of the records after the transform (bon_to_sft emits Alpaca names)."""
+    if spec.transform == "bon_to_sft":
+        return spec.dataset.model_copy(update=dict(instruction_field="instruction", input_field="input",
+                                                   output_field="output", messages_field=None))
+    return spec.dataset
+
+
 def tokenize_sft(spec: FinetuneSpec, records: list[dict[str, Any]], tokenizer: Any) -> tuple[list[Example], TokenStats]:
-    segs = [sft_segments(r, spec.dataset, spec.template, tokenizer, spec.system_prompt) for r in records]
+    ref, pre = record_fields(spec), spec.transform == "struq"
+    segs = [sft_segments(r, ref, spec.template, tokenizer, spec.system_prompt, pre) for r in records]
     stats = TokenStats(total=len(segs))
     examples = []
-    for ex, cut in tokenize_many(tokenizer, segs, spec.max_seq_len, add_special_tokens=spec.template != "chat"):
+    for ex, cut in tokenize_many(tokenizer, segs, spec.max_seq_len, add_special_tokens=spec.template != "chat" or pre):
         stats.truncated += cut
         if ex.n_trained == 0:
             stats.dropped += 1
@@ -243,9 +260,8 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     if spec.template == "struq":
         from engine.data import injection
 
-        new_tokens = _train_model.add_delimiter_tokens(tokenizer, injection.DELIMITER_TEXTUAL_COUNTERPARTS,
-                                                       injection.PAD_TOKEN)
-    records = apply_transform(spec.transform, prep.records, spec.dataset, tokenizer.eos_token, spec.seed)
+        new_tokens = _train_model.add_delimiter_tokens(tokenizer, injection.SPECIAL_TOKEN_INIT_TEXT, injection.PAD_TOKEN)
+    records = transformed_records(spec, prep.records, tokenizer.eos_token)
     if spec.method == "dpo":
         pairs, stats = tokenize_dpo(spec, records, tokenizer, preformatted=spec.transform == "secalign")
         n, what = len(pairs), "pairs"

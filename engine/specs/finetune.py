@@ -117,6 +117,10 @@ class FinetuneSpec(JobSpecBase):
     """Optional system message for `template: chat`."""
     transform: Literal["none", "struq", "secalign", "bon_to_sft"] = "none"
     """Dataset transform applied first: the StruQ training mix or the SecAlign preference set (§9.2), or best-of-N output turned into SFT records."""
+    injection_reference: DatasetRef | None = None
+    """StruQ/SecAlign transforms: the original alpaca_data.json, where Completion injections look up the reference response to an instruction (§9.2 step 4); default the sample's own output."""
+    bon_select: Literal["best", "worst", "sampling"] = "best"
+    """transform bon_to_sft: keep the highest-reward response, the lowest, or the first sample (§5)."""
     chosen_field: str = "chosen"
     """DPO: the field with the preferred response."""
     rejected_field: str = "rejected"
@@ -242,6 +246,8 @@ class FinetuneSpec(JobSpecBase):
             raise ValueError("transform: secalign builds preference pairs; it needs method dpo")
         if self.transform in ("struq", "bon_to_sft") and self.method != "sft":
             raise ValueError(f"transform: {self.transform} builds SFT records; it needs method sft")
+        if self.injection_reference is not None and self.transform not in ("struq", "secalign"):
+            raise ValueError("injection_reference: only for transform struq or secalign")
         if self.transform in ("struq", "secalign") and self.template != "struq":
             raise ValueError(f"template: transform {self.transform} formats with the StruQ delimiters; set template: struq")
         if self.reference is not None and self.method != "dpo":
