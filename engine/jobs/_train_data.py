@@ -366,8 +366,10 @@ class Plan:
 
     Each epoch shuffles the example indices with a generator seeded by (seed, epoch). With
     `group_by_length`, the shuffled order is cut into megabatches of 50 micro-batches and each
-    megabatch is sorted longest first (the transformers LengthGroupedSampler scheme), so a
-    micro-batch holds similar lengths and padding stays small. The micro-batches are dealt
+    megabatch is sorted by length and cut into micro-batches (the transformers
+    LengthGroupedSampler scheme), so a micro-batch holds similar lengths and padding stays small;
+    the micro-batches of a megabatch are then shuffled (so steps do not run from long to short),
+    and the one holding the epoch's longest example goes first, so an OOM shows at once. The micro-batches are dealt
     round-robin to the ranks, `grad_accum x world` per step; the tail that does not divide among the
     ranks is dropped so every rank runs the same number of micro-batches.
 
@@ -391,17 +393,22 @@ class Plan:
         if epoch in self._cache:
             return self._cache[epoch]
         n = len(self.lengths)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n)
         mb = self.micro_batch
         if self.group_by_length and mb > 1:
             mega = 50 * mb
             lengths = np.asarray(self.lengths)
-            chunks = []
+            micro = []
             for i in range(0, n, mega):
                 part = order[i : i + mega]
-                chunks.append(part[np.argsort(-lengths[part], kind="stable")])
-            order = np.concatenate(chunks)
-        micro = [order[i : i + mb].tolist() for i in range(0, n, mb)]
+                part = part[np.argsort(-lengths[part], kind="stable")]
+                chunks = [part[j : j + mb].tolist() for j in range(0, len(part), mb)]
+                micro.extend(chunks[k] for k in rng.permutation(len(chunks)))
+            longest = max(range(len(micro)), key=lambda k: max(lengths[i] for i in micro[k]))
+            micro.insert(0, micro.pop(longest))  # the longest first: an OOM shows at step 1
+        else:
+            micro = [order[i : i + mb].tolist() for i in range(0, n, mb)]
         micro = micro[: len(micro) - len(micro) % self.world]
         self._cache = {epoch: micro}  # keep one epoch: a resumed or long run moves forward
         return micro

@@ -138,11 +138,11 @@ def add_delimiter_tokens(tokenizer: Any, textual: dict[str, str], pad_token: str
     sources = {t: tokenizer(textual[t], add_special_tokens=False)["input_ids"][0] for t in new}
     special: dict[str, Any] = {}
     if new:
-        special["additional_special_tokens"] = list(new)
+        special["extra_special_tokens"] = list(new)
     if add_pad:
         special["pad_token"] = pad_token
     if special:
-        tokenizer.add_special_tokens(special, replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens(special, replace_extra_special_tokens=False)
     return NewTokens(
         added=new + ([pad_token] if add_pad else []),
         copy_from={tokenizer.convert_tokens_to_ids(t): sources[t] for t in new},

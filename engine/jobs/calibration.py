@@ -278,6 +278,7 @@ def train(prep: Any, ctx: JobContext) -> None:
     attn = _train_model.pick_attention(spec.attn_implementation, device_type)
     lora = spec.lora is not None
     dtype = _train_model.load_dtype(spec.model, device_type, lora=True)
+    torch.manual_seed(spec.seed)  # LoRA's A matrices and the head's Xavier draws follow the seed
     model = _train_model.load_causal_lm(spec.model, dtype, attn)
     model.requires_grad_(False)
     if spec.gradient_checkpointing and lora:
@@ -288,7 +289,6 @@ def train(prep: Any, ctx: JobContext) -> None:
     device = accelerator.device
     mods = _modules()
     hidden = _optim.model_shape(model.config)["d"]
-    torch.manual_seed(spec.seed)
     pad_id = tokenizer.pad_token_id
 
     if style == "probe":

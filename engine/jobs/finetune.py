@@ -301,6 +301,7 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     # ---- model
     lora = spec.lora is not None
     dtype = _train_model.load_dtype(spec.model, device_type, lora)
+    torch.manual_seed(spec.seed)  # LoRA's A matrices and any new rows are drawn here: the seed decides them
     model = _train_model.load_causal_lm(spec.model, dtype, attn)
     save_dtype = _train_model.source_dtype(model)
     if new_tokens:
