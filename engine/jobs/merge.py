@@ -32,6 +32,7 @@ from engine.specs import MergeSpec
 from engine.specs.common import ModelRef
 
 INDEX = "model.safetensors.index.json"
+_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 
@@ -188,7 +189,7 @@ def _expo(spec: MergeSpec, ctx: JobContext, tmp: Path) -> dict[str, Any]:
     n = _stream(aligned, tmp, combine, ctx.events, "tensors")
     sft.close()
     aligned.close()
-    dtypes = sorted({d for _, _, d in aligned.entries.values()})
+    dtypes = sorted({_DTYPE_NAMES.get(d, d) for _, _, d in aligned.entries.values()})
     ctx.events.info(f"ExPO: {n} tensors extrapolated with alpha {alpha} ({spec.compute_dtype} arithmetic, saved as {'/'.join(dtypes)})")
     return {"method": "expo", "alpha": alpha, "sft": spec.sft.path, "aligned": spec.aligned.path,
             "compute_dtype": spec.compute_dtype, "dtype": "/".join(dtypes), "tensors": n}
