@@ -186,7 +186,7 @@ class TrainLoop:
             st.history.append(res["loss"])
             tps = res["tokens"] / dt if dt > 0 else 0.0
             metrics = {"loss": res["loss"], "learning_rate": lr, "grad_norm": res["grad_norm"],
-                       "tokens_per_s": tps, "peak_mem_gb": peak_memory_gb(device_type),
+                       "tokens_per_s": tps, "step_time_s": dt, "peak_mem_gb": peak_memory_gb(device_type),
                        "epoch": self.plan.epoch_of(st.step)}
             if self.flops_per_token and self.peak_flops:
                 metrics["mfu"] = tps * self.flops_per_token / self.peak_flops

@@ -109,7 +109,12 @@ def apply_lora(model: Any, lora: Any, gradient_checkpointing: bool) -> Any:
 
 
 def enable_gradient_checkpointing(model: Any) -> None:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Non-reentrant activation checkpointing (works with frozen inputs, LoRA and DDP)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
 
 

@@ -228,7 +228,10 @@ def make_accelerator(spec: FinetuneSpec, model: Any | None, weights_dtype: Any) 
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
-    mp = "bf16" if cuda and weights_dtype == torch.float32 and torch.cuda.is_bf16_supported() else "no"
+    # bf16 autocast on a GPU: over fp32 master weights (full fine-tuning) or a bf16 frozen base (LoRA,
+    # whose fp32 adapters then also run their matmuls in bf16). fp16 weights are taken as given.
+    bf16 = cuda and weights_dtype in (torch.float32, torch.bfloat16) and torch.cuda.is_bf16_supported()
+    mp = "bf16" if bf16 else "no"
     kwargs: dict[str, Any] = {"mixed_precision": mp, "cpu": not cuda}
     if spec.distributed == "fsdp" and world_size() > 1:
         from accelerate import FullyShardedDataParallelPlugin
