@@ -126,7 +126,7 @@ _ROW_COLUMNS = (
 
 def _row(r: Sequence[Any]) -> JobRow:
     values = list(r)
-    values[4] = JobStatus(values[4]).value if not isinstance(values[4], str) else values[4]
+    values[4] = JobStatus(values[4]).value  # a plain str: f-strings of a str-Enum print "JobStatus.x"
     values[16] = json.loads(values[16] or "{}")
     return JobRow(*values)
 
