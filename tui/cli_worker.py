@@ -19,7 +19,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foreground", action="store_true", help="start: run in this terminal (for systemd and debugging)")
     parser.add_argument("--gpus", default=None, help="start: only these GPU indices, e.g. 0,2 ('all' for every GPU); remembered")
     parser.add_argument("--grace", type=float, default=None, help="start: seconds between SIGTERM and SIGKILL when a job is stopped (default 10)")
-    parser.add_argument("--cpu-slots", type=int, default=None, help="start: at most this many CPU-only jobs at once")
+    parser.add_argument("--cpu-slots", type=int, default=None, help="start: at most this many CPU-only jobs at once (default: one per CPU; 0: no limit)")
     parser.add_argument("--now", action="store_true", help="stop: cancel running jobs instead of letting them finish")
     parser.add_argument("--wait", action="store_true", help="stop: return only when the worker has exited")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
