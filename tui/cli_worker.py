@@ -28,12 +28,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 def ensure_worker(home: Path, quiet: bool = False) -> bool:
     """Start a detached worker for `home` if none is alive. True if one runs afterwards.
 
-    Called by `labdeck submit` (quiet) and by the app; costs one flock probe when a worker runs.
+    Called by `labdeck submit` and by the app (both quiet: the app draws on the terminal, a stray
+    line on stderr would tear its screen); costs one flock probe when a worker runs. Waits up to
+    ~20 s for a new worker to report back, so the app calls it from a thread.
     """
     from engine.control import ensure_worker as _ensure
 
     ok, message = _ensure(Path(home))
-    if not quiet or not ok:
+    if not quiet:
         print(f"labdeck: {message}", file=sys.stderr)
     return ok
 
