@@ -393,8 +393,8 @@ class WorkerDaemon:
         return changed
 
     def _stop(self, r: Running, reason: str) -> None:
-        if r.stopper is not None:
-            return
+        if r.stopper is not None or r.exited():
+            return  # already stopping, or it ended by itself before the request: its own outcome stands
         log.info("job %d: stopping (%s)", r.job_id, reason)
         r.stop_reason = reason
         r.stopper = process.JobStopper(r.pid, self.cfg.kill_grace_s, str(r.run_dir))
@@ -427,13 +427,14 @@ class WorkerDaemon:
     def _watch_jobs(self, now: float) -> list[Running]:
         ended = []
         for r in list(self.running.values()):
+            exited = r.exited()  # first: a job that ended on its own is not "stopped at its limit"
             if r.stopper is not None:
-                r.stopper.step()
-            elif r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
+                if not r.stopper.step():
+                    continue  # still stopping (the launcher may be gone, members of its session not)
+            elif not exited and r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
                 self._stop(r, "time_limit")
-            if r.exited():
-                if r.stopper is not None and not r.stopper.step():
-                    continue  # the launcher is gone but members of its session still live
+                continue
+            if exited:
                 ended.append(r)
         return ended
 
