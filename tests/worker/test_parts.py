@@ -228,10 +228,11 @@ def test_wal_is_checkpointed_when_it_grows(home, store):
     from engine.gpus import EmptyInventory
     from engine.worker import Config, WorkerDaemon
 
+    # the worker's long-lived connection keeps the WAL (the last connection to close folds it back)
+    w = WorkerDaemon(Config(home=home, wal_limit_mb=0.0), inventory=EmptyInventory())
     for _ in range(20):
         submit(store, ["true"])
     wal = home / "labdeck.db-wal"
     assert wal.stat().st_size > 0
-    w = WorkerDaemon(Config(home=home, wal_limit_mb=0.0), inventory=EmptyInventory())
     w._maybe_checkpoint()
     assert wal.stat().st_size == 0
