@@ -230,6 +230,7 @@ def test_wal_is_checkpointed_when_it_grows(home, store):
 
     # the worker's long-lived connection keeps the WAL (the last connection to close folds it back)
     w = WorkerDaemon(Config(home=home, wal_limit_mb=0.0), inventory=EmptyInventory())
+    w._db_changed()  # the first read opens the WAL
     for _ in range(20):
         submit(store, ["true"])
     wal = home / "labdeck.db-wal"
