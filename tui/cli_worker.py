@@ -113,6 +113,8 @@ def _status(args: argparse.Namespace) -> int:
         print("no worker running (labdeck worker start; labdeck submit starts one too)")
     print(f"queue {st.queue_state}: {len(st.running)} running, {st.queued} queued; "
           f"GPUs {st.gpus or 'all'}")
+    if not st.alive:
+        return 0  # the GPU snapshot and waiting reasons are the last worker's, not news
     for g in st.snapshot.get("gpus", []):
         ours = [p for p in g.get("processes", []) if p.get("job_id") is not None]
         others = [p for p in g.get("processes", []) if p.get("job_id") is None]
