@@ -116,9 +116,12 @@ def test_one_worker_per_home_and_jobs_do_not_hold_the_lock(tmp_path, home, store
     second = subprocess.run([PY, "-m", "engine.worker", "--home", str(home)], env=child_env(),
                             capture_output=True, text=True, timeout=30)
     assert "busy" in second.stdout and second.returncode == 0
-    slow = write_script(tmp_path, "slow.py", "import time; time.sleep(3)")
+    began = tmp_path / "began"
+    slow = write_script(tmp_path, "slow.py", f"import time; open({str(began)!r}, 'w').close(); time.sleep(3)")
     a = submit(store, script=slow)
-    wait_status(store, a, "running")
+    # `running` is set at the claim; kill only once the job's own process runs (a kill between the
+    # claim and the start gate rightly ends it `interrupted`, never started: the crash trials cover that)
+    wait_for(began.exists, timeout=30, what="the job to begin")
     w.kill9()
     assert not worker_alive(home)  # the job's launcher lives on, but the lock is free
     assert pid_alive(job(store, a).pid)
