@@ -75,7 +75,7 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
             reap(w)
 
     w = start()
-    time.sleep(rng.uniform(0.0, 1.2 if not proc_worker else 2.0))
+    time.sleep(rng.uniform(0.0, 0.9 if not proc_worker else 2.0))
     kill9(w)
 
     # kill some running jobs too, while no worker watches
