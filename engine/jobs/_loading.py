@@ -173,10 +173,13 @@ def model_record(ref: ModelRef, model: Any = None, device: str | None = None) ->
 
 
 def require_chat_template(tokenizer: Any, ref: ModelRef, what: str = "model") -> None:
-    if not getattr(tokenizer, "chat_template", None):
+    if getattr(tokenizer, "chat_template", None):
+        return
+    if what == "model":
         raise JobInputError(
             f"{what} {ref.path}: has no chat template; use template raw, alpaca or struq, or a model that has one"
         )
+    raise JobInputError(f"{what} {ref.path}: has no chat template (it scores conversations in its own template)")
 
 
 # ----------------------------------------------------------------------------------------------

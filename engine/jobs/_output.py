@@ -59,7 +59,7 @@ class ResumableRows:
             if old is not None and old != self.fp:
                 changed = _diff(old, self.fp)
                 raise JobInputError(
-                    f"outputs/{self.final.name}: earlier output was made with different {changed}; "
+                    f"{self.final.parent.name}/{self.final.name}: earlier output was made with different {changed}; "
                     "start a new job instead of resuming this one"
                 )
         elif self.rank == 0:

@@ -1,8 +1,10 @@
-"""Run engine jobs the way the worker does: a spec.json in a run folder, `python -m engine.jobs RUN_DIR`.
+"""Run engine jobs the way the worker does: a spec.json in a run folder, then the worker's own child.
 
-Until the worker lands, `run_job` starts the job process itself (argument list, own session, so a
-test can SIGKILL it like the worker would). Switching to the worker later means replacing the body
-of `start_job` with `python -m engine.launcher RUN_DIR`; tests only see `JobResult`.
+`start_job` spawns `python -m engine.launcher RUN_DIR` in its own session, exactly as the worker
+does, with the start gate open (`LABDECK_NO_GATE=1`: no database here to commit the pid to); the
+launcher runs `python -m engine.jobs RUN_DIR` and writes `exit.json`. A test can SIGKILL the whole
+process group as the worker's kill path would. `run_inprocess` calls the same entry point
+(`engine.jobs.__main__.main`) without paying torch's import again, for the many small checks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class JobResult:
     @property
     def outputs(self) -> Path:
         return self.run_dir / "outputs"
+
+    def exit_record(self) -> dict[str, Any] | None:
+        """The launcher's exit.json (None for in-process runs)."""
+        path = self.run_dir / "exit.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def records(self, name: str = "records.jsonl") -> list[dict[str, Any]]:
         with open(self.outputs / name, encoding="utf-8") as fh:
@@ -68,9 +75,10 @@ def write_run_dir(run_dir: Path, spec: dict[str, Any]) -> Path:
 
 
 def start_job(run_dir: Path) -> subprocess.Popen:
+    env = {**job_env(), "LABDECK_NO_GATE": "1"}
     return subprocess.Popen(  # noqa: S603 - argument list, no shell
-        [sys.executable, "-m", "engine.jobs", str(run_dir)],
-        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-m", "engine.launcher", str(run_dir)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
 
 

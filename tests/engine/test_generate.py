@@ -24,8 +24,9 @@ def responses(result) -> list:  # noqa: ANN001
 
 def test_greedy_output_is_the_same_with_batch_size_1_and_8(tiny, prompts: Path, tmp_path: Path) -> None:
     one = run_inprocess(tmp_path / "bs1", gen_spec(tiny, prompts, batch_size=1))
-    eight = run_job(tmp_path / "bs8", gen_spec(tiny, prompts, batch_size=8))  # through a real job process
+    eight = run_job(tmp_path / "bs8", gen_spec(tiny, prompts, batch_size=8))  # under the worker's launcher
     assert one.returncode == 0 and eight.returncode == 0, eight.stderr
+    assert eight.exit_record()["returncode"] == 0
     assert responses(one) == responses(eight)
     rows = eight.records()
     src = [json.loads(line) for line in prompts.read_text().splitlines()]
@@ -175,7 +176,7 @@ def test_bad_input_fails_at_once_with_one_line(case: str, tiny, prompts: Path, n
 
 def test_bad_input_exits_3_through_the_job_process(tiny, tmp_path: Path) -> None:
     res = run_job(tmp_path / "run", gen_spec(tiny, tmp_path / "absent.jsonl"))
-    assert res.returncode == 3
+    assert res.returncode == 3 and res.exit_record()["returncode"] == 3
     assert res.stderr.strip().splitlines() == [f"labdeck: dataset {tmp_path / 'absent.jsonl'}: no such file"]
 
 
