@@ -139,14 +139,16 @@ class LabdeckApp(App[int]):
             self.action_reload()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """Every unexpected failure of a thread worker ends here, as one notice; the app goes on."""
         if event.state == WorkerState.ERROR:
-            worker = event.worker
-            if worker.group == "poll":
-                self._polling = False
-            error = worker.error
-            what = worker.group.replace("-", " ")
-            self.notify(f"{what} failed: {type(error).__name__}: {error}", title="labdeck", severity="error", timeout=8)
+            self.report_worker_error(event.worker)
+
+    def report_worker_error(self, worker: Worker) -> None:
+        """Every unexpected failure of a thread worker ends here, as one notice; the app goes on."""
+        if worker.group == "poll":
+            self._polling = False
+        error = worker.error
+        what = worker.group.replace("-", " ")
+        self.notify(f"{what} failed: {type(error).__name__}: {error}", title="labdeck", severity="error", timeout=8)
 
     # ------------------------------------------------------------------ navigation
 
@@ -202,7 +204,7 @@ class LabdeckApp(App[int]):
 
     def action_toggle_pause(self) -> None:
         state = self.overview.worker.queue_state if self.overview is not None else "running"
-        self.set_queue(("running" if state != "running" else "paused"))
+        self.set_queue("running" if state != "running" else "paused")
 
     def action_drain(self) -> None:
         self.set_queue("draining")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import partial
 
+from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 SKIP_ACTIONS = {"cursor_down", "cursor_up", "command_palette", "focus_next", "focus_previous"}
@@ -21,16 +22,20 @@ class LabdeckCommands(Provider):
         app = self.app
         screen = self.screen
         seen: set[tuple[int, str]] = set()
-        for key, active in screen.active_bindings.items():
-            b = active.binding
-            if b.system or not b.description or b.action in SKIP_ACTIONS or not active.enabled:
-                continue
-            ident = (id(active.node), b.action)
-            if ident in seen:
-                continue
-            seen.add(ident)
-            help_text = f"key {app.get_key_display(b)}" + (f" · {b.tooltip}" if b.tooltip else "")
-            yield b.description, help_text, partial(app.run_action, b.action, active.node)
+        # labdeck's own keys on the focused widget, its screen and the app (also those a focused
+        # widget shadows, like the table's enter over the screen's "Open"); not Textual's plumbing.
+        nodes = [n for n in (screen.focused.ancestors_with_self if screen.focused else [screen])
+                 if type(n).__module__.startswith("tui.")]
+        for node in [*nodes, app]:
+            for b in type(node).BINDINGS:
+                if not isinstance(b, Binding) or not b.description or b.action in SKIP_ACTIONS:
+                    continue
+                ident = (id(node), b.action)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                help_text = f"key {app.get_key_display(b)}" + (f" · {b.tooltip}" if b.tooltip else "")
+                yield b.description, help_text, partial(app.run_action, b.action, node)
         from tui.screens.jobs import SORTS, JobsScreen
 
         ov = getattr(app, "overview", None)

@@ -8,7 +8,8 @@ or two. A refused action (cancel a finished job, retry a running one) is a warni
 from __future__ import annotations
 
 from textual import work
-from textual.worker import get_current_worker
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from tui.messages import ActionDone, SpecsLoaded
 from tui.source import ActionError
@@ -19,6 +20,37 @@ def ids_label(ids: list[int]) -> str:
         return f"job {ids[0]}"
     shown = ", ".join(map(str, ids[:6]))
     return f"{len(ids)} jobs ({shown}{', …' if len(ids) > 6 else ''})"
+
+
+class DataScreen(Screen):
+    """A screen that reloads when the store changed (only while it is shown) and reports failures.
+
+    Subclasses implement `load()`. `Worker.StateChanged` does not bubble, so each screen passes
+    its workers' unexpected errors to the app, which shows one notice and carries on.
+    """
+
+    _stale = False
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "data_version", self._data_changed, init=False)
+
+    def load(self) -> None:  # pragma: no cover - every screen overrides it
+        raise NotImplementedError
+
+    def _data_changed(self, _version: int) -> None:
+        if self.is_current:
+            self.load()
+        else:
+            self._stale = True
+
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self._stale = False
+            self.load()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.app.report_worker_error(event.worker)  # type: ignore[attr-defined]
 
 
 class JobActions:

@@ -51,6 +51,9 @@ class PromptScreen(ModalScreen[str | None]):
             yield Input(self.value, id="prompt-input", compact=True, select_on_focus=False)
             yield Static(self.detail or "[b]enter[/b] save    [b]escape[/b] cancel", classes="dialog-keys")
 
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         value = event.value.strip()
@@ -66,10 +69,7 @@ EXPORT_FORMATS = (("csv", "CSV", "csv"), ("markdown", "Markdown", "md"), ("latex
 class ExportScreen(ModalScreen[tuple[str, str] | None]):
     """Choose a format (the list) and a file (the line below); enter writes, escape cancels."""
 
-    BINDINGS = [
-        Binding("escape", "cancel", "Cancel", id="export.cancel"),
-        Binding("tab", "focus_next", "Next field", show=False, id="export.next"),
-    ]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="export.cancel")]
 
     def __init__(self, stem: str) -> None:
         super().__init__()
@@ -85,7 +85,9 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
                          classes="dialog-keys")
 
     def on_mount(self) -> None:
-        self.query_one(OptionList).highlighted = 0
+        formats = self.query_one(OptionList)
+        formats.highlighted = 0
+        formats.focus()
 
     def _ext(self, fmt: str) -> str:
         return next(ext for key, _, ext in EXPORT_FORMATS if key == fmt)
@@ -96,6 +98,7 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
         old_ext = "." + self._ext(self.fmt)
         if path.value.endswith(old_ext):
             path.value = path.value[: -len(old_ext)] + "." + self._ext(fmt)
+            path.cursor_position = len(path.value)
         self.fmt = fmt
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

@@ -11,23 +11,22 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from tui.messages import GpusLoaded
 from tui.render import ago
+from tui.screens.common import DataScreen
 from tui.widgets.gpu_panel import gpus_renderable
 from tui.widgets.status_bar import StatusBar
 
 
-class GpusScreen(Screen):
+class GpusScreen(DataScreen):
     BINDINGS = [Binding("escape", "app.show_jobs", "Jobs", id="gpus.back")]
 
     def __init__(self) -> None:
         super().__init__()
         self.data = None  # tui.source.GpuData
-        self._stale = False
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -37,20 +36,9 @@ class GpusScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.watch(self.app, "data_version", self._data_changed, init=False)
         self.watch(self.app, "now", self._clock, init=False)
         self.load()
 
-    def _data_changed(self, _version: int) -> None:
-        if self.is_current:
-            self.load()
-        else:
-            self._stale = True
-
-    def on_screen_resume(self) -> None:
-        if self._stale:
-            self._stale = False
-            self.load()
 
     def _clock(self, _now: float) -> None:
         if self.is_current:

@@ -17,13 +17,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, SelectionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, DetailLoaded, LogLoaded, SeriesLoaded
 from tui.render import ago, duration, number, plain_status, progress_cell, status_text, timestamp
-from tui.screens.common import JobActions
+from tui.screens.common import DataScreen, JobActions
 from tui.source import ActionError
 from tui.widgets.charts import MetricChart
 from tui.widgets.gpu_panel import gpu_lines
@@ -111,7 +110,7 @@ def spec_renderable(spec: dict) -> RenderableType:
     return Text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True).rstrip())
 
 
-class JobDetailScreen(JobActions, Screen):
+class JobDetailScreen(JobActions, DataScreen):
     BINDINGS = [
         Binding("escape", "back", "Back", id="detail.back"),
         Binding("o", "tab('overview')", "Overview", show=False, id="detail.overview"),
@@ -130,7 +129,6 @@ class JobDetailScreen(JobActions, Screen):
         super().__init__()
         self.job_id = job_id
         self.data = None  # tui.source.DetailData
-        self._stale = False
         self._series_version = -1
         self._log_busy = False
 
@@ -157,7 +155,6 @@ class JobDetailScreen(JobActions, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.watch(self.app, "data_version", self._data_changed, init=False)
         self.watch(self.app, "now", self._clock, init=False)
         table = self.query_one("#detail-artifacts", DataTable)
         table.add_column("kind", key="kind")
@@ -168,16 +165,6 @@ class JobDetailScreen(JobActions, Screen):
 
     # ------------------------------------------------------------------ loading
 
-    def _data_changed(self, _version: int) -> None:
-        if self.is_current:
-            self.load()
-        else:
-            self._stale = True
-
-    def on_screen_resume(self) -> None:
-        if self._stale:
-            self._stale = False
-            self.load()
 
     def _clock(self, _now: float) -> None:
         if self.is_current and self.data is not None and plain_status(self.data.detail.row.status) == "running":

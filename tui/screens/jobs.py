@@ -11,12 +11,11 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, JobsLoaded
-from tui.screens.common import JobActions
+from tui.screens.common import DataScreen, JobActions
 from tui.source import PAGE_SIZE, JobQuery
 from tui.widgets.jobs_table import JobsTable
 from tui.widgets.status_bar import StatusBar
@@ -25,7 +24,7 @@ SORTS = ("newest", "oldest", "queue", "status", "experiment", "kind", "name")
 PREFERRED_METRICS = ("loss", "train_loss", "eval_loss", "win_rate", "reward", "score", "accuracy")
 
 
-class JobsScreen(JobActions, Screen):
+class JobsScreen(JobActions, DataScreen):
     BINDINGS = [
         Binding("enter", "open", "Open", id="jobs.open"),
         Binding("slash", "filter", "Filter", id="jobs.filter"),
@@ -49,7 +48,6 @@ class JobsScreen(JobActions, Screen):
         self.metric: str | None = None
         self.metric_chosen = False
         self.metric_names: list[str] = []
-        self._stale = False
         self._filter_timer = None
         self._pending_select: int | None = None
 
@@ -63,29 +61,21 @@ class JobsScreen(JobActions, Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.watch(self.app, "data_version", self._data_changed, init=False)
         self.watch(self.app, "now", self._clock, init=False)
         self.query_one(JobsTable).focus()
         self.load()
 
     # ------------------------------------------------------------------ loading
 
-    def _data_changed(self, _version: int) -> None:
-        if self.is_current:
-            self.load()
-        else:
-            self._stale = True
-
-    def on_screen_resume(self) -> None:
-        if self._stale:
-            self._stale = False
-            self.load()
-
     def _clock(self, now: float) -> None:
         if self.is_current:
             self.query_one(JobsTable).tick(now)
 
     def load(self, offset: int | None = None, cursor: str | None = None, select_id: int | None = None) -> None:
+        # A job still waiting to be selected (after a submit or a retry) survives reloads that
+        # replace the load that was meant to find it (loads are exclusive: the newest wins).
+        if select_id is None and cursor is None and offset is None:
+            select_id = self._pending_select
         self._load(self.query_spec, self.page_offset if offset is None else offset, cursor, select_id)
 
     @work(thread=True, exclusive=True, group="jobs-page", exit_on_error=False)
@@ -114,8 +104,8 @@ class JobsScreen(JobActions, Screen):
             if pick is not None and pick != self.metric:
                 self.metric = pick
                 table.set_metric(pick)
-        if select_id is None and self._pending_select is not None:
-            select_id, self._pending_select = self._pending_select, None
+        if select_id is not None and select_id == self._pending_select:
+            self._pending_select = None
         table.marked = self.marked
         table.show_page(page, self.app.now, select_id=select_id, cursor=cursor)
         self.query_one("#jobs-empty").display = page.total == 0 and not page.query.filtered
@@ -141,10 +131,11 @@ class JobsScreen(JobActions, Screen):
 
     def on_action_done(self, message: ActionDone) -> None:
         if message.select_id is not None:
-            self._pending_select = message.select_id
+            self.select_job(message.select_id)
 
     def select_job(self, job_id: int) -> None:
         """Show the page holding `job_id` with the cursor on it (after a submit or a retry)."""
+        self._pending_select = job_id
         self.load(select_id=job_id)
 
     # ------------------------------------------------------------------ selection

@@ -16,20 +16,21 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, Select, Static
+from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.presets import PRESETS
 from engine.specs import KINDS
 from tui import spec_fields as SF
 from tui.messages import ActionDone
 from tui.source import ActionError
+from tui.widgets.choice import Choice
 from tui.widgets.status_bar import StatusBar
 
 NARROW = 120  # below this width the YAML preview is a toggle (ctrl+y) instead of a side pane
@@ -101,6 +102,10 @@ class NewJobScreen(Screen[list[int] | None]):
                 opts.append(Option(Text.assemble(("preset ", "dim"), (name, "bold"), "  ", (p.description, "dim")), id=f"preset:{name}"))
         return opts
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.app.report_worker_error(event.worker)
+
     def on_mount(self) -> None:
         self.set_class(self.app.size.width < NARROW, "-narrow")
         self._load_suggestions()
@@ -147,10 +152,10 @@ class NewJobScreen(Screen[list[int] | None]):
             if not members:
                 continue
             widgets.append(Static(title, classes="section"))
-            for f in members:
-                widgets.append(Horizontal(Label(f.name, classes="field-label"), self._editor(f, values.get(f.name)),
-                                          classes="field", id=f"row-{f.name}"))
-                widgets.append(Static("", classes="field-error hidden", id=f"err-{f.name}"))
+            cells: list[Widget] = []
+            for f in members:  # a two-column grid: label, editor (few widgets: the form mounts fast)
+                cells += [Label(f.name, classes="field-label", id=f"row-{f.name}"), self._editor(f, values.get(f.name))]
+            widgets.append(Grid(*cells, classes="fields"))
         await form.mount_all(widgets)
         self.query_one("#form-title", Static).update(Text.assemble((self.title_text, "bold"), "  ", (kind, "cyan")))
         self.query_one("#new-switcher", ContentSwitcher).current = "form-body"
@@ -162,12 +167,11 @@ class NewJobScreen(Screen[list[int] | None]):
     def _editor(self, f: SF.FieldSpec, value: Any) -> Widget:
         wid = f"f-{f.name}"
         if f.editor == "select":
-            options = [(c, c) for c in f.choices]
-            current = value if value in f.choices else Select.NULL
-            return Select(options, value=current, allow_blank=f.optional or current is Select.NULL, id=wid,
-                          compact=True, prompt="(default)")
+            options = ([("(none)", "")] if f.optional else []) + [(c, c) for c in f.choices]
+            current = value if value in f.choices else options[0][1]
+            return Choice(options, current, id=wid)
         if f.editor == "bool":
-            return Select(BOOL_CHOICES, value=bool(value), allow_blank=False, id=wid, compact=True)
+            return Choice(BOOL_CHOICES, bool(value), id=wid)
         placeholder = "required" if f.required else ("" if value else f"(none) {f.description[:60]}")
         return Input(str(value or ""), id=wid, compact=True, placeholder=placeholder, select_on_focus=False)
 
@@ -175,8 +179,8 @@ class NewJobScreen(Screen[list[int] | None]):
         out: dict[str, Any] = {}
         for f in self.fields:
             w = self.query_one(f"#f-{f.name}")
-            if isinstance(w, Select):
-                out[f.name] = "" if w.is_blank() else w.value
+            if isinstance(w, Choice):
+                out[f.name] = w.value
             elif isinstance(w, Input):
                 out[f.name] = w.value
         return out
@@ -184,7 +188,7 @@ class NewJobScreen(Screen[list[int] | None]):
     def set_value(self, name: str, value: Any) -> None:
         """Set one editor (tests and the palette use it); validation follows as for typing."""
         w = self.query_one(f"#f-{name}")
-        if isinstance(w, Select):
+        if isinstance(w, Choice):
             w.value = value
         elif isinstance(w, Input):
             w.value = str(value)
@@ -209,7 +213,7 @@ class NewJobScreen(Screen[list[int] | None]):
     # ------------------------------------------------------------------ validation
 
     @on(Input.Changed)
-    @on(Select.Changed)
+    @on(Choice.Changed)
     def _edited(self, event: Message) -> None:
         if self.kind is not None and getattr(event, "control", None) is not None and (event.control.id or "").startswith("f-"):
             self._schedule(0.25)
@@ -243,14 +247,8 @@ class NewJobScreen(Screen[list[int] | None]):
     def _show_result(self, r: SF.Validation) -> None:
         names = {f.name for f in self.fields}
         for f in self.fields:
-            row = self.query_one(f"#row-{f.name}")
-            err = self.query_one(f"#err-{f.name}", Static)
-            msg = r.errors.get(f.name)
-            if msg and not self._tried and msg.endswith("required field is missing"):
-                msg = None  # not yet: the status line says it, the field is not red before a first try
-            row.set_class(msg is not None, "-invalid")
-            err.set_class(msg is None, "hidden")
-            err.update(Text(f"✘ {msg}") if msg else "")
+            self.query_one(f"#row-{f.name}").set_class(self._field_error(f.name) is not None, "-invalid")
+        self._show_help()
         status = self.query_one("#form-status", Static)
         status.remove_class("-ok", "-error")
         if r.ok:
@@ -271,16 +269,31 @@ class NewJobScreen(Screen[list[int] | None]):
                 preview.append(f"#   … {len(r.names) - 30} more\n", style="dim")
         self.query_one("#preview-text", Static).update(preview)
 
+    def _field_error(self, name: str) -> str | None:
+        msg = self.result.errors.get(name) if self.result is not None else None
+        if msg and not self._tried and msg.endswith("required field is missing"):
+            return None  # not yet: the status line says it; no field is red before a first try
+        return msg
+
     def on_descendant_focus(self, event) -> None:  # noqa: ANN001
-        wid = getattr(event.widget, "id", None) or ""
+        self._show_help()
+
+    def _show_help(self) -> None:
+        """Help for the focused field: its error if it has one, its default and its description."""
+        wid = getattr(self.focused, "id", None) or ""
         if not wid.startswith("f-"):
             return
         f = next((x for x in self.fields if x.name == wid[2:]), None)
-        if f is not None:
+        if f is None:
+            return
+        err = self._field_error(f.name)
+        if err:
+            help_text = Text(f"✘ {err}", style="bold red")
+        else:
             help_text = Text.assemble((f.name, "bold"), (f"  default: {f.default_text() or '(none)'}", "dim"))
             if f.description:
                 help_text.append("  " + f.description)
-            self.query_one("#field-help", Static).update(help_text)
+        self.query_one("#field-help", Static).update(help_text)
 
     # ------------------------------------------------------------------ actions
 

@@ -14,11 +14,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Label, Select, Static
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, ResultsLoaded
+from tui.screens.common import DataScreen
 from tui.source import REDUCTIONS, ActionError, slug
 from tui.widgets.bars import GroupedBars
 from tui.widgets.heatmap import Heatmap
@@ -30,7 +30,7 @@ MAX_DIFF_JOBS = 24
 NONE = "(none)"
 
 
-class ResultsScreen(Screen):
+class ResultsScreen(DataScreen):
     BINDINGS = [
         Binding("escape", "app.show_jobs", "Jobs", id="results.back"),
         Binding("t", "view('table')", "Table", id="results.table"),
@@ -51,7 +51,6 @@ class ResultsScreen(Screen):
         self.view = "table"
         self.data = None  # tui.source.ResultsData
         self.pivot = None  # db.results.Pivot
-        self._stale = False
         self._experiments: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -78,7 +77,6 @@ class ResultsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.watch(self.app, "data_version", self._data_changed, init=False)
         self.watch(self.app, "overview", self._overview, init=True)
         self.query_one("#view-table").focus()
 
@@ -140,16 +138,6 @@ class ResultsScreen(Screen):
 
     # ------------------------------------------------------------------ loading
 
-    def _data_changed(self, _version: int) -> None:
-        if self.is_current:
-            self.load()
-        else:
-            self._stale = True
-
-    def on_screen_resume(self) -> None:
-        if self._stale:
-            self._stale = False
-            self.load()
 
     def load(self) -> None:
         if self.experiment:

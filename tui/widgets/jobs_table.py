@@ -34,6 +34,8 @@ class JobsTable(DataTable):
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False, id="jobs.cursor_down"),
         Binding("k", "cursor_up", "Up", show=False, id="jobs.cursor_up"),
+        Binding("home", "edge('first')", "First row of the page", show=False, id="jobs.first_row"),
+        Binding("end", "edge('last')", "Last row of the page", show=False, id="jobs.last_row"),
         Binding("right_square_bracket", "page(1)", "Next page", show=False, id="jobs.next_page"),
         Binding("left_square_bracket", "page(-1)", "Previous page", show=False, id="jobs.previous_page"),
     ]
@@ -234,6 +236,10 @@ class JobsTable(DataTable):
                 self.post_message(self.PageRequest(-1, "last"))
             return
         super().action_cursor_up()
+
+    def action_edge(self, which: str) -> None:
+        if self._keys:
+            self.move_cursor(row=0 if which == "first" else len(self._keys) - 1, animate=False)
 
     def action_page(self, delta: int) -> None:
         if (delta > 0 and self._has_next()) or (delta < 0 and self._has_previous()):

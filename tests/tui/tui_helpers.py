@@ -26,3 +26,10 @@ def screen_text(app) -> str:  # noqa: ANN001
                       color_system=None, record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+async def type_text(pilot, text: str) -> None:  # noqa: ANN001
+    """Type `text` key by key, as a person would."""
+    from textual.keys import _character_to_key
+
+    await pilot.press(*(_character_to_key(c) if not c.isalnum() else c for c in text))
