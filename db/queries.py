@@ -429,16 +429,18 @@ def experiment_names(session: Session) -> list[str]:
     return list(session.execute(select(Experiment.name).order_by(Experiment.id.desc())).scalars())
 
 
-def experiment_metric_names(session: Session, experiment: str) -> list[str]:
-    """The metric names any job of `experiment` reported, sorted."""
-    return list(session.execute(
+def experiment_metric_names(session: Session, experiment: str, summaries_only: bool = False) -> list[str]:
+    """The metric names any job of `experiment` reported, sorted; with `summaries_only`, only those
+    reported without a step (a job's final score, what a results table usually shows)."""
+    q = (
         select(Metric.name)
         .join(Job, Job.id == Metric.job_id)
         .join(Experiment, Experiment.id == Job.experiment_id)
         .where(Experiment.name == experiment)
-        .distinct()
-        .order_by(Metric.name)
-    ).scalars())
+    )
+    if summaries_only:
+        q = q.where(Metric.step.is_(None))
+    return list(session.execute(q.distinct().order_by(Metric.name)).scalars())
 
 
 def job_specs(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:

@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState, get_current_worker  # noqa: E402
 
 from tui.commands import LabdeckCommands  # noqa: E402
 from tui.messages import ActionDone, Polled  # noqa: E402
+from tui.render import use_color  # noqa: E402
 from tui.screens.jobs import JobsScreen  # noqa: E402
 from tui.source import Source  # noqa: E402
 
@@ -58,12 +59,12 @@ class LabdeckApp(App[int]):
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
-        Binding("q", "quit", "Quit", id="app.quit", tooltip="Leave the app; the worker and its jobs keep running"),
-        Binding("question_mark", "help", "Help", id="app.help"),
         Binding("n", "new_job", "New job", id="app.new_job"),
-        Binding("1", "show_jobs", "Jobs", show=False, id="app.jobs"),
         Binding("2", "show_results", "Results", id="app.results"),
         Binding("3", "show_gpus", "GPUs", id="app.gpus"),
+        Binding("1", "show_jobs", "Jobs", show=False, id="app.jobs"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("q", "quit", "Quit", id="app.quit", tooltip="Leave the app; the worker and its jobs keep running"),
         Binding("p", "toggle_pause", "Pause/resume queue", show=False, id="app.pause"),
         Binding("D", "drain", "Drain queue", show=False, id="app.drain"),
         Binding("ctrl+r", "reload", "Reload now", show=False, id="app.reload"),
@@ -75,17 +76,25 @@ class LabdeckApp(App[int]):
 
     def __init__(self, source: Source, *, start_worker: bool = True, refresh_s: float = 1.0) -> None:
         super().__init__()
+        use_color(not self.no_color)
         self.source = source
         self.start_worker = start_worker
         self.refresh_s = refresh_s
         self._fingerprint: tuple[int, ...] | None = None
         self._ticks = 0
         self._polling = False
+        self._warmed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
         self.now = self.source.clock()
+        # After the first frame: the first poll imports and opens the store (a third of a second
+        # of CPU), which would otherwise compete with painting that frame for the GIL.
+        self.call_after_refresh(self._start)
+
+    def _start(self) -> None:
+        self._polling = True
         self.poll(force=True)
         if self.start_worker:
             self.ensure_worker()
@@ -115,6 +124,20 @@ class LabdeckApp(App[int]):
         if message.changed:
             self._fingerprint = message.fingerprint
             self.data_version += 1
+
+    def warm_up(self) -> None:
+        """After the first screenful: open the store and import the other screens, off the loop."""
+        if not self._warmed:
+            self._warmed = True
+            self.call_after_refresh(self._warm_up)
+
+    @work(thread=True, group="warm-up", exit_on_error=False)
+    def _warm_up(self) -> None:
+        self.source.warm_up()
+        import db.results  # noqa: F401
+        import tui.screens.job_detail  # noqa: F401
+        import tui.screens.new_job  # noqa: F401
+        import tui.screens.results  # noqa: F401
 
     def action_reload(self) -> None:
         self._fingerprint = None
@@ -183,7 +206,8 @@ class LabdeckApp(App[int]):
         self.push_screen(JobDetailScreen(job_id))
 
     def action_new_job(self) -> None:
-        self.open_new_job(None, "New job")
+        if type(self.screen).__name__ != "NewJobScreen":  # not a form on top of a form
+            self.open_new_job(None, "New job")
 
     def open_new_job(self, spec: dict[str, Any] | None, title: str) -> None:
         from tui.screens.new_job import NewJobScreen

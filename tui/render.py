@@ -12,6 +12,23 @@ from collections.abc import Iterable
 
 from rich.text import Text
 
+_COLOR = True  # False under NO_COLOR: text keeps bold/dim but never depends on a colour
+
+
+def use_color(on: bool) -> None:
+    """The app calls this once: under NO_COLOR, Textual turns colours into greys by luminance,
+    which makes red text on a dark background nearly invisible; our styles drop colour instead."""
+    global _COLOR
+    _COLOR = on
+
+
+def st(style: str) -> str:
+    """`style` without its colours when colour is off (attributes like bold stay)."""
+    if _COLOR or not style:
+        return style
+    return " ".join(w for w in style.split() if w in ("bold", "dim", "italic", "underline", "reverse"))
+
+
 EIGHTHS = " ▏▎▍▌▋▊▉"
 EMPTY = "░"
 
@@ -68,16 +85,16 @@ def bar(fraction: float | None, width: int, style: str = "cyan", empty_style: st
     if width <= 0:
         return text
     if fraction is None:
-        return Text(EMPTY * width, style=empty_style)
+        return Text(EMPTY * width, style=st(empty_style))
     f = max(0.0, min(1.0, fraction))
     eighths = round(f * width * 8)
     full, part = divmod(eighths, 8)
-    text.append("█" * full, style=style)
+    text.append("█" * full, style=st(style))
     if part and full < width:
-        text.append(EIGHTHS[part], style=style)
+        text.append(EIGHTHS[part], style=st(style))
         full += 1
     if full < width:
-        text.append(EMPTY * (width - full), style=empty_style)
+        text.append(EMPTY * (width - full), style=st(empty_style))
     return text
 
 
@@ -105,7 +122,7 @@ def status_text(status: str, icon: bool = True, width: int | None = None) -> Tex
     label = f"{STATUS_ICON.get(status, '?')} {status}" if icon else status
     if width is not None and len(label) > width:
         label = label[: width - 1] + "…"
-    return Text(label, style=STATUS_STYLE.get(status, ""))
+    return Text(label, style=st(STATUS_STYLE.get(status, "")))
 
 
 def number(v: float | None) -> str:

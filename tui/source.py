@@ -205,9 +205,26 @@ class Source:
     def home(self) -> Path:
         return self.store.home
 
+    def db_path(self) -> Path:
+        """The database file, without opening the store (no SQLAlchemy import)."""
+        if self._store is not None:
+            return self._store.path
+        from db.home import db_path, ensure_home
+
+        return db_path(ensure_home(self._home))
+
+    @property
+    def cold(self) -> bool:
+        """True until the store is open: reads that can go through `tui.fastread` do."""
+        return self._store is None
+
+    def warm_up(self) -> None:
+        """Import and open the store (and migrate it if needed) ahead of the first real need."""
+        _ = self.store
+
     def fingerprint(self) -> tuple[int, ...]:
         """Changes whenever any process commits to the database (WAL size or mtime, database mtime)."""
-        path = self.store.path
+        path = self.db_path()
         out: list[int] = []
         for p in (path, Path(f"{path}-wal")):
             try:
@@ -220,6 +237,13 @@ class Source:
     # ---------------------------------------------------------------- reads
 
     def overview(self) -> Overview:
+        if self.cold:
+            from tui import fastread
+
+            fast = fastread.overview(self.db_path(), self.clock())
+            if fast is not None:
+                worker, at, gpus, counts, exps = fast
+                return Overview(worker, at, tuple(gpus), counts, tuple(exps))  # type: ignore[arg-type]
         from db import queries as Q
 
         with self.store.read() as s:
@@ -230,6 +254,13 @@ class Source:
         return Overview(worker, t, tuple(gpus), counts, tuple(exps))
 
     def jobs_page(self, query: JobQuery, offset: int = 0, limit: int = PAGE_SIZE) -> JobsPage:
+        if self.cold and offset == 0 and query == JobQuery():
+            from tui import fastread
+
+            fast = fastread.first_page(self.db_path(), limit)
+            if fast is not None:
+                rows, total, metrics = fast
+                return JobsPage(query, 0, tuple(rows), total, metrics)  # type: ignore[arg-type]
         from db import queries as Q
 
         with self.store.read() as s:
@@ -358,8 +389,9 @@ class Source:
 
         with self.store.read() as s:
             names = tuple(Q.experiment_metric_names(s, experiment))
-            if metric not in names:
-                metric = names[0] if names else None
+            if metric not in names:  # default: a final score if any job reported one
+                summaries = Q.experiment_metric_names(s, experiment, summaries_only=True) if names else []
+                metric = summaries[0] if summaries else (names[0] if names else None)
             if metric is None:
                 rows: list[ResultRow] = []
             else:

@@ -254,3 +254,32 @@ def test_run_app_starts_the_worker_off_the_event_loop_and_survives_its_absence(t
 
     asyncio.run(go())
     assert NoWorker.calls and NoWorker.calls[0] != "MainThread"
+
+
+def test_the_cold_start_reads_agree_with_the_store(seeded_dir) -> None:  # noqa: ANN001
+    """tui.fastread (plain sqlite3, before SQLAlchemy is imported) answers as db.queries does."""
+    from dataclasses import asdict
+
+    from tui.source import JobQuery
+
+    cold = Source(seeded_dir[0], clock=lambda: FROZEN)
+    assert cold.cold
+    fast_page, fast_view = cold.jobs_page(JobQuery()), cold.overview()
+    assert cold.cold  # answered without opening the store
+    warm = Source(store=Store(seeded_dir[0]), clock=lambda: FROZEN)
+    page, view = warm.jobs_page(JobQuery()), warm.overview()
+    assert [asdict(r) for r in fast_page.rows] == [asdict(r) | {"status": str(r.status.value if hasattr(r.status, "value") else r.status)} for r in page.rows]
+    assert (fast_page.total, fast_page.metrics) == (page.total, page.metrics)
+    assert asdict(fast_view.worker) == asdict(view.worker)
+    assert [asdict(g) for g in fast_view.gpus] == [asdict(g) for g in view.gpus]
+    assert (fast_view.counts, fast_view.experiments, fast_view.gpus_at) == (view.counts, view.experiments, view.gpus_at)
+    cold.warm_up()
+    assert not cold.cold
+
+
+def test_fastread_knows_the_current_schema() -> None:
+    """A new migration must be checked against tui/fastread.py's SQL, then its version bumped there."""
+    from db.migrations import SCHEMA_VERSION
+    from tui import fastread
+
+    assert fastread.SCHEMA_VERSION == SCHEMA_VERSION

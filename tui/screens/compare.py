@@ -7,8 +7,9 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.spec_diff import SpecDiff
 from tui.widgets.status_bar import StatusBar
 
@@ -24,7 +25,7 @@ class CompareScreen(Screen):
         yield StatusBar()
         yield Static(id="compare-title", classes="screen-title")
         yield SpecDiff(id="compare-diff")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         diff = self.query_one(SpecDiff)

@@ -10,7 +10,47 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class Dialog(ModalScreen):
+    """What every dialog shares: a bordered box in the middle of the screen."""
+
+    SCOPED_CSS = False  # the rules name the dialog classes themselves
+    DEFAULT_CSS = """
+    Dialog {
+        align: center middle;
+    }
+
+    .dialog {
+        width: 64;
+        max-width: 95%;
+        height: auto;
+        padding: 1 2;
+        border: round $accent;
+        background: $surface;
+    }
+
+    .dialog-title {
+        text-style: bold;
+        margin-bottom: 1;
+    }
+
+    .dialog-detail {
+        color: $text-muted;
+        margin-bottom: 1;
+    }
+
+    .dialog-keys {
+        margin-top: 1;
+        color: $text-muted;
+    }
+
+    #export-format {
+        height: auto;
+        margin-bottom: 1;
+    }
+    """
+
+
+class ConfirmScreen(Dialog, ModalScreen[bool]):
     """Ask before doing something that cannot be undone; `y`/enter confirms, `n`/escape declines."""
 
     BINDINGS = [
@@ -34,7 +74,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class PromptScreen(ModalScreen[str | None]):
+class PromptScreen(Dialog, ModalScreen[str | None]):
     """One line of text (a file name); enter accepts, escape cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
@@ -66,7 +106,7 @@ class PromptScreen(ModalScreen[str | None]):
 EXPORT_FORMATS = (("csv", "CSV", "csv"), ("markdown", "Markdown", "md"), ("latex", "LaTeX", "tex"), ("json", "JSON", "json"))
 
 
-class ExportScreen(ModalScreen[tuple[str, str] | None]):
+class ExportScreen(Dialog, ModalScreen[tuple[str, str] | None]):
     """Choose a format (the list) and a file (the line below); enter writes, escape cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="export.cancel")]

@@ -11,17 +11,21 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 from textual.worker import get_current_worker
 
 from tui.messages import GpusLoaded
 from tui.render import ago
 from tui.screens.common import DataScreen
 from tui.widgets.gpu_panel import gpus_renderable
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
 
 
 class GpusScreen(DataScreen):
+    DEFAULT_CSS = """
+    #gpus { height: 1fr; padding: 0 1; }
+    """
     BINDINGS = [Binding("escape", "app.show_jobs", "Jobs", id="gpus.back")]
 
     def __init__(self) -> None:
@@ -33,7 +37,7 @@ class GpusScreen(DataScreen):
         yield Static("GPUs", id="gpus-title", classes="screen-title")
         with VerticalScroll(id="gpus"):
             yield Static(id="gpus-body")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.watch(self.app, "now", self._clock, init=False)

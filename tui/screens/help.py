@@ -53,6 +53,13 @@ def _keys(key: str) -> str:
 
 
 class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    #help-body {
+        width: 100; max-width: 100%; height: 100%; border: round $accent; background: $surface;
+        padding: 0 1; scrollbar-size-vertical: 1;
+    }
+    """
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close", id="help.close")]
 
     def __init__(self, under: Screen | None = None) -> None:

@@ -17,15 +17,16 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, SelectionList, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, SelectionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, DetailLoaded, LogLoaded, SeriesLoaded
-from tui.render import ago, duration, number, plain_status, progress_cell, status_text, timestamp
+from tui.render import ago, duration, number, plain_status, progress_cell, st, status_text, timestamp
 from tui.screens.common import DataScreen, JobActions
 from tui.source import ActionError
 from tui.widgets.charts import MetricChart
 from tui.widgets.gpu_panel import gpu_lines
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.log_tail import LogTail
 from tui.widgets.status_bar import StatusBar
 
@@ -56,7 +57,7 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
     if r.attempt > 1:
         head.append(f"  attempt {r.attempt}", style="dim")
     if d.cancel_requested and status == "running":
-        head.append("  cancel requested", style="yellow")
+        head.append("  cancel requested", style=st("yellow"))
     grid.add_row("status", head)
     grid.add_row("queued", Text(timestamp(r.queued_at)))
     started = Text(timestamp(r.started_at))
@@ -93,7 +94,7 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
             m.append(number(v))
         grid.add_row("metrics", m)
     if r.failure_reason:
-        grid.add_row(Text("reason", style="bold red"), Text(f"{r.failure_reason}: {d.failure_detail}", style="red"))
+        grid.add_row(Text("reason", style=st("bold red")), Text(f"{r.failure_reason}: {d.failure_detail}", style=st("red")))
     parts: list[RenderableType] = [grid]
     if data.gpus:
         parts.append(Text(""))
@@ -111,6 +112,35 @@ def spec_renderable(spec: dict) -> RenderableType:
 
 
 class JobDetailScreen(JobActions, DataScreen):
+    DEFAULT_CSS = """
+    #detail-tabs {
+        height: 1fr;
+    }
+
+    #detail-tabs TabPane {
+        padding: 0 1;
+    }
+
+    #detail-overview, #detail-spec {
+        height: auto;
+    }
+
+    #metrics-pane {
+        height: 1fr;
+    }
+
+    #metric-list {
+        width: 24;
+        height: 1fr;
+        margin-right: 1;
+    }
+
+    #charts {
+        width: 1fr;
+        height: 1fr;
+    }
+    """
+
     BINDINGS = [
         Binding("escape", "back", "Back", id="detail.back"),
         Binding("o", "tab('overview')", "Overview", show=False, id="detail.overview"),
@@ -152,7 +182,7 @@ class JobDetailScreen(JobActions, DataScreen):
                     yield Static(id="detail-spec")
             with TabPane("Artifacts", id="artifacts"):
                 yield DataTable(id="detail-artifacts", cursor_type="row")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.watch(self.app, "now", self._clock, init=False)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, JobsLoaded
 from tui.screens.common import DataScreen, JobActions
 from tui.source import PAGE_SIZE, JobQuery
 from tui.widgets.jobs_table import JobsTable
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
 
 SORTS = ("newest", "oldest", "queue", "status", "experiment", "kind", "name")
@@ -29,9 +30,9 @@ class JobsScreen(JobActions, DataScreen):
         Binding("enter", "open", "Open", id="jobs.open"),
         Binding("slash", "filter", "Filter", id="jobs.filter"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="jobs.clear_filter"),
-        Binding("c", "cancel", "Cancel", id="jobs.cancel"),
+        Binding("c", "cancel", "Cancel", id="jobs.cancel", tooltip="asks first"),
         Binding("r", "retry", "Retry", id="jobs.retry"),
-        Binding("d", "duplicate", "Duplicate", id="jobs.duplicate"),
+        Binding("d", "duplicate", "Duplicate & edit", show=False, id="jobs.duplicate"),
         Binding("plus", "priority(1)", "Priority up", show=False, id="jobs.priority_up"),
         Binding("minus", "priority(-1)", "Priority down", show=False, id="jobs.priority_down"),
         Binding("s", "sort", "Sort", show=False, id="jobs.sort"),
@@ -58,12 +59,12 @@ class JobsScreen(JobActions, DataScreen):
         yield Static("No jobs yet. Press [b]n[/b] to queue one, or [b]?[/b] for every key.", id="jobs-empty")
         yield Input(placeholder="filter: text  status:running  kind:finetune  exp:NAME   (enter keeps, escape clears)",
                     id="jobs-filter", compact=True, classes="hidden")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.watch(self.app, "now", self._clock, init=False)
         self.query_one(JobsTable).focus()
-        self.load()
+        self.call_after_refresh(self.load)  # after the first frame (see LabdeckApp.on_mount)
 
     # ------------------------------------------------------------------ loading
 

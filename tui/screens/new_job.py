@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Input, Label, OptionList, Static
+from textual.widgets import ContentSwitcher, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -29,8 +29,10 @@ from engine.presets import PRESETS
 from engine.specs import KINDS
 from tui import spec_fields as SF
 from tui.messages import ActionDone
+from tui.render import st
 from tui.source import ActionError
 from tui.widgets.choice import Choice
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
 
 NARROW = 120  # below this width the YAML preview is a toggle (ctrl+y) instead of a side pane
@@ -60,6 +62,94 @@ class SuggestionsLoaded(Message):
 
 
 class NewJobScreen(Screen[list[int] | None]):
+    DEFAULT_CSS = """
+    #new-switcher {
+        height: 1fr;
+    }
+
+    #kind-menu {
+        height: 1fr;
+        margin: 0 1;
+    }
+
+    #form-body {
+        height: 1fr;
+    }
+
+    #spec-form {
+        width: 1fr;
+        height: 1fr;
+        padding: 0 1;
+        scrollbar-size-vertical: 1;
+    }
+
+    #preview {
+        width: 1fr;
+        height: 1fr;
+        padding: 0 1;
+        border-left: vkey $panel;
+        scrollbar-size-vertical: 1;
+    }
+
+    NewJobScreen.-narrow #preview {
+        display: none;
+    }
+
+    NewJobScreen.-narrow.-preview #preview {
+        display: block;
+        border-left: none;
+    }
+
+    NewJobScreen.-narrow.-preview #spec-form {
+        display: none;
+    }
+
+    .section {
+        margin-top: 1;
+        text-style: bold;
+        color: $accent;
+        height: 1;
+    }
+
+    .fields {
+        grid-size: 2;
+        grid-columns: 24 1fr;
+        grid-rows: 1;
+        height: auto;
+    }
+
+    .field-label {
+        height: 1;
+        color: $text-muted;
+    }
+
+    .field-label.-invalid {
+        color: $error;
+        text-style: bold;
+    }
+
+    #field-help {
+        height: 2;
+        padding: 0 1;
+        color: $text-muted;
+        background: $panel;
+    }
+
+    #form-status {
+        height: 1;
+        padding: 0 1;
+    }
+
+    #form-status.-ok {
+        color: $success;
+    }
+
+    #form-status.-error {
+        color: $error;
+        text-style: bold;
+    }
+    """
+
     BINDINGS = [
         Binding("escape", "back", "Back", id="new.back"),
         Binding("ctrl+s", "submit", "Queue", id="new.submit"),
@@ -90,7 +180,7 @@ class NewJobScreen(Screen[list[int] | None]):
                     yield Static(id="preview-text")
         yield Static("", id="form-status")
         yield Static("Choose a kind of job, or a preset to start from.", id="field-help")
-        yield Footer()
+        yield KeyBar()
 
     def _menu_options(self) -> list[Option | None]:
         opts: list[Option | None] = []
@@ -255,6 +345,8 @@ class NewJobScreen(Screen[list[int] | None]):
             n = len(r.names)
             status.update(Text(f"✔ valid · ctrl+s queues {n} job{'s' if n != 1 else ''}"))
             status.add_class("-ok")
+        elif not self._tried and all(m.endswith("required field is missing") for m in r.errors.values()):
+            status.update(Text(f"… to fill in: {', '.join(r.errors)} (required)"))
         else:
             field, msg = next(iter(r.errors.items()))
             shown = msg if field in names else f"{field}: {msg}" if field else msg
@@ -288,7 +380,7 @@ class NewJobScreen(Screen[list[int] | None]):
             return
         err = self._field_error(f.name)
         if err:
-            help_text = Text(f"✘ {err}", style="bold red")
+            help_text = Text(f"✘ {err}", style=st("bold red"))
         else:
             help_text = Text.assemble((f.name, "bold"), (f"  default: {f.default_text() or '(none)'}", "dim"))
             if f.description:

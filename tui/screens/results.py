@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
-from textual.widgets import ContentSwitcher, DataTable, Footer, Label, Select, Static
+from textual.widgets import ContentSwitcher, DataTable, Label, Select, Static
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, ResultsLoaded
@@ -22,6 +22,7 @@ from tui.screens.common import DataScreen
 from tui.source import REDUCTIONS, ActionError, slug
 from tui.widgets.bars import GroupedBars
 from tui.widgets.heatmap import Heatmap
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.spec_diff import SpecDiff
 from tui.widgets.status_bar import StatusBar
 
@@ -31,6 +32,39 @@ NONE = "(none)"
 
 
 class ResultsScreen(DataScreen):
+    DEFAULT_CSS = """
+    #results-controls {
+        height: auto;
+        layout: grid;
+        grid-size: 6;
+        grid-columns: 6 1fr 7 1fr 7 1fr;
+        grid-rows: 1;
+        padding: 0 1;
+    }
+
+    #results-controls Label {
+        color: $text-muted;
+        height: 1;
+    }
+
+    #results-controls Select {
+        height: 1;
+    }
+
+    #views {
+        height: 1fr;
+    }
+
+    #view-table, #view-diff {
+        height: 1fr;
+    }
+
+    #view-heatmap, #view-bars {
+        height: 1fr;
+        scrollbar-size-vertical: 1;
+    }
+    """
+
     BINDINGS = [
         Binding("escape", "app.show_jobs", "Jobs", id="results.back"),
         Binding("t", "view('table')", "Table", id="results.table"),
@@ -74,7 +108,7 @@ class ResultsScreen(DataScreen):
             with VerticalScroll(id="view-bars"):
                 yield GroupedBars(id="bars")
             yield SpecDiff(id="view-diff")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.watch(self.app, "overview", self._overview, init=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from tui.render import bar, gib
+from tui.render import bar, gib, st
 
 
 def gpu_lines(gpu, job_names: dict[int, str], width: int, highlight_job: int | None = None) -> list[Text]:  # noqa: ANN001
@@ -29,9 +29,9 @@ def gpu_lines(gpu, job_names: dict[int, str], width: int, highlight_job: int | N
     for p in sorted(gpu.processes, key=lambda p: -p.mem_mb):
         if p.job_id is not None:
             who = Text(f"job {p.job_id} {job_names.get(p.job_id, '')}".rstrip(),
-                       style="bold cyan" if p.job_id == highlight_job else "cyan")
+                       style=st("bold cyan" if p.job_id == highlight_job else "cyan"))
         else:
-            who = Text(f"foreign {p.name or 'process'}".rstrip(), style="magenta")
+            who = Text(f"foreign {p.name or 'process'}".rstrip(), style=st("magenta"))
         line = Text.assemble("  pid ", (f"{p.pid:<8}", ""), who)
         line.truncate(max(10, width - 12))
         line.append(f"  {gib(p.mem_mb)} GiB", style="dim")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.render import ago, gpu_summary
+from tui.render import ago, gpu_summary, st
 
 WORKER_STALE_S = 15.0  # db.queries.WORKER_STALE_S, without importing the store on the loop
 
@@ -15,12 +15,12 @@ def worker_label(overview, now: float) -> Text:  # noqa: ANN001 - tui.source.Ove
         return Text("worker …", style="dim")
     w = overview.worker
     if w.heartbeat_at is None:
-        return Text("worker ○ none", style="bold red")
+        return Text("worker ○ none", style=st("bold red"))
     if now - w.heartbeat_at >= WORKER_STALE_S:
-        return Text(f"worker ○ offline ({ago(w.heartbeat_at, now)})", style="bold red")
+        return Text(f"worker ○ offline ({ago(w.heartbeat_at, now)})", style=st("bold red"))
     if w.state == "stopping":
-        return Text("worker ◐ stopping", style="yellow")
-    return Text("worker ● running", style="green")
+        return Text("worker ◐ stopping", style=st("yellow"))
+    return Text("worker ● running", style=st("green"))
 
 
 def queue_label(overview) -> Text:  # noqa: ANN001
@@ -29,7 +29,7 @@ def queue_label(overview) -> Text:  # noqa: ANN001
     state = overview.worker.queue_state
     if state == "running":
         return Text("queue running")
-    return Text(f"queue {'⏸ paused' if state == 'paused' else '⇣ draining'}", style="bold yellow")
+    return Text(f"queue {'⏸ paused' if state == 'paused' else '⇣ draining'}", style=st("bold yellow"))
 
 
 def counts_label(overview) -> Text:  # noqa: ANN001
@@ -41,7 +41,7 @@ def counts_label(overview) -> Text:  # noqa: ANN001
         if c.get(status):
             if out:
                 out.append(" ")
-            out.append(f"{icon}{c[status]}", style=style)
+            out.append(f"{icon}{c[status]}", style=st(style))
     return out
 
 
