@@ -77,8 +77,10 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
         if d.heartbeat_at and status == "running":
             proc.append(f"  heartbeat {ago(d.heartbeat_at, now)}", style="dim")
         grid.add_row("process", proc)
-    req = f"{r.gpus_requested} requested" if r.gpus_requested else "none (CPU)"
-    grid.add_row("GPUs", Text(f"{r.assigned_gpus or '—'}  ({req})"))
+    if r.gpus_requested:
+        grid.add_row("GPUs", Text(f"{r.assigned_gpus or '—'}  ({r.gpus_requested} requested)"))
+    else:
+        grid.add_row("GPUs", Text("none: runs on the CPU"))
     if d.depends_on:
         grid.add_row("after", Text(", ".join(f"#{i}" for i in d.depends_on)))
     if d.parent_id:

@@ -222,7 +222,7 @@ class ResultsScreen(DataScreen):
             return
         if not data.metric_names:
             self.pivot = None
-            info.update(Text(f"{data.experiment}: no job has reported a metric yet ({len(data.rows)} jobs)"))
+            info.update(Text(f"{data.experiment}: no job has reported a metric yet"))
             self._clear_views()
             return
         if self.rows_field is None:
