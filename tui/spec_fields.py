@@ -346,8 +346,33 @@ def validate(kind: str, raw: dict[str, Any]) -> Validation:
         exp = expand(json.loads(json.dumps(data)), "form")
     except SpecError as e:
         where, msg = _split_error(str(e))
-        return Validation(data, {where: msg}, (), text)
+        return Validation(data, {where: msg, **_all_field_errors(data)}, (), text)
     return Validation(data, {}, tuple(d.name for d in exp.drafts), text)
+
+
+def _all_field_errors(data: dict[str, Any]) -> dict[str, str]:
+    """Every invalid field at once (a spec file's error names only the first), for marking the form."""
+    from pydantic import ValidationError
+
+    from engine.specs import parse_spec
+
+    body = {k: v for k, v in data.items() if k != "sweep"}
+    try:
+        parse_spec(body)
+    except ValidationError as e:
+        out: dict[str, str] = {}
+        for err in e.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+            if loc and loc[0] == data.get("kind"):
+                loc = loc[1:]
+            if not loc:
+                continue
+            field_name = str(loc[0])
+            msg = {"missing": "required field is missing", "extra_forbidden": "unknown field"}.get(
+                err["type"], err["msg"].removeprefix("Value error, "))
+            out.setdefault(field_name, f"{'.'.join(map(str, loc))}: {msg}")
+        return out
+    return {}
 
 
 def _split_error(message: str) -> tuple[str, str]:

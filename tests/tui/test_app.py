@@ -175,7 +175,7 @@ async def test_palette_lists_every_shown_action_of_the_screen(read_app) -> None:
         await settle(pilot)
         provider = LabdeckCommands(read_app.screen, None)
         names = {name for name, _, _ in provider._commands()}
-        for wanted in ("Open", "Filter", "Cancel", "Retry", "Duplicate", "Priority up", "Priority down", "Sort",
+        for wanted in ("Open", "Filter", "Cancel", "Retry", "Duplicate & edit", "Priority up", "Priority down", "Sort",
                        "Mark", "Compare marked specs", "New job", "Results", "GPUs", "Pause/resume queue",
                        "Drain queue", "Help", "Quit", "Results: car-teachers", "Jobs with status: failed"):
             assert wanted in names, wanted

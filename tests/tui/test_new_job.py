@@ -68,8 +68,7 @@ async def test_invalid_value_is_shown_at_its_field_and_nothing_is_queued(app, ho
         screen = app.screen
         assert app.focused.id == "f-model"
         await type_text(pilot, "Qwen/Qwen2.5-0.5B")
-        await pilot.press("tab")
-        await type_text(pilot, "data/train.jsonl")
+        screen.set_value("dataset", "data/train.jsonl")
         screen.set_value("learning_rate", "-1")
         await settle(pilot)
         await pilot.pause(0.4)

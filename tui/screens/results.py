@@ -249,9 +249,12 @@ class ResultsScreen(DataScreen):
         p = self.pivot
         table = self.query_one("#view-table", DataTable)
         table.clear(columns=True)
-        table.add_column(Text(f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field, style="bold"), key="_row")
+        # explicit widths: auto-sizing measured some cells before they were laid out (flaky truncation)
+        head = f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field
+        table.add_column(Text(head, style="bold"), key="_row", width=max([len(head), *map(len, p.row_labels)]))
         for c in p.col_labels:
-            table.add_column(Text(c, style="bold", justify="right"), key=f"c:{c}")
+            cells = [p.cells[(r, c)].text() for r in p.row_labels if (r, c) in p.cells]
+            table.add_column(Text(c, style="bold", justify="right"), key=f"c:{c}", width=max([len(c), *map(len, cells)]))
         for r in p.row_labels:
             cells = [Text(r, style="bold")]
             for c in p.col_labels:

@@ -54,8 +54,11 @@ class SpecDiff(DataTable):
     def show(self, jobs: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
         self.clear(columns=True)
         diffs, self.same = spec_differences([s for _, _, s in jobs])
-        self.add_column("field", key="field")
-        for jid, name, _ in jobs:
-            self.add_column(f"#{jid} {name}"[:20], key=str(jid))
+        # explicit widths (auto-sizing is measured lazily and was flaky in snapshots), at most 40
+        self.add_column("field", key="field", width=min(40, max([5, *(len(k) for k, _ in diffs)])))
+        for i, (jid, name, _) in enumerate(jobs):
+            label = f"#{jid} {name}"[:20]
+            width = max([len(label), *(_show(values[i]).cell_len for _, values in diffs)])
+            self.add_column(label, key=str(jid), width=min(28, width))
         for k, values in diffs:
             self.add_row(Text(k, style="bold"), *(_show(v) for v in values), key=k)
