@@ -274,7 +274,7 @@ def bench_keys_and_idle(home: Path, total: int, presses: int, idle_s: float) -> 
     t = Term(labdeck_argv(home), env={"LABDECK_REFRESH_S": "1.0"})
     try:
         t.read_until(f"of {total:,}".encode())
-        time.sleep(1.0)
+        time.sleep(3.0)  # let the warm-up (the store, the other screens) finish: steady state
         t.drain()
         lat = []
         crossing = []

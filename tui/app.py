@@ -34,7 +34,9 @@ from tui.render import use_color  # noqa: E402
 from tui.screens.jobs import JobsScreen  # noqa: E402
 from tui.source import Source  # noqa: E402
 
-FULL_POLL_EVERY = 5  # ticks: re-read the overview even when nothing was committed (worker liveness)
+# Ticks between re-reads of the overview when nothing was committed: a safety net only. Worker
+# liveness needs no read: the status line ages the last heartbeat with the clock.
+FULL_POLL_EVERY = 30
 
 
 def _results_screen() -> Screen:

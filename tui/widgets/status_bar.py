@@ -60,7 +60,10 @@ class StatusBar(Static):
         self._changed()
 
     def _changed(self, _value: object = None) -> None:
-        self.update(self.line())
+        line = self.line()
+        if line != getattr(self, "_line", None):  # the clock ticks every second; the line rarely changes
+            self._line = line
+            self.update(line)
 
     def line(self) -> Text:
         app = self.app
