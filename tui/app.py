@@ -76,8 +76,11 @@ class LabdeckApp(App[int]):
     data_version: reactive[int] = reactive(0)
     now: reactive[float] = reactive(0.0)
 
-    def __init__(self, source: Source, *, start_worker: bool = True, refresh_s: float = 1.0) -> None:
+    def __init__(
+        self, source: Source, *, start_worker: bool = True, refresh_s: float = 1.0, results: dict[str, str] | None = None
+    ) -> None:
         super().__init__()
+        self.initial_results = results  # open the results screen on this view (experiment, metric, rows, cols)
         use_color(not self.no_color)
         self.source = source
         self.start_worker = start_worker
@@ -102,6 +105,13 @@ class LabdeckApp(App[int]):
             self.ensure_worker()
         if self.refresh_s > 0:
             self.set_interval(self.refresh_s, self._tick)
+        if self.initial_results:
+            self.call_later(self._open_initial_results)
+
+    async def _open_initial_results(self) -> None:
+        view = dict(self.initial_results or {})
+        await self.switch_mode("results")
+        self.screen.choose(view.pop("experiment"), **view)  # type: ignore[attr-defined]
 
     def _tick(self) -> None:
         self._ticks += 1
@@ -244,9 +254,13 @@ class LabdeckApp(App[int]):
         self.post_message(ActionDone(words[state]))
 
 
-def run_app(home: Path | str | None = None, *, start_worker: bool = True) -> int:
-    """`labdeck` with no command: open the app on `home`; the exit status."""
+def run_app(home: Path | str | None = None, *, start_worker: bool = True, results: dict[str, str] | None = None) -> int:
+    """`labdeck` with no command: open the app on `home`; the exit status.
+
+    `results` opens the results screen on a view, e.g. {"experiment": "demo-car", "metric": "win_rate",
+    "rows": "student", "cols": "teacher"} (what `labdeck demo` shows).
+    """
     refresh = float(os.environ.get("LABDECK_REFRESH_S", "1.0") or 1.0)
-    app = LabdeckApp(Source(home, clock=time.time), start_worker=start_worker, refresh_s=refresh)
+    app = LabdeckApp(Source(home, clock=time.time), start_worker=start_worker, refresh_s=refresh, results=results)
     app.run()
     return app.return_code or 0

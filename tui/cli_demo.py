@@ -131,7 +131,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_tui:
         from tui.app import run_app
 
-        return run_app(home=home, start_worker=False, experiment=EXPERIMENT)
+        return run_app(home=home, start_worker=False,
+                       results={"experiment": EXPERIMENT, "metric": "win_rate", "rows": "student", "cols": "teacher"})
     rows = _wait(store)
     failed = [r for r in rows if r.status != "succeeded"]
     for r in failed:

@@ -133,11 +133,11 @@ class ResultsScreen(DataScreen):
             sel.value = exps[0]
             self.load()
 
-    def choose(self, experiment: str) -> None:
-        """Show `experiment` (the app calls this when results are opened from a job)."""
-        if experiment != self.experiment:
+    def choose(self, experiment: str, metric: str | None = None, rows: str | None = None, cols: str | None = None) -> None:
+        """Show `experiment` (the app calls this when results are opened from a job, `labdeck demo` with a view)."""
+        if experiment != self.experiment or metric:
             self.experiment = experiment
-            self.rows_field = self.cols_field = self.metric = None
+            self.rows_field, self.cols_field, self.metric = rows, cols, metric
             sel = self.query_one("#sel-experiment", Select)
             if experiment not in self._experiments:
                 self._experiments.append(experiment)
