@@ -41,6 +41,9 @@ PIPELINE_KEYS = {"experiment", "description", "vars", "matrix", "defaults", "sta
 STAGE_KEYS = {"foreach", "needs", "sweep"}
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's names for union members
+
+
 class SpecError(ValueError):
     """A spec file that cannot become jobs; the message is one line naming file, field and why."""
 
@@ -115,7 +118,7 @@ def validate_one(data: dict[str, Any], source: str, where: str = "") -> dict[str
         if loc and loc[0] == kind:  # the discriminated union puts the tag first
             loc = loc[1:]
         # pydantic names nested union members by their class; drop those parts
-        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p or p in _TYPE_TAGS)))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -236,7 +239,11 @@ def _walk(value: Any, fn: Callable[[str], Any]) -> Any:
         out: list[Any] = []
         for v in value:
             r = _walk(v, fn)
-            out.append(r)
+            # a reference inside a list that stands for several jobs is spliced in, not nested
+            if isinstance(v, str) and isinstance(r, list):
+                out.extend(r)
+            else:
+                out.append(r)
         return out
     if isinstance(value, dict):
         return {k: _walk(v, fn) for k, v in value.items()}

@@ -48,7 +48,7 @@ SPECS = {
                   "per_device_batch": st.integers(1, 64), "lora": st.fixed_dictionaries({"r": st.integers(1, 64)})},
     ),
     "merge": st.fixed_dictionaries(
-        {**common, "kind": st.just("merge"), "method": st.just("expo"), "sft": model_ref, "aligned": model_ref},
+        {**common, "kind": st.just("merge"), "method": st.just("expo"), "sft": st.just("org/sft-model"), "aligned": st.just("org/aligned-model")},
         optional={**optional_common, "alpha": st.floats(-1.0, 1000.0)},
     ),
 }

@@ -1,0 +1,49 @@
+"""Shipped recipes: every file expands into valid jobs with the dependencies its stages declare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.specfile import expand_file
+
+RECIPES = sorted((Path(__file__).parents[2] / "engine" / "recipes").glob("*.yaml"))
+
+
+def test_recipes_are_shipped() -> None:
+    assert {p.stem for p in RECIPES} >= {"demo_car", "car_teacher_selection", "prompt_injection", "expo"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_expands_and_validates(path: Path) -> None:
+    exp = expand_file(path)
+    assert exp.drafts, path
+    names = [d.name for d in exp.drafts]
+    assert len(names) == len(set(names)), "every job of a recipe has a distinct name"
+    for i, d in enumerate(exp.drafts):
+        assert all(j < i for j in d.depends_on), "stages depend only on earlier jobs"
+        assert "${" not in str({k: v for k, v in d.spec.items()}).replace("${@", ""), d.name
+        assert d.spec.get("model", {}).get("trust_remote_code", False) is False
+
+
+def test_car_recipe_shape() -> None:
+    exp = expand_file(next(p for p in RECIPES if p.stem == "car_teacher_selection"))
+    by_stage: dict[str, list] = {}
+    for d in exp.drafts:
+        by_stage.setdefault(d.params["stage"], []).append(d)
+    teachers, students = 6, 5
+    assert len(by_stage["generate"]) == teachers
+    for stage in ("compat", "sft", "answer", "judge"):
+        assert len(by_stage[stage]) == teachers * students
+    sft = by_stage["sft"][0].spec
+    # table 5 on one GPU: lr 2e-5, 2 epochs, effective batch 32, cosine, warmup 100, 4096 tokens
+    assert (sft["learning_rate"], sft["epochs"], sft["lr_scheduler"], sft["warmup_steps"], sft["max_seq_len"]) == (2e-5, 2, "cosine", 100, 4096)
+    assert sft["per_device_batch"] * sft["grad_accum"] == 32
+
+
+def test_expo_recipe_alphas() -> None:
+    exp = expand_file(next(p for p in RECIPES if p.stem == "expo"))
+    merges = [d for d in exp.drafts if d.kind == "merge"]
+    assert [d.spec["alpha"] for d in merges] == [0.0, 0.1, 0.2, 0.3, 0.5]
+    assert all(d.spec["aligned"]["path"] == "UCLA-AGI/Mistral7B-PairRM-SPPO" for d in merges)
