@@ -89,6 +89,17 @@ def _sort_key(label: str) -> tuple[int, float, str]:
         return (1, 0.0, label)
 
 
+def where(rows: Sequence[ResultRow], conditions: Sequence[str]) -> list[ResultRow]:
+    """Keep the jobs whose fields equal the given values: `stage=judge`, `teacher=teacher-a`."""
+    pairs = []
+    for cond in conditions:
+        name, sep, value = cond.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--where {cond!r}: write FIELD=VALUE")
+        pairs.append((name, value))
+    return [r for r in rows if all(_label(field_value(r, n)) == v for n, v in pairs)]
+
+
 def pivot(
     rows: Sequence[ResultRow], experiment: str, metric: str, rows_field: str, cols_field: str | None, reduce: str = "last"
 ) -> Pivot:

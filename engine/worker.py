@@ -95,7 +95,7 @@ class Config:
     cpu_slots: int | None = None  # concurrent CPU-only jobs; None: no limit
     backfill: bool = False
     wal_limit_mb: float = 64.0
-    queue_window: int = 2000  # how many queued jobs (highest priority, oldest) one planning round looks at
+    plan_cpu_share: float = 0.2  # planning may use at most about this share of a core (big queues)
 
 
 @dataclass
@@ -232,6 +232,7 @@ class WorkerDaemon:
         self._watch.execute("PRAGMA busy_timeout = 10000")
         self._data_version = -1
         self._fingerprint: tuple[Any, ...] = ()
+        self._next_plan = 0.0
         self._next_heartbeat = 0.0
         self._next_wal_check = 0.0
         self._plan_due = True
@@ -344,9 +345,17 @@ class WorkerDaemon:
             self._heartbeat(now)
             if self._waiting_for_gpus:
                 self._plan_due = True  # GPUs may have been freed by someone else
-        if self._plan_due and self.queue_state == "running" and self.stop_mode is None and not self.exit_now:
+        if (self._plan_due and self.queue_state == "running" and self.stop_mode is None and not self.exit_now
+                and time.monotonic() >= self._next_plan):
             self._plan_due = False
+            t0 = time.monotonic()
             self._schedule()
+            # Every queued job is considered (a window over the head of the queue could starve a
+            # runnable job behind thousands that wait), so with a huge queue a round costs tens of
+            # ms; spacing rounds by their cost keeps planning under `plan_cpu_share` of a core while
+            # small queues are planned at once.
+            spent = time.monotonic() - t0
+            self._next_plan = time.monotonic() + spent * (1 / self.cfg.plan_cpu_share - 1)
         return more
 
     def _read_commands(self) -> bool:
@@ -384,8 +393,8 @@ class WorkerDaemon:
         return changed
 
     def _stop(self, r: Running, reason: str) -> None:
-        if r.stopper is not None:
-            return
+        if r.stopper is not None or r.exited():
+            return  # already stopping, or it ended by itself before the request: its own outcome stands
         log.info("job %d: stopping (%s)", r.job_id, reason)
         r.stop_reason = reason
         r.stopper = process.JobStopper(r.pid, self.cfg.kill_grace_s, str(r.run_dir))
@@ -418,13 +427,14 @@ class WorkerDaemon:
     def _watch_jobs(self, now: float) -> list[Running]:
         ended = []
         for r in list(self.running.values()):
+            exited = r.exited()  # first: a job that ended on its own is not "stopped at its limit"
             if r.stopper is not None:
-                r.stopper.step()
-            elif r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
+                if not r.stopper.step():
+                    continue  # still stopping (the launcher may be gone, members of its session not)
+            elif not exited and r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
                 self._stop(r, "time_limit")
-            if r.exited():
-                if r.stopper is not None and not r.stopper.step():
-                    continue  # the launcher is gone but members of its session still live
+                continue
+            if exited:
                 ended.append(r)
         return ended
 
@@ -544,8 +554,7 @@ class WorkerDaemon:
         db = self._watch
         rows = db.execute(
             "SELECT id, priority, queued_at, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign FROM job "
-            "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id LIMIT ?",
-            (self.cfg.queue_window,),
+            "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id"
         ).fetchall()
         if not rows:
             self._waiting, self._waiting_for_gpus = {}, False
@@ -623,27 +632,36 @@ class WorkerDaemon:
                 attempt=job.attempt, popen=popen,
             )
             spawned.append((r, popen))
-        with self.store.write() as s:
-            for r, _ in spawned:
-                s.execute(update(Job).where(Job.id == r.job_id).values(pid=r.pid, pid_start_time=r.start_time))
-            for job_id, message in failures:
-                try:
-                    transition(s, job_id, JobStatus.failed, failure_reason="spawn_error", failure_detail=message)
-                except IllegalTransition as e:
-                    log.warning("job %d: %s", job_id, e)
-            if failures:
-                skip_dependents_of_failed(s)
+        try:
+            with self.store.write() as s:
+                for r, _ in spawned:
+                    s.execute(update(Job).where(Job.id == r.job_id).values(pid=r.pid, pid_start_time=r.start_time))
+                for job_id, message in failures:
+                    try:
+                        transition(s, job_id, JobStatus.failed, failure_reason="spawn_error", failure_detail=message)
+                    except IllegalTransition as e:
+                        log.warning("job %d: %s", job_id, e)
+                if failures:
+                    skip_dependents_of_failed(s)
+            go = True
+        except Exception:  # noqa: BLE001 - the store refused: the gates stay shut, nothing runs unrecorded
+            log.error("could not record started jobs; they will not run:\n%s", traceback.format_exc())
+            go = False
         for r, popen in spawned:
+            # Watched either way: without `go` the launcher exits at once and writes "started": false,
+            # and the job is finished like any other (interrupted, never started).
             self.running[r.job_id] = r
             r.open_pidfd()
             try:
                 assert popen.stdin is not None
-                popen.stdin.write(b"go\n")
-                popen.stdin.flush()
+                if go:
+                    popen.stdin.write(b"go\n")
+                    popen.stdin.flush()
                 popen.stdin.close()
             except (BrokenPipeError, OSError):
                 pass  # the launcher already died; its exit is handled like any other
-            log.info("job %d: started (pid %d, gpus %s)", r.job_id, r.pid, ",".join(map(str, r.gpus)) or "-")
+            if go:
+                log.info("job %d: started (pid %d, gpus %s)", r.job_id, r.pid, ",".join(map(str, r.gpus)) or "-")
 
     # ------------------------------------------------------------------ reconcile
 
@@ -754,6 +772,14 @@ def parse_gpus(text: str | None) -> frozenset[int] | None:
         raise ValueError(f"--gpus: {text!r} is not a comma separated list of GPU indices") from None
 
 
+def cpu_slots(option: int | None) -> int | None:
+    """CPU-only jobs at once: by default one per CPU, so a sweep of CPU jobs cannot swamp the box
+    (GPU jobs are bounded by the GPUs); 0 lifts the limit."""
+    if option is None:
+        return os.cpu_count() or 1
+    return None if option <= 0 else option
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.worker", description="labdeck's worker daemon")
     p.add_argument("--home", default=None)
@@ -762,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=0.2, help="seconds between rounds")
     p.add_argument("--heartbeat", type=float, default=3.0)
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping a job")
-    p.add_argument("--cpu-slots", type=int, default=None, help="at most this many CPU-only jobs at once")
+    p.add_argument("--cpu-slots", type=int, default=None,
+                   help="at most this many CPU-only jobs at once (default: the number of CPUs; 0: no limit)")
     p.add_argument("--backfill", action="store_true", help="let GPU jobs overtake a waiting bigger one")
     return p
 
@@ -854,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
             with store.read() as s:
                 gpus = parse_gpus(get_setting(s, GPUS_KEY, "") or None)
         cfg = Config(home=home, gpus=gpus, poll_s=args.poll, heartbeat_s=args.heartbeat,
-                     kill_grace_s=args.grace, cpu_slots=args.cpu_slots, backfill=args.backfill)
+                     kill_grace_s=args.grace, cpu_slots=cpu_slots(args.cpu_slots), backfill=args.backfill)
         daemon = WorkerDaemon(cfg, store)
         daemon.install_signals()
         daemon.register()

@@ -315,14 +315,17 @@ def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
 
 def cmd_results(args: argparse.Namespace) -> int:
     from db.queries import experiment_metric
-    from db.results import pivot
+    from db.results import pivot, where
 
     store = _store(args)
     try:
         with store.read() as s:
             rows = experiment_metric(s, args.experiment, args.metric, args.reduce)
+        rows = where(rows, args.where or ())
     except LookupError as e:
         raise UserError(str(e).strip("'\"")) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     p = pivot(rows, args.experiment, args.metric, args.rows, args.cols, args.reduce)
     if not p.cells:
         raise UserError(f"experiment {args.experiment!r}: no job reported metric {args.metric!r}")
@@ -339,15 +342,17 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     import math
 
     from db.queries import experiment_metric
-    from db.results import correlate
+    from db.results import correlate, where
 
     store = _store(args)
     try:
         with store.read() as s:
-            xr = experiment_metric(s, args.experiment, args.x, args.reduce)
-            yr = experiment_metric(s, args.experiment, args.y, args.reduce)
+            xr = where(experiment_metric(s, args.experiment, args.x, args.reduce), args.x_where or ())
+            yr = where(experiment_metric(s, args.experiment, args.y, args.reduce), args.y_where or ())
     except LookupError as e:
         raise UserError(str(e).strip("'\"")) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     result = correlate(xr, yr, args.match, args.by)
     if not result:
         raise UserError(f"experiment {args.experiment!r}: no job pairs with both {args.x!r} and {args.y!r} matched on {', '.join(args.match)}")
@@ -436,8 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tui)
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
+    # `--home` works before or after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS, help="labdeck's folder (as above)")
+
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         sp.set_defaults(func=func)
         return sp
 
@@ -486,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metric", required=True, metavar="NAME")
     sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"), help="over a job's values of the metric")
     sp.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex", "json"))
+    sp.add_argument("--where", action="append", metavar="FIELD=VALUE", help="only jobs with this value, e.g. stage=judge; repeatable")
 
     sp = add("correlate", cmd_correlate, "Spearman's rho between two per-job metrics, matched on fields, per group (e.g. CAR vs win rate per base model)")
     sp.add_argument("experiment")
@@ -493,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("y", metavar="Y_METRIC")
     sp.add_argument("--match", nargs="+", required=True, metavar="FIELD", help="fields that pair an X job with a Y job (e.g. teacher student)")
     sp.add_argument("--by", default=None, metavar="FIELD", help="one rho per value of this field, and their average")
+    sp.add_argument("--x-where", action="append", metavar="FIELD=VALUE", help="only X jobs with this value (e.g. stage=compat)")
+    sp.add_argument("--y-where", action="append", metavar="FIELD=VALUE", help="only Y jobs with this value (e.g. stage=judge)")
     sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"))
     sp.add_argument("--json", action="store_true")
 

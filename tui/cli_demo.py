@@ -88,12 +88,12 @@ def _wait(store, quiet: bool = False) -> list:  # noqa: ANN001
 def print_results(store) -> bool:  # noqa: ANN001
     """The demo's tables. False when a metric is missing (some stage failed)."""
     from db.queries import experiment_metric
-    from db.results import correlate, pivot
+    from db.results import correlate, pivot, where
     from tui.cli import print_pivot
 
     with store.read() as s:
-        win = experiment_metric(s, EXPERIMENT, "win_rate")
-        car = experiment_metric(s, EXPERIMENT, "car")
+        win = where(experiment_metric(s, EXPERIMENT, "win_rate"), ["stage=judge"])
+        car = where(experiment_metric(s, EXPERIMENT, "car"), ["stage=compat"])
     ok = True
     for rows, metric in ((win, "win_rate"), (car, "car")):
         p = pivot(rows, EXPERIMENT, metric, "student", "teacher")

@@ -19,7 +19,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foreground", action="store_true", help="start: run in this terminal (for systemd and debugging)")
     parser.add_argument("--gpus", default=None, help="start: only these GPU indices, e.g. 0,2 ('all' for every GPU); remembered")
     parser.add_argument("--grace", type=float, default=None, help="start: seconds between SIGTERM and SIGKILL when a job is stopped (default 10)")
-    parser.add_argument("--cpu-slots", type=int, default=None, help="start: at most this many CPU-only jobs at once")
+    parser.add_argument("--cpu-slots", type=int, default=None, help="start: at most this many CPU-only jobs at once (default: one per CPU; 0: no limit)")
     parser.add_argument("--now", action="store_true", help="stop: cancel running jobs instead of letting them finish")
     parser.add_argument("--wait", action="store_true", help="stop: return only when the worker has exited")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
@@ -28,12 +28,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 def ensure_worker(home: Path, quiet: bool = False) -> bool:
     """Start a detached worker for `home` if none is alive. True if one runs afterwards.
 
-    Called by `labdeck submit` (quiet) and by the app; costs one flock probe when a worker runs.
+    Called by `labdeck submit` and by the app (both quiet: the app draws on the terminal, a stray
+    line on stderr would tear its screen); costs one flock probe when a worker runs. Waits up to
+    ~20 s for a new worker to report back, so the app calls it from a thread.
     """
     from engine.control import ensure_worker as _ensure
 
     ok, message = _ensure(Path(home))
-    if not quiet or not ok:
+    if not quiet:
         print(f"labdeck: {message}", file=sys.stderr)
     return ok
 
@@ -111,6 +113,8 @@ def _status(args: argparse.Namespace) -> int:
         print("no worker running (labdeck worker start; labdeck submit starts one too)")
     print(f"queue {st.queue_state}: {len(st.running)} running, {st.queued} queued; "
           f"GPUs {st.gpus or 'all'}")
+    if not st.alive:
+        return 0  # the GPU snapshot and waiting reasons are the last worker's, not news
     for g in st.snapshot.get("gpus", []):
         ours = [p for p in g.get("processes", []) if p.get("job_id") is not None]
         others = [p for p in g.get("processes", []) if p.get("job_id") is None]

@@ -240,3 +240,19 @@ def test_correlate_per_group_matches_the_worked_example(tmp_path, home, capsys, 
     rhos = {g["group"]: g["rho"] for g in res["groups"]}
     assert rhos == pytest.approx({"b1": 0.7, "b2": -0.7})
     assert res["average_rho"] == pytest.approx(0.0)
+
+
+def test_results_where_keeps_one_stage(tmp_path, home, capsys, store) -> None:
+    spec = {"experiment": "w", "stages": [
+        {"name": "compat", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": ["a", "b"]}}},
+        {"name": "sft", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": ["a", "b"]}}},
+    ]}
+    ids = json.loads(run(capsys, "submit", str(write(tmp_path, "p.yaml", spec)), "--no-worker", "--json")[1])["ids"]
+    from db.queue import record_metrics
+
+    with store.write() as s:
+        record_metrics(s, [{"job_id": i, "name": "loss", "step": None, "value": float(n), "time": 0.0} for n, i in enumerate(ids)])
+    out = json.loads(run(capsys, "results", "w", "--rows", "env.T", "--metric", "loss", "--where", "stage=sft", "--format", "json")[1])
+    assert {c["row"]: c["mean"] for c in out["cells"]} == {"a": 2.0, "b": 3.0}
+    code, _, err = run(capsys, "results", "w", "--rows", "env.T", "--metric", "loss", "--where", "stage")
+    assert code == 2 and "--where 'stage': write FIELD=VALUE" in err

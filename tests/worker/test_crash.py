@@ -75,7 +75,7 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
             reap(w)
 
     w = start()
-    time.sleep(rng.uniform(0.0, 1.2 if not proc_worker else 2.0))
+    time.sleep(rng.uniform(0.0, 0.9 if not proc_worker else 2.0))
     kill9(w)
 
     # kill some running jobs too, while no worker watches
@@ -161,3 +161,36 @@ def test_kill_worker_200_trials(tmp_path):
     for seed in range(2000, 2200):
         total.update(crash_trial(tmp_path, seed, proc_worker=seed % 10 == 0))
     print(dict(total))
+
+
+@pytest.mark.timeout(60)
+def test_a_reused_pid_is_neither_adopted_nor_killed(tmp_path):
+    """A `running` job whose recorded pid now belongs to another process (same pid, other start
+    time) is not adopted: it becomes interrupted, and the stranger is left alone."""
+    import subprocess
+
+    from sqlalchemy import update
+    from worker_helpers import ThreadWorker, job, status
+
+    from db.queue import claim
+
+    home = tmp_path / "home"
+    store = Store(home)
+    jid = submit(store, [PY, "-c", "pass"])
+    stranger = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"], start_new_session=True)  # leads a session, like a launcher
+    try:
+        rd = home / "runs" / str(jid)
+        rd.mkdir(parents=True)
+        with store.write() as s:
+            assert claim(s, jid, run_dir=str(rd))
+            s.execute(update(Job).where(Job.id == jid).values(pid=stranger.pid, pid_start_time=12345.0))
+        with ThreadWorker(home):
+            t0 = time.time()
+            while status(store, jid) == "running" and time.time() - t0 < 10:
+                time.sleep(0.05)
+        row = job(store, jid)
+        assert (status(store, jid), row.failure_reason) == ("interrupted", "worker_lost")
+        assert stranger.poll() is None  # untouched
+    finally:
+        stranger.kill()
+        stranger.wait()

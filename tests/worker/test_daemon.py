@@ -43,7 +43,7 @@ def spec_file(tmp_path: Path, command: list[str], **fields) -> Path:  # noqa: AN
 
 
 def test_start_status_stop(tmp_path, home, store):
-    r = labdeck(home, "worker", "start", "--grace", "1")
+    r = labdeck(home, "worker", "start", "--grace", "1", "--gpus", "0,2")
     assert r.returncode == 0 and r.stdout.startswith("ok: worker"), r.stdout + r.stderr
     assert worker_alive(home)
     pid = lock_owner_pid(home)
@@ -56,13 +56,26 @@ def test_start_status_stop(tmp_path, home, store):
     r = labdeck(home, "worker", "status")
     assert "online" in r.stdout and f"pid {pid}" in r.stdout, r.stdout
     st = json.loads(labdeck(home, "worker", "status", "--json").stdout)
-    assert st["alive"] and st["online"] and st["state"] == "running"
-    slow = write_script(tmp_path, "slow.py", "import time; time.sleep(1.5)")
+    assert st["alive"] and st["online"] and st["state"] == "running" and st["gpus"] == "0,2"
+    from db.queue import get_setting
+    from engine.control import GPUS_KEY
+
+    with store.read() as s:  # remembered for workers started on demand later
+        assert get_setting(s, GPUS_KEY) == "0,2"
+    release = tmp_path / "release"
+    slow = write_script(tmp_path, "slow.py", f"""
+        import os, time
+        while not os.path.exists({str(release)!r}):
+            time.sleep(0.05)
+    """)
     a = submit(store, script=slow)
     wait_status(store, a, "running")
     r = labdeck(home, "worker", "stop")
     assert "1 running job(s) finish first" in r.stdout, r.stdout
     b = submit(store, script=slow)
+    time.sleep(0.5)
+    assert worker_alive(home)  # a graceful stop waits for the running job
+    release.touch()
     wait_status(store, a, "succeeded")
     wait_for(lambda: not worker_alive(home), timeout=10, what="the worker to exit")
     assert status(store, b) == "queued"  # a stopping worker starts nothing new
@@ -94,20 +107,8 @@ def test_submit_starts_a_worker_when_none_is_alive(tmp_path, home, store):
     r = labdeck(home, "submit", str(spec))  # a second submit reuses it
     wait_status(store, int(r.stdout.split()[0]), "succeeded")
     assert lock_owner_pid(home) == pid
-    r = labdeck(home, "submit", "--no-worker", str(spec))
     labdeck(home, "worker", "stop", "--wait")
     assert not worker_alive(home)
-
-
-def test_gpus_option_is_remembered(tmp_path, home, store):
-    r = labdeck(home, "worker", "start", "--gpus", "0,2")
-    assert r.returncode == 0, r.stdout
-    st = json.loads(labdeck(home, "worker", "status", "--json").stdout)
-    assert st["gpus"] == "0,2"
-    labdeck(home, "worker", "stop", "--wait")
-    labdeck(home, "worker", "start")  # no --gpus: the last choice holds
-    assert json.loads(labdeck(home, "worker", "status", "--json").stdout)["gpus"] == "0,2"
-    labdeck(home, "worker", "stop", "--wait")
 
 
 def test_one_worker_per_home_and_jobs_do_not_hold_the_lock(tmp_path, home, store):
@@ -116,9 +117,12 @@ def test_one_worker_per_home_and_jobs_do_not_hold_the_lock(tmp_path, home, store
     second = subprocess.run([PY, "-m", "engine.worker", "--home", str(home)], env=child_env(),
                             capture_output=True, text=True, timeout=30)
     assert "busy" in second.stdout and second.returncode == 0
-    slow = write_script(tmp_path, "slow.py", "import time; time.sleep(3)")
+    began = tmp_path / "began"
+    slow = write_script(tmp_path, "slow.py", f"import time; open({str(began)!r}, 'w').close(); time.sleep(3)")
     a = submit(store, script=slow)
-    wait_status(store, a, "running")
+    # `running` is set at the claim; kill only once the job's own process runs (a kill between the
+    # claim and the start gate rightly ends it `interrupted`, never started: the crash trials cover that)
+    wait_for(began.exists, timeout=30, what="the job to begin")
     w.kill9()
     assert not worker_alive(home)  # the job's launcher lives on, but the lock is free
     assert pid_alive(job(store, a).pid)

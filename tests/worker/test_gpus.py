@@ -166,3 +166,34 @@ def test_inventory_sources(tmp_path, monkeypatch):
     assert [p.job_id for p in gpus[0].processes] == [7, None]
     data = json.loads(snapshot_json(gpus, now=5.0))
     assert data["t"] == 5.0 and data["gpus"][0]["processes"][0] == {"pid": 1, "mem_mb": 1, "job_id": 7, "name": ""}
+
+
+def test_nvml_inventory_against_a_stub(monkeypatch):
+    """The NVML path, with a stub `pynvml` (no GPU on CI): memory in MiB, processes merged from the
+    compute and graphics lists, a missing per-process memory read as 0, failing calls tolerated."""
+    import types
+
+    from engine.gpus import NvmlInventory
+
+    class Err(Exception):
+        pass
+
+    P = types.SimpleNamespace
+    stub = types.SimpleNamespace(
+        NVMLError=Err,
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
+        nvmlDeviceGetMemoryInfo=lambda h: P(total=80 * 2**30, used=(5 * 2**30 if h == 0 else 0), free=0),
+        nvmlDeviceGetUtilizationRates=lambda h: P(gpu=37) if h == 0 else (_ for _ in ()).throw(Err()),
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [P(pid=os.getpid(), usedGpuMemory=4 * 2**30)] if h == 0 else [],
+        nvmlDeviceGetGraphicsRunningProcesses=lambda h: [P(pid=4242424, usedGpuMemory=None)] if h == 0 else [],
+    )
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", stub)
+    inv = NvmlInventory()
+    g0, g1 = inv.read()
+    assert (g0.name, g0.uuid, g0.mem_total_mb, g0.mem_used_mb, g0.util_pct) == ("NVIDIA H100 80GB HBM3", "GPU-0", 81920, 5120, 37.0)
+    assert {(p.pid, p.mem_mb) for p in g0.processes} == {(os.getpid(), 4096.0), (4242424, 0.0)}
+    assert g1.util_pct is None and g1.processes == ()

@@ -275,8 +275,12 @@ def test_cancel_kills_the_whole_tree(tmp_path, store, home):
         wait_status(store, jid, "running")
         rd = job(store, jid).run_dir
         wait_for(lambda: os.path.exists(os.path.join(rd, "pids")), what="the tree")
-        tree = processes_of_run(rd)
-        assert len(tree) >= 7  # launcher, job, 4 children, 1 grandchild
+        # launcher, job, 4 children, 1 grandchild
+        def whole_tree():
+            found = processes_of_run(rd)
+            return found if len(found) >= 7 else None
+
+        tree = wait_for(whole_tree, timeout=30, what="7 processes")
         with store.write() as s:
             assert request_cancel(s, jid).value == "running"
         t0 = time.time()

@@ -222,3 +222,18 @@ def test_worker_and_cli_never_import_the_ml_stack():
             "tui.cli_worker; bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft', 'datasets') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([PY, "-c", code], check=True, env=child_env())
+
+
+def test_wal_is_checkpointed_when_it_grows(home, store):
+    from engine.gpus import EmptyInventory
+    from engine.worker import Config, WorkerDaemon
+
+    # the worker's long-lived connection keeps the WAL (the last connection to close folds it back)
+    w = WorkerDaemon(Config(home=home, wal_limit_mb=0.0), inventory=EmptyInventory())
+    w._db_changed()  # the first read opens the WAL
+    for _ in range(20):
+        submit(store, ["true"])
+    wal = home / "labdeck.db-wal"
+    assert wal.stat().st_size > 0
+    w._maybe_checkpoint()
+    assert wal.stat().st_size == 0

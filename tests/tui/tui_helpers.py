@@ -1,0 +1,35 @@
+"""Helpers for the app's pilot tests: wait until the app has settled, read the screen as text."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+
+async def settle(pilot, rounds: int = 4) -> None:  # noqa: ANN001 - textual.pilot.Pilot
+    """Let every thread worker finish and every message it posted be handled (a few rounds:
+    a poll leads to a page load, which may lead to a chart load)."""
+    app = pilot.app
+    for _ in range(rounds):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        for screen in app.screen_stack:
+            await screen.workers.wait_for_complete() if hasattr(screen, "workers") else None
+        await pilot.pause()
+
+
+def screen_text(app) -> str:  # noqa: ANN001
+    """What the terminal shows, as plain text."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system=None, record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+async def type_text(pilot, text: str) -> None:  # noqa: ANN001
+    """Type `text` key by key, as a person would."""
+    from textual.keys import _character_to_key
+
+    await pilot.press(*(_character_to_key(c) if not c.isalnum() else c for c in text))

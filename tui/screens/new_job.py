@@ -1,0 +1,456 @@
+"""New job: a menu of kinds and presets, then a form generated from the kind's spec class.
+
+kind → model → dataset → parameters → resources → sweep, with the class's defaults filled in and
+its docstrings as help for the focused field. Every change is validated (in a thread worker,
+through `engine.specfile.expand`, exactly as `labdeck submit` would) and the YAML preview and the
+list of jobs it would queue follow along; an error shows under the field it names. ctrl+s queues,
+ctrl+o saves the spec as a YAML file for `labdeck submit`. Duplicate-and-edit opens this screen
+filled from a past job's spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.suggester import SuggestFromList
+from textual.widget import Widget
+from textual.widgets import ContentSwitcher, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from engine.presets import PRESETS
+from engine.specs import KINDS
+from tui import spec_fields as SF
+from tui.messages import ActionDone
+from tui.render import st
+from tui.source import ActionError
+from tui.widgets.choice import Choice
+from tui.widgets.key_bar import KeyBar
+from tui.widgets.status_bar import StatusBar
+
+NARROW = 120  # below this width the YAML preview is a toggle (ctrl+y) instead of a side pane
+BOOL_CHOICES = [("true", True), ("false", False)]
+
+
+class Validated(Message):
+    def __init__(self, result: SF.Validation, token: int) -> None:
+        super().__init__()
+        self.result = result
+        self.token = token
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, Validated)
+
+
+class Submitted(Message):
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__()
+        self.ids = ids
+
+
+class SuggestionsLoaded(Message):
+    def __init__(self, suggestions: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.suggestions = suggestions
+
+
+class NewJobScreen(Screen[list[int] | None]):
+    DEFAULT_CSS = """
+    #new-switcher {
+        height: 1fr;
+    }
+
+    #kind-menu {
+        height: 1fr;
+        margin: 0 1;
+    }
+
+    #form-body {
+        height: 1fr;
+    }
+
+    #spec-form {
+        width: 1fr;
+        height: 1fr;
+        padding: 0 1;
+        scrollbar-size-vertical: 1;
+    }
+
+    #preview {
+        width: 1fr;
+        height: 1fr;
+        padding: 0 1;
+        border-left: vkey $panel;
+        scrollbar-size-vertical: 1;
+    }
+
+    NewJobScreen.-narrow #preview {
+        display: none;
+    }
+
+    NewJobScreen.-narrow.-preview #preview {
+        display: block;
+        border-left: none;
+    }
+
+    NewJobScreen.-narrow.-preview #spec-form {
+        display: none;
+    }
+
+    .section {
+        margin-top: 1;
+        text-style: bold;
+        color: $accent;
+        height: 1;
+    }
+
+    .fields {
+        grid-size: 2;
+        grid-columns: 24 1fr;
+        grid-rows: 1;
+        height: auto;
+    }
+
+    .field-label {
+        height: 1;
+        color: $text-muted;
+    }
+
+    .field-label.-invalid {
+        color: $error;
+        text-style: bold;
+    }
+
+    #field-help {
+        height: 2;
+        padding: 0 1;
+        color: $text-muted;
+        background: $panel;
+    }
+
+    #form-status {
+        height: 1;
+        padding: 0 1;
+    }
+
+    #form-status.-ok {
+        color: $success;
+    }
+
+    #form-status.-error {
+        color: $error;
+        text-style: bold;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="new.back"),
+        Binding("ctrl+s", "submit", "Queue", id="new.submit"),
+        Binding("ctrl+o", "save", "Save as file", id="new.save"),
+        Binding("ctrl+y", "toggle_preview", "YAML preview", id="new.preview"),
+    ]
+
+    def __init__(self, spec: dict[str, Any] | None = None, title: str = "New job") -> None:
+        super().__init__()
+        self.initial = spec
+        self.title_text = title
+        self.kind: str | None = None
+        self.fields: list[SF.FieldSpec] = []
+        self.result: SF.Validation | None = None
+        self._token = 0
+        self._timer = None
+        self._suggestions: dict[str, list[str]] = {}
+        self._tried = False  # after a first ctrl+s, empty required fields are marked too
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        yield Static(self.title_text, id="form-title", classes="screen-title")
+        with ContentSwitcher(initial="kind-menu", id="new-switcher"):
+            yield OptionList(*self._menu_options(), id="kind-menu")
+            with Horizontal(id="form-body"):
+                yield VerticalScroll(id="spec-form")
+                with VerticalScroll(id="preview"):
+                    yield Static(id="preview-text")
+        yield Static("", id="form-status")
+        yield Static("Choose a kind of job, or a preset to start from.", id="field-help")
+        yield KeyBar()
+
+    def _menu_options(self) -> list[Option | None]:
+        opts: list[Option | None] = []
+        for kind in KINDS:
+            opts.append(Option(Text.assemble((f"{kind:<9}", "bold"), "  ", (SF.kind_summary(kind), "dim")), id=f"kind:{kind}"))
+        if PRESETS:
+            opts.append(None)
+            for name, p in PRESETS.items():
+                opts.append(Option(Text.assemble(("preset ", "dim"), (name, "bold"), "  ", (p.description, "dim")), id=f"preset:{name}"))
+        return opts
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.app.report_worker_error(event.worker)
+
+    def on_mount(self) -> None:
+        self.set_class(self.app.size.width < NARROW, "-narrow")
+        self._load_suggestions()
+        if self.initial is not None:
+            self.call_after_refresh(self._open_form, self.initial.get("kind", "command"), self.initial)
+        else:
+            self.query_one("#kind-menu", OptionList).focus()
+
+    def on_resize(self) -> None:
+        self.set_class(self.app.size.width < NARROW, "-narrow")
+
+    # ------------------------------------------------------------------ menu
+
+    @on(OptionList.OptionSelected, "#kind-menu")
+    async def _chosen(self, event: OptionList.OptionSelected) -> None:
+        what, _, name = (event.option.id or "").partition(":")
+        if what == "kind":
+            await self._open_form(name, None)
+        elif what == "preset":
+            preset = PRESETS[name]
+            await self._open_form(preset.kind, preset.spec())
+
+    @on(OptionList.OptionHighlighted, "#kind-menu")
+    def _menu_help(self, event: OptionList.OptionHighlighted) -> None:
+        what, _, name = (event.option.id or "").partition(":")
+        text = SF.kind_summary(name) if what == "kind" else (PRESETS[name].description if name in PRESETS else "")
+        self.query_one("#field-help", Static).update(Text(text))
+
+    # ------------------------------------------------------------------ form
+
+    def _defaults(self, kind: str) -> dict[str, Any]:
+        exps = self._suggestions.get("experiment") or []
+        return {"experiment": exps[0] if exps else "scratch", "name": kind}
+
+    async def _open_form(self, kind: str, spec: dict[str, Any] | None) -> None:
+        self.kind = kind
+        self.fields = SF.fields_for(kind)
+        values = SF.editor_values(kind, {**self._defaults(kind), **(spec or {})})
+        form = self.query_one("#spec-form", VerticalScroll)
+        await form.remove_children()
+        widgets: list[Widget] = []
+        for section, title in SF.SECTIONS:
+            members = [f for f in self.fields if f.section == section]
+            if not members:
+                continue
+            widgets.append(Static(title, classes="section"))
+            cells: list[Widget] = []
+            for f in members:  # a two-column grid: label, editor (few widgets: the form mounts fast)
+                cells += [Label(f.name, classes="field-label", id=f"row-{f.name}"), self._editor(f, values.get(f.name))]
+            widgets.append(Grid(*cells, classes="fields"))
+        await form.mount_all(widgets)
+        self.query_one("#form-title", Static).update(Text.assemble((self.title_text, "bold"), "  ", (kind, "cyan")))
+        self.query_one("#new-switcher", ContentSwitcher).current = "form-body"
+        first = next((f for f in self.fields if f.required and not values.get(f.name)), self.fields[0])
+        self.query_one(f"#f-{first.name}").focus()
+        self._apply_suggestions()
+        self._schedule(0)
+
+    def _editor(self, f: SF.FieldSpec, value: Any) -> Widget:
+        wid = f"f-{f.name}"
+        if f.editor == "select":
+            options = ([("(none)", "")] if f.optional else []) + [(c, c) for c in f.choices]
+            current = value if value in f.choices else options[0][1]
+            return Choice(options, current, id=wid)
+        if f.editor == "bool":
+            return Choice(BOOL_CHOICES, bool(value), id=wid)
+        placeholder = "required" if f.required else ("" if value else f"(none) {f.description[:60]}")
+        return Input(str(value or ""), id=wid, compact=True, placeholder=placeholder, select_on_focus=False)
+
+    def raw_values(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            w = self.query_one(f"#f-{f.name}")
+            if isinstance(w, Choice):
+                out[f.name] = w.value
+            elif isinstance(w, Input):
+                out[f.name] = w.value
+        return out
+
+    def set_value(self, name: str, value: Any) -> None:
+        """Set one editor (tests and the palette use it); validation follows as for typing."""
+        w = self.query_one(f"#f-{name}")
+        if isinstance(w, Choice):
+            w.value = value
+        elif isinstance(w, Input):
+            w.value = str(value)
+
+    def _apply_suggestions(self) -> None:
+        for name, key in (("model", "model"), ("sft", "model"), ("aligned", "model"), ("base", "model"),
+                          ("dataset", "dataset"), ("experiment", "experiment")):
+            items = self._suggestions.get(key)
+            if items:
+                for w in self.query(f"#f-{name}"):
+                    if isinstance(w, Input):
+                        w.suggester = SuggestFromList(items, case_sensitive=False)
+
+    @work(thread=True, exclusive=True, group="suggestions", exit_on_error=False)
+    def _load_suggestions(self) -> None:
+        self.post_message(SuggestionsLoaded(self.app.source.suggestions()))
+
+    def on_suggestions_loaded(self, message: SuggestionsLoaded) -> None:
+        self._suggestions = message.suggestions
+        self._apply_suggestions()
+
+    # ------------------------------------------------------------------ validation
+
+    @on(Input.Changed)
+    @on(Choice.Changed)
+    def _edited(self, event: Message) -> None:
+        if self.kind is not None and getattr(event, "control", None) is not None and (event.control.id or "").startswith("f-"):
+            self._schedule(0.25)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if delay <= 0:
+            self._start_validation()
+        else:
+            self._timer = self.set_timer(delay, self._start_validation)
+
+    def _start_validation(self) -> None:
+        if self.kind is None:
+            return
+        self._token += 1
+        self._validate(self.kind, self.raw_values(), self._token)
+
+    @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
+    def _validate(self, kind: str, raw: dict[str, Any], token: int) -> None:
+        result = SF.validate(kind, raw)
+        if not get_current_worker().is_cancelled:
+            self.post_message(Validated(result, token))
+
+    def on_validated(self, message: Validated) -> None:
+        if message.token != self._token:
+            return  # the form changed since
+        self.result = message.result
+        self._show_result(message.result)
+
+    def _show_result(self, r: SF.Validation) -> None:
+        names = {f.name for f in self.fields}
+        for f in self.fields:
+            self.query_one(f"#row-{f.name}").set_class(self._field_error(f.name) is not None, "-invalid")
+        self._show_help()
+        status = self.query_one("#form-status", Static)
+        status.remove_class("-ok", "-error")
+        if r.ok:
+            n = len(r.names)
+            status.update(Text(f"✔ valid · ctrl+s queues {n} job{'s' if n != 1 else ''}"))
+            status.add_class("-ok")
+        elif not self._tried and all(m.endswith("required field is missing") for m in r.errors.values()):
+            status.update(Text(f"… to fill in: {', '.join(r.errors)} (required)"))
+        else:
+            field, msg = next(iter(r.errors.items()))
+            shown = msg if field in names else f"{field}: {msg}" if field else msg
+            status.update(Text(f"✘ {shown}"))
+            status.add_class("-error")
+        preview = Text(r.yaml_text.rstrip())
+        if r.names:
+            preview.append(f"\n\n# queues {len(r.names)} job{'s' if len(r.names) != 1 else ''}:\n", style="dim")
+            for name in r.names[:30]:
+                preview.append(f"#   {name}\n", style="dim")
+            if len(r.names) > 30:
+                preview.append(f"#   … {len(r.names) - 30} more\n", style="dim")
+        self.query_one("#preview-text", Static).update(preview)
+
+    def _field_error(self, name: str) -> str | None:
+        msg = self.result.errors.get(name) if self.result is not None else None
+        if msg and not self._tried and msg.endswith("required field is missing"):
+            return None  # not yet: the status line says it; no field is red before a first try
+        return msg
+
+    def on_descendant_focus(self, event) -> None:  # noqa: ANN001
+        self._show_help()
+
+    def _show_help(self) -> None:
+        """Help for the focused field: its error if it has one, its default and its description."""
+        wid = getattr(self.focused, "id", None) or ""
+        if not wid.startswith("f-"):
+            return
+        f = next((x for x in self.fields if x.name == wid[2:]), None)
+        if f is None:
+            return
+        err = self._field_error(f.name)
+        if err:
+            help_text = Text(f"✘ {err}", style=st("bold red"))
+        else:
+            help_text = Text.assemble((f.name, "bold"), (f"  default: {f.default_text() or '(none)'}", "dim"))
+            if f.description:
+                help_text.append("  " + f.description)
+        self.query_one("#field-help", Static).update(help_text)
+
+    # ------------------------------------------------------------------ actions
+
+    def action_back(self) -> None:
+        switcher = self.query_one("#new-switcher", ContentSwitcher)
+        if switcher.current == "form-body" and self.initial is None:
+            switcher.current = "kind-menu"
+            self.kind = None
+            self.query_one("#form-status", Static).update("")
+            self.query_one("#kind-menu", OptionList).focus()
+        else:
+            self.dismiss(None)
+
+    def action_toggle_preview(self) -> None:
+        self.toggle_class("-preview")
+
+    def action_submit(self) -> None:
+        if self.kind is None:
+            self.notify("Choose a kind first", severity="warning")
+            return
+        self._tried = True
+        self._submit(self.kind, self.raw_values())
+
+    @work(thread=True, exclusive=True, group="submit", exit_on_error=False)
+    def _submit(self, kind: str, raw: dict[str, Any]) -> None:
+        result = SF.validate(kind, raw)
+        if not result.ok:
+            self.post_message(Validated(result, self._token))  # the token of the form as it is
+            field, msg = next(iter(result.errors.items()))
+            self.post_message(ActionDone(f"Not queued: {msg}", "warning", changed=False))
+            return
+        try:
+            ids = self.app.source.submit(result.data)
+        except ActionError as e:
+            self.post_message(ActionDone(f"Not queued: {e}", "warning", changed=False))
+            return
+        self.post_message(Submitted(ids))
+
+    def on_submitted(self, message: Submitted) -> None:
+        ids = message.ids
+        span = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs ({ids[0]}–{ids[-1]})"
+        self.app.post_message(ActionDone(f"Queued {span}"))
+        self.dismiss(ids)
+
+    def action_save(self) -> None:
+        from tui.screens.dialogs import PromptScreen
+
+        if self.kind is None:
+            self.notify("Choose a kind first", severity="warning")
+            return
+        data, errors = SF.collect(self.kind, self.raw_values())
+        stem = str(data.get("name") or self.kind)
+        stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-") or self.kind
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self._save(path, SF.to_yaml(data))
+
+        self.app.push_screen(PromptScreen("Save the spec as (YAML, for `labdeck submit`)", f"{stem}.yaml"), chosen)
+
+    @work(thread=True, group="write", exit_on_error=False)
+    def _save(self, path: str, text: str) -> None:
+        try:
+            written = self.app.source.write_text(path, text)
+        except ActionError as e:
+            self.post_message(ActionDone(f"Not saved: {e}", "warning", changed=False))
+            return
+        self.post_message(ActionDone(f"Saved {written}", changed=False))

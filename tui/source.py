@@ -1,0 +1,486 @@
+"""The app's data source: every read and write the terminal app makes, as plain blocking functions.
+
+The app receives a `Source` (memray's pattern): `run_app` builds one on the user's home, tests
+build one on a temporary home with a frozen clock, or a fake. Screens call these methods only
+from thread workers, never on the event loop, and get back frozen values (`db.queries`
+dataclasses and the small ones below), never ORM objects.
+
+Nothing here imports Textual. The store (SQLAlchemy, sqlmodel) is imported and opened on first
+use, inside the first worker thread, so the first frame is painted before that cost is paid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from db.queries import GpuInfo, JobDetail, JobRow, ResultRow, WorkerState
+    from db.session import Store
+
+Clock = Callable[[], float]
+
+PAGE_SIZE = 100
+LOG_FIRST_BYTES = 64 * 1024  # a log opened for the first time shows its last 64 KiB
+LOG_CHUNK_BYTES = 256 * 1024  # at most this much new log per read
+STATUS_WORDS = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped")
+KIND_WORDS = ("command", "generate", "score", "finetune", "merge")
+REDUCTIONS = ("last", "min", "max", "mean")
+
+# -------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What the jobs table shows: filters and a sort order.
+
+    The text filter understands `status:running`, `kind:finetune` and `exp:NAME` (also `s:`, `k:`,
+    `e:`); what is left matches name, experiment, kind or status.
+    """
+
+    text: str = ""
+    experiment: str | None = None
+    statuses: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    sort: str = "newest"
+
+    @classmethod
+    def parse(cls, raw: str, sort: str = "newest", experiment: str | None = None) -> JobQuery:
+        statuses: list[str] = []
+        kinds: list[str] = []
+        words: list[str] = []
+        try:
+            tokens = shlex.split(raw)
+        except ValueError:
+            tokens = raw.split()
+        for tok in tokens:
+            key, sep, value = tok.partition(":")
+            key = key.lower()
+            if sep and value and key in ("status", "s"):
+                statuses += [v for v in value.split(",") if v]
+            elif sep and value and key in ("kind", "k"):
+                kinds += [v for v in value.split(",") if v]
+            elif sep and value and key in ("exp", "e", "experiment"):
+                experiment = value
+            else:
+                words.append(tok)
+        return cls(" ".join(words), experiment, tuple(statuses), tuple(kinds), sort)
+
+    def describe(self) -> str:
+        parts = []
+        if self.experiment:
+            parts.append(f"exp:{self.experiment}")
+        if self.statuses:
+            parts.append("status:" + ",".join(self.statuses))
+        if self.kinds:
+            parts.append("kind:" + ",".join(self.kinds))
+        if self.text:
+            parts.append(repr(self.text))
+        return " ".join(parts)
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.text or self.experiment or self.statuses or self.kinds)
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    query: JobQuery
+    offset: int
+    rows: tuple[JobRow, ...]
+    total: int
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The always-visible state: worker, queue, GPU summary, job counts, experiments."""
+
+    worker: WorkerState
+    gpus_at: float | None
+    gpus: tuple[GpuInfo, ...]
+    counts: dict[str, int]
+    experiments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DetailData:
+    detail: JobDetail
+    gpus: tuple[GpuInfo, ...]  # the job's assigned GPUs, from the worker's latest snapshot
+    metric_names: tuple[str, ...]
+    job_names: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    path: str
+    lines: tuple[str, ...]
+    offset: int
+    reset: bool = False  # the file shrank or was replaced: clear what is shown
+
+
+@dataclass(frozen=True)
+class ResultsData:
+    experiment: str
+    metric: str | None
+    reduce: str
+    metric_names: tuple[str, ...]
+    fields: tuple[str, ...]  # what rows and columns can be grouped by
+    rows: tuple[ResultRow, ...]
+
+
+@dataclass(frozen=True)
+class GpuData:
+    at: float | None
+    gpus: tuple[GpuInfo, ...]
+    job_names: dict[int, str]
+
+
+class ActionError(Exception):
+    """An action the store refused (an illegal transition, an unknown job): shown as a notice."""
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values. A model reference shows as its path."""
+    out: dict[str, Any] = {}
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    else:
+        out[prefix] = spec
+    return out
+
+
+def varying_fields(rows: Sequence[ResultRow]) -> list[str]:
+    """Pivot field candidates: sweep parameters first, then spec fields whose value differs between jobs."""
+    params: list[str] = []
+    for r in rows:
+        params += [k for k in r.params if k not in params]
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        for k, v in flatten(r.spec).items():
+            seen.setdefault(k, set()).add(repr(v))
+    spec_fields = [k for k, vals in seen.items() if len(vals) > 1 and k not in params and k != "name"]
+    return params + spec_fields + ["kind", "status", "name"]
+
+
+# -------------------------------------------------------------------------------- the source
+
+
+class Source:
+    """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks."""
+
+    def __init__(self, home: Path | str | None = None, *, store: Store | None = None, clock: Clock = time.time) -> None:
+        self._home = home
+        self._store = store
+        self._lock = threading.Lock()
+        self.clock = clock
+
+    # The store is opened on first use, in whichever worker thread gets there first.
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from db.session import Store
+
+                    self._store = Store(self._home)
+        return self._store
+
+    @property
+    def home(self) -> Path:
+        return self.store.home
+
+    def db_path(self) -> Path:
+        """The database file, without opening the store (no SQLAlchemy import)."""
+        if self._store is not None:
+            return self._store.path
+        from db.home import db_path, ensure_home
+
+        return db_path(ensure_home(self._home))
+
+    @property
+    def cold(self) -> bool:
+        """True until the store is open: reads that can go through `tui.fastread` do."""
+        return self._store is None
+
+    def warm_up(self) -> None:
+        """Import and open the store (and migrate it if needed) ahead of the first real need."""
+        _ = self.store
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """Changes whenever any process commits to the database (WAL size or mtime, database mtime)."""
+        path = self.db_path()
+        out: list[int] = []
+        for p in (path, Path(f"{path}-wal")):
+            try:
+                st = os.stat(p)
+                out += [st.st_mtime_ns, st.st_size]
+            except FileNotFoundError:
+                out += [0, 0]
+        return tuple(out)
+
+    # ---------------------------------------------------------------- reads
+
+    def overview(self) -> Overview:
+        if self.cold:
+            from tui import fastread
+
+            fast = fastread.overview(self.db_path(), self.clock())
+            if fast is not None:
+                worker, at, gpus, counts, exps = fast
+                return Overview(worker, at, tuple(gpus), counts, tuple(exps))  # type: ignore[arg-type]
+        from db import queries as Q
+
+        with self.store.read() as s:
+            worker = Q.worker_state(s, now=self.clock())
+            t, gpus = Q.gpu_snapshot(s)
+            counts = Q.count_jobs(s)
+            exps = Q.experiment_names(s)
+        return Overview(worker, t, tuple(gpus), counts, tuple(exps))
+
+    def jobs_page(self, query: JobQuery, offset: int = 0, limit: int = PAGE_SIZE) -> JobsPage:
+        if self.cold and offset == 0 and query == JobQuery():
+            from tui import fastread
+
+            fast = fastread.first_page(self.db_path(), limit)
+            if fast is not None:
+                rows, total, metrics = fast
+                return JobsPage(query, 0, tuple(rows), total, metrics)  # type: ignore[arg-type]
+        from db import queries as Q
+
+        with self.store.read() as s:
+            rows, total = Q.page_jobs(
+                s, experiment=query.experiment, statuses=query.statuses, kinds=query.kinds,
+                text=query.text or None, sort=query.sort, offset=offset, limit=limit,
+            )
+            if not rows and offset > 0 and total > 0:  # the page emptied (jobs filtered away): show the last one
+                offset = max(0, (total - 1) // limit * limit)
+                rows, total = Q.page_jobs(
+                    s, experiment=query.experiment, statuses=query.statuses, kinds=query.kinds,
+                    text=query.text or None, sort=query.sort, offset=offset, limit=limit,
+                )
+            metrics = Q.latest_metrics(s, [r.id for r in rows])
+        return JobsPage(query, offset, tuple(rows), total, metrics)
+
+    def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
+        """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""
+        from sqlalchemy import func, select
+
+        from db.models import Job
+
+        if query.sort not in ("newest", "oldest") or query.filtered:
+            return None
+        with self.store.read() as s:
+            cmp = Job.id > job_id if query.sort == "newest" else Job.id < job_id
+            before = s.execute(select(func.count()).select_from(Job).where(cmp)).scalar_one()
+        return int(before) // limit * limit
+
+    def detail(self, job_id: int) -> DetailData:
+        from db import queries as Q
+        from db.queue import UnknownJob
+
+        try:
+            with self.store.read() as s:
+                d = Q.job_detail(s, job_id)
+                _, gpus = Q.gpu_snapshot(s)
+                names = Q.metric_names(s, job_id)
+        except UnknownJob as e:
+            raise ActionError(str(e)) from None
+        assigned = {int(g) for g in d.row.assigned_gpus.split(",") if g.strip().isdigit()}
+        mine = tuple(g for g in gpus if g.index in assigned)
+        return DetailData(d, mine, tuple(names))
+
+    def series(self, job_id: int, names: Sequence[str], limit: int = 2000) -> dict[str, list[tuple[int, float]]]:
+        from db import queries as Q
+
+        with self.store.read() as s:
+            return {n: Q.metric_series(s, job_id, n, limit=limit) for n in names}
+
+    def read_log(self, path: str, offset: int | None) -> LogChunk:
+        """New complete lines of a log file from `offset` (None: the file's last 64 KiB)."""
+        p = Path(path)
+        try:
+            size = p.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return LogChunk(path, (), 0 if offset is None else offset)
+        reset = False
+        if offset is not None and size < offset:  # truncated or replaced
+            offset, reset = None, True
+        skip_partial = False
+        if offset is None:
+            offset = max(0, size - LOG_FIRST_BYTES)
+            skip_partial = offset > 0
+        if size == offset:
+            return LogChunk(path, (), offset, reset)
+        with open(p, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(LOG_CHUNK_BYTES)
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) < LOG_CHUNK_BYTES:
+                return LogChunk(path, (), offset, reset)
+            end = len(data) - 1  # one enormous line: show it in pieces
+        chunk = data[: end + 1]
+        lines = chunk.decode("utf-8", errors="replace").splitlines()
+        if skip_partial and lines:
+            lines = lines[1:]
+        return LogChunk(path, tuple(lines), offset + end + 1, reset)
+
+    def gpus(self) -> GpuData:
+        from sqlalchemy import select
+
+        from db import queries as Q
+        from db.models import Job
+
+        with self.store.read() as s:
+            t, gpus = Q.gpu_snapshot(s)
+            ids = {p.job_id for g in gpus for p in g.processes if p.job_id is not None}
+            names = dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all()) if ids else {}
+        return GpuData(t, tuple(gpus), names)
+
+    def specs(self, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
+        from db import queries as Q
+
+        with self.store.read() as s:
+            return Q.job_specs(s, job_ids)
+
+    def spec_of(self, job_id: int) -> dict[str, Any]:
+        found = self.specs([job_id])
+        if not found:
+            raise ActionError(f"job {job_id}: no such job")
+        return found[0][2]
+
+    def suggestions(self) -> dict[str, list[str]]:
+        """Model and dataset paths and experiment names used before, for the New-job form."""
+        from db import queries as Q
+
+        with self.store.read() as s:
+            specs = Q.recent_specs(s)
+            exps = Q.experiment_names(s)
+        models: list[str] = []
+        datasets: list[str] = []
+        for spec in specs:
+            for key in ("model", "sft", "aligned", "base"):
+                m = spec.get(key)
+                if isinstance(m, dict) and isinstance(m.get("path"), str) and m["path"] not in models:
+                    models.append(m["path"])
+            d = spec.get("dataset")
+            if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"] not in datasets:
+                datasets.append(d["path"])
+        return {"model": models, "dataset": datasets, "experiment": exps}
+
+    def results(self, experiment: str, metric: str | None = None, reduce: str = "last") -> ResultsData:
+        from db import queries as Q
+
+        with self.store.read() as s:
+            names = tuple(Q.experiment_metric_names(s, experiment))
+            if metric not in names:  # default: a final score if any job reported one
+                summaries = Q.experiment_metric_names(s, experiment, summaries_only=True) if names else []
+                metric = summaries[0] if summaries else (names[0] if names else None)
+            if metric is None:
+                rows: list[ResultRow] = []
+            else:
+                rows = Q.experiment_metric(s, experiment, metric, reduce)
+        return ResultsData(experiment, metric, reduce, names, tuple(varying_fields(rows)), tuple(rows))
+
+    # ---------------------------------------------------------------- writes
+
+    def cancel(self, job_ids: Sequence[int]) -> list[tuple[int, str]]:
+        from db.queue import UnknownJob, request_cancel
+
+        try:
+            with self.store.write() as s:
+                return [(i, request_cancel(s, i).value) for i in job_ids]
+        except UnknownJob as e:
+            raise ActionError(str(e)) from None
+
+    def retry(self, job_ids: Sequence[int]) -> list[tuple[int, int]]:
+        from db.queue import IllegalTransition, UnknownJob, retry
+
+        try:
+            with self.store.write() as s:
+                return [(i, retry(s, i)) for i in job_ids]
+        except (IllegalTransition, UnknownJob) as e:
+            raise ActionError(str(e)) from None
+
+    def change_priority(self, job_ids: Sequence[int], delta: int) -> list[tuple[int, int]]:
+        from sqlalchemy import select
+
+        from db.models import Job
+        from db.queue import IllegalTransition, UnknownJob, set_priority
+
+        out = []
+        try:
+            with self.store.write() as s:
+                for i in job_ids:
+                    current = s.execute(select(Job.priority).where(Job.id == i)).scalar_one_or_none()
+                    if current is None:
+                        raise UnknownJob(f"job {i}: no such job")
+                    new = max(-1000, min(1000, current + delta))
+                    set_priority(s, i, new)
+                    out.append((i, new))
+        except (IllegalTransition, UnknownJob) as e:
+            raise ActionError(str(e)) from None
+        return out
+
+    def set_queue_state(self, state: str) -> str:
+        from db.queue import set_queue_state
+
+        with self.store.write() as s:
+            set_queue_state(s, state)
+        return state
+
+    def submit(self, data: dict[str, Any], source: str = "form") -> list[int]:
+        """Validate and queue a spec mapping (one job, a sweep or a pipeline); the new ids."""
+        from db.queue import UnknownJob, enqueue
+        from engine.specfile import SpecError, expand
+
+        try:
+            exp = expand(data, source)
+        except SpecError as e:
+            raise ActionError(str(e)) from None
+        try:
+            with self.store.write() as s:
+                return enqueue(s, exp.drafts, resolve=exp.resolver(self.home))
+        except UnknownJob as e:
+            raise ActionError(f"after: {e}") from None
+
+    def write_text(self, path: str, text: str) -> str:
+        """Write a file atomically (temporary name, then rename); the absolute path written."""
+        target = Path(path).expanduser()
+        if not target.is_absolute():
+            target = Path.cwd() / target
+        if target.is_dir():
+            raise ActionError(f"{target}: is a folder")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
+        except OSError as e:
+            raise ActionError(f"{target}: {e.strerror or e}") from None
+        return str(target)
+
+    def ensure_worker(self) -> bool:
+        from tui.cli_worker import ensure_worker
+
+        return bool(ensure_worker(self.home, quiet=True))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "results"
