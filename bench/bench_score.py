@@ -148,7 +148,8 @@ def main() -> None:
     tps, padf = metrics["loss_tokens_per_s"], metrics["loss_padding_fraction"]
     print(f"{'loss model, whole score job (reported)':40s} {'':7s} {tps:11.0f} {padf * 100:7.1f}% "
           f"{tps / lm_naive.tokens_per_s:11.2f}x   (job wall {wall:.1f} s incl. load)")
-    print(f"reward scores sorted vs unsorted: max |diff| = {max_diff:.2e}; direct paths: best of {args.repeats}")
+    print(f"reward scores sorted vs unsorted: max |diff| = {max_diff:.2e}; direct paths: best of {args.repeats} "
+          f"interleaved runs; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
