@@ -183,7 +183,7 @@ def bench_ingest(root: Path, n: int) -> dict[str, float]:
                     return s.execute(select(Job.events_offset).where(Job.id == job)).scalar_one()
 
             size = events.stat().st_size
-            wait(lambda: offset() >= size, 120, 0.02)
+            wait(lambda size=size: offset() >= size, 120, 0.02)
             t_end = time.time()
             live.append(n / (t_end - float(mark.read_text())))
             wait(lambda job=job: status(store, job) == "succeeded", 30)

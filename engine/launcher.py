@@ -112,15 +112,21 @@ def build_argv(spec: dict[str, Any], run_dir: Path, env: dict[str, str]) -> tupl
 
 
 def _git_commit(path: Path) -> dict[str, Any] | None:
-    """HEAD and whether the tree is dirty, for the repository holding `path` (None if none)."""
+    """HEAD and whether the tree is dirty, for the repository holding `path` (None if none).
+
+    `--no-optional-locks`: a plain `git status` refreshes the index under `index.lock`; a job
+    killed at that moment (cancel, kill -9) would leave a stale lock in the user's repository and
+    break their next commit, and a running one would race with their own git commands.
+    """
+    git = ["git", "--no-optional-locks", "-C", str(path)]
     try:
         head = subprocess.run(  # noqa: S603, S607 - argument list
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         )
         if head.returncode != 0:
             return None
         dirty = subprocess.run(  # noqa: S603, S607
-            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            [*git, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=5,
         )
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()), "path": str(path)}

@@ -237,3 +237,34 @@ def test_wal_is_checkpointed_when_it_grows(home, store):
     assert wal.stat().st_size > 0
     w._maybe_checkpoint()
     assert wal.stat().st_size == 0
+
+
+def test_env_record_reads_git_without_taking_the_index_lock(tmp_path, monkeypatch):
+    """env.json names the commit and dirtiness of the command's repository; the launcher's git calls
+    pass --no-optional-locks, so a job killed mid-call cannot leave a stale index.lock behind."""
+    import shutil
+
+    from engine import launcher
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    g = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*g, "init", "-q"], check=True)
+    (repo / "f").write_text("1")
+    subprocess.run([*g, "add", "f"], check=True)
+    subprocess.run([*g, "commit", "-qm", "x"], check=True)
+    (repo / "f").write_text("2")
+    calls = []
+    real_run = subprocess.run
+
+    def spy(argv, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        calls.append(argv)
+        return real_run(argv, *a, **k)
+
+    monkeypatch.setattr(launcher.subprocess, "run", spy)
+    rec = launcher._git_commit(repo)
+    assert len(rec["commit"]) == 40 and rec["dirty"] is True
+    assert calls and all(c[:2] == ["git", "--no-optional-locks"] for c in calls)
+    assert not (repo / ".git" / "index.lock").exists()
