@@ -250,7 +250,9 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
     rows = [{"job_id": new.id, "depends_on_id": d} for d in deps]
     if rows:
         session.execute(insert(JobDependency), rows)
-    # Jobs that were skipped because of this one now wait for the new attempt instead.
+    # Queued jobs still waiting for this one now wait for the new attempt; jobs already skipped
+    # because of it stay skipped (retry them too, as a person would in pueue).
+    repoint_dependents(session, job_id, new.id)
     return new.id
 
 
