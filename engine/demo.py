@@ -12,9 +12,8 @@ built by the worker like any other job, with no network and no GPU. It writes, u
   the "students" that are fine-tuned on each teacher's responses;
 * `reward`: a sequence-classification reward model, trained for a few steps to score reference
   answers above shuffled ones (a stand-in for ArmoRM / Skywork);
-* `judge`: a causal LM trained as the pairwise judge: shown the AlpacaEval prompt (§7.1) with a
-  reference answer and a corrupted one in random order, it learns to name the better one ('m' or
-  'M'), so the demo's win rates reflect how coherent each student's answers are.
+* `judge`: a causal LM used as the pairwise judge (teacher-a's architecture, trained a little longer
+  on the demo answers). It is too small to judge well: the demo's win rates sit near 50%.
 
 The teacher and reward training here is a fixture builder, not a user-facing trainer: a short
 hand loop keeps the demo self-contained and fast (seconds on two cores); real training goes through
@@ -33,7 +32,7 @@ TRAIN_FILE = DATA_DIR / "demo_train.jsonl"
 EVAL_FILE = DATA_DIR / "demo_eval.jsonl"
 
 TEACHER_STEPS = {"teacher-a": 120, "teacher-b": 30, "teacher-c": 0}
-JUDGE_STEPS = 60
+JUDGE_STEPS = 160
 
 
 def load_records(path: Path) -> list[dict[str, str]]:
@@ -103,48 +102,6 @@ def _train_reward(model, tokenizer, records: list[dict[str, str]], steps: int, s
     model.eval()
 
 
-def _corrupt(text: str, rng: random.Random) -> str:
-    """A worse answer: the words shuffled, or another record's answer reversed."""
-    words = text.split()
-    rng.shuffle(words)
-    return " ".join(words) if rng.random() < 0.5 else text[::-1]
-
-
-def _train_judge(model, tokenizer, records: list[dict[str, str]], steps: int, seed: int) -> None:  # noqa: ANN001
-    """Teach a tiny LM the judge's task: after the AlpacaEval prompt, the identifier of the better answer."""
-    import torch
-
-    from engine.jobs._scorers import judge_messages
-
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    m_id = tokenizer("m", add_special_tokens=False)["input_ids"][-1]
-    big_m_id = tokenizer("M", add_special_tokens=False)["input_ids"][-1]
-    examples = []
-    for rec in records:
-        for switched in (False, True):
-            bad = _corrupt(rec["output"], rng)
-            # unswitched: 'm' shows the reference, 'M' the candidate; the good answer is the reference here
-            msgs = judge_messages(_prompt(rec), rec["output"], bad, switched)
-            ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-            examples.append((ids, big_m_id if switched else m_id))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    pad = tokenizer.pad_token_id
-    model.train()
-    for _ in range(steps):
-        batch = rng.sample(examples, 16)
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([[pad] * (width - len(x)) + x for x, _ in batch])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x, _ in batch])
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, :]
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([y for _, y in batch]))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-
-
 def build(out_dir: Path) -> dict[str, str]:
     """Build every demo model under `out_dir`; returns name -> folder."""
     import torch
@@ -189,7 +146,7 @@ def build(out_dir: Path) -> dict[str, str]:
 
     judge_path = build_causal_lm(out_dir / "judge", tok_dir, arch="llama", hidden=96, layers=2, seed=10)
     judge = AutoModelForCausalLM.from_pretrained(judge_path)
-    _train_judge(judge, tokenizer, train, JUDGE_STEPS, seed=41)
+    _train_lm(judge, tokenizer, train, JUDGE_STEPS, seed=41)
     judge.save_pretrained(judge_path, safe_serialization=True)
     built["judge"] = str(judge_path)
     print("built judge", flush=True)
