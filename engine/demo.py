@@ -114,10 +114,7 @@ def build(out_dir: Path) -> dict[str, str]:
     train = load_records(TRAIN_FILE)
     from engine.jobs._scorers import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
 
-    from engine.jobs._scorers import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
-
     texts = [_prompt(r) + "\n" + r["output"] for r in train + load_records(EVAL_FILE)]
-    texts += [ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER]  # so the judge prompt stays short in tokens
     texts += [ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER]  # so the judge prompt stays short in tokens
     tok_dir = out_dir / "tokenizer"
     build_tokenizer(tok_dir, texts, vocab_size=768)
