@@ -106,3 +106,49 @@ def pivot(
     row_labels = sorted({k[0] for k in cells}, key=_sort_key)
     col_labels = sorted({k[1] for k in cells}, key=_sort_key)
     return Pivot(experiment, metric, reduce, rows_field, cols_field or "", row_labels, col_labels, cells, missing)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's ρ between two per-job metrics within one group (science.md §4.2)."""
+
+    group: str
+    n: int
+    rho: float
+    pairs: list[tuple[str, float, float]]  # (match label, x, y)
+
+
+def correlate(
+    x_rows: Sequence[ResultRow], y_rows: Sequence[ResultRow], match: Sequence[str], by: str | None = None
+) -> list[Correlation]:
+    """Pair jobs of two metrics by the `match` fields (e.g. teacher), then ρ per `by` group (e.g. base model).
+
+    In the CAR paper, x is a metric of a teacher's data under a base model (CAR, reward, IFD) and y
+    the performance of that base model fine-tuned on it; ρ is computed per base model and averaged.
+    ρ uses average ranks for ties (`scipy.stats.spearmanr`) on raw values, never sign-flipped.
+    """
+    from scipy.stats import spearmanr
+
+    def key(r: ResultRow) -> tuple[str, str]:
+        group = _label(field_value(r, by)) if by else "all"
+        return group, " ".join(_label(field_value(r, f)) for f in match)
+
+    def index(rows: Sequence[ResultRow]) -> dict[tuple[str, str], list[float]]:
+        out: dict[tuple[str, str], list[float]] = {}
+        for r in rows:
+            if r.value is not None and not math.isnan(r.value):
+                out.setdefault(key(r), []).append(float(r.value))
+        return out
+
+    xs, ys = index(x_rows), index(y_rows)
+    groups: dict[str, list[tuple[str, float, float]]] = {}
+    for k in sorted(set(xs) & set(ys)):
+        groups.setdefault(k[0], []).append((k[1], statistics.fmean(xs[k]), statistics.fmean(ys[k])))
+    out = []
+    for group, pairs in sorted(groups.items()):
+        if len(pairs) < 2:
+            rho = float("nan")
+        else:
+            rho = float(spearmanr([p[1] for p in pairs], [p[2] for p in pairs]).statistic)
+        out.append(Correlation(group, len(pairs), rho, pairs))
+    return out

@@ -37,7 +37,7 @@ from engine.specs import KINDS, PRIMARY_OUTPUT, dump_spec, parse_spec
 REF_RE = re.compile(r"\$\{([^}]*)\}")
 INTERNAL_RE = re.compile(r"\$\{@(\d+)\.(output|outputs|run_dir)\}")
 STAGE_ATTRS = ("output", "outputs", "run_dir")
-PIPELINE_KEYS = {"experiment", "description", "matrix", "defaults", "stages"}
+PIPELINE_KEYS = {"experiment", "description", "vars", "matrix", "defaults", "stages"}
 STAGE_KEYS = {"foreach", "needs", "sweep"}
 
 
@@ -266,10 +266,57 @@ def _draft(spec: dict[str, Any], params: dict[str, Any], deps: tuple[int, ...] =
     )
 
 
-def expand(data: dict[str, Any], source: str = "<spec>") -> Expansion:
-    """Expand a loaded spec mapping into validated drafts, or raise SpecError."""
+def builtin_vars() -> dict[str, Any]:
+    """`${labdeck.python}` (this interpreter) and `${labdeck.data}` (the data shipped with labdeck)."""
+    import sys
+
+    return {"python": sys.executable, "data": str(Path(__file__).parent / "data")}
+
+
+def _substitute_vars(data: Any, variables: dict[str, Any], source: str) -> Any:
+    """Replace `${vars.NAME}` and `${labdeck.NAME}` everywhere; a whole-string reference keeps the value's type."""
+    scopes = {"vars": variables, "labdeck": builtin_vars()}
+
+    def lookup(ref: str) -> tuple[bool, Any]:
+        scope, _, name = ref.partition(".")
+        if scope not in scopes:
+            return False, None
+        if name not in scopes[scope]:
+            raise _fail(source, f"${{{ref}}}", f"no such variable (known: {', '.join(sorted(scopes[scope])) or 'none'})")
+        return True, scopes[scope][name]
+
+    def fn(s: str) -> Any:
+        whole = REF_RE.fullmatch(s)
+        if whole:
+            found, value = lookup(whole.group(1))
+            if found:
+                return value
+
+        def inline(m: re.Match[str]) -> str:
+            found, value = lookup(m.group(1))
+            return _label(value) if found else m.group(0)
+
+        return REF_RE.sub(inline, s)
+
+    return _walk(data, fn)
+
+
+def expand(data: dict[str, Any], source: str = "<spec>", variables: dict[str, Any] | None = None) -> Expansion:
+    """Expand a loaded spec mapping into validated drafts, or raise SpecError.
+
+    `variables` override the file's `vars:` (the CLI's `--var NAME=VALUE`).
+    """
+    declared = data.get("vars") or {}
+    if not isinstance(declared, dict):
+        raise _fail(source, "vars", "must map names to values")
+    unknown = set(variables or {}) - set(declared)
+    if unknown:
+        raise _fail(source, "vars", f"--var {sorted(unknown)[0]}: the file declares no such variable")
+    merged = {**declared, **(variables or {})}
+    data = {k: (v if k == "vars" else _substitute_vars(v, merged, source)) for k, v in data.items()}
     if "stages" in data:
         return _expand_pipeline(data, source)
+    data.pop("vars", None)
     sweep = data.get("sweep")
     base = {k: v for k, v in data.items() if k != "sweep"}
     drafts = []
@@ -415,5 +462,5 @@ def _substitute_stage_refs(
     return _walk(job, fn)
 
 
-def expand_file(path: Path | str) -> Expansion:
-    return expand(load_file(path), str(path))
+def expand_file(path: Path | str, variables: dict[str, Any] | None = None) -> Expansion:
+    return expand(load_file(path), str(path), variables)

@@ -58,10 +58,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from db.queue import UnknownJob, enqueue
     from engine.specfile import SpecError, expand_file
 
+    variables = {}
+    for item in args.var or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--var {item!r}: write NAME=VALUE")
+        variables[name] = value
     expansions = []
     for f in args.files:
         try:
-            expansions.append(expand_file(f))
+            expansions.append(expand_file(f, variables))
         except SpecError as e:
             raise UserError(str(e)) from None
     store = _store(args)
@@ -291,6 +297,22 @@ def cmd_queue(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- results / export
 
 
+def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
+    """A pivot as a rich table on standard output (mean ± std over seeds in each cell)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{p.experiment}: {p.metric} ({p.reduce})", header_style="bold")
+    t.add_column(f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field)
+    for c in p.col_labels:
+        t.add_column(c, justify="right")
+    for r in p.row_labels:
+        t.add_row(r, *(p.cells[(r, c)].text() if (r, c) in p.cells else "" for c in p.col_labels))
+    Console().print(t)
+    if p.missing:
+        print(f"({p.missing} jobs without {p.metric})", file=sys.stderr)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from db.queries import experiment_metric
     from db.results import pivot
@@ -305,22 +327,42 @@ def cmd_results(args: argparse.Namespace) -> int:
     if not p.cells:
         raise UserError(f"experiment {args.experiment!r}: no job reported metric {args.metric!r}")
     if args.format == "table":
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=f"{args.experiment}: {args.metric} ({args.reduce})", header_style="bold")
-        t.add_column(f"{args.rows} \\ {args.cols}" if args.cols else args.rows)
-        for c in p.col_labels:
-            t.add_column(c, justify="right")
-        for r in p.row_labels:
-            t.add_row(r, *(p.cells[(r, c)].text() if (r, c) in p.cells else "" for c in p.col_labels))
-        Console().print(t)
-        if p.missing:
-            print(f"({p.missing} jobs without {args.metric})", file=sys.stderr)
+        print_pivot(p)
         return 0
     from tui.formats import RENDERERS
 
     sys.stdout.write(RENDERERS[args.format](p))
+    return 0
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    import math
+
+    from db.queries import experiment_metric
+    from db.results import correlate
+
+    store = _store(args)
+    try:
+        with store.read() as s:
+            xr = experiment_metric(s, args.experiment, args.x, args.reduce)
+            yr = experiment_metric(s, args.experiment, args.y, args.reduce)
+    except LookupError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    result = correlate(xr, yr, args.match, args.by)
+    if not result:
+        raise UserError(f"experiment {args.experiment!r}: no job pairs with both {args.x!r} and {args.y!r} matched on {', '.join(args.match)}")
+    finite = [c.rho for c in result if not math.isnan(c.rho)]
+    mean = sum(finite) / len(finite) if finite else float("nan")
+    if args.json:
+        print(json.dumps({"x": args.x, "y": args.y, "by": args.by, "match": args.match, "average_rho": mean,
+                          "groups": [{"group": c.group, "n": c.n, "rho": c.rho, "pairs": c.pairs} for c in result]},
+                         allow_nan=True))
+        return 0
+    print(f"Spearman rho of {args.x} against {args.y}, matched on {', '.join(args.match)}")
+    for c in result:
+        print(f"  {c.group:24} n={c.n:<3} rho={c.rho:+.4f}")
+    if len(result) > 1:
+        print(f"  {'average':24}       rho={mean:+.4f}")
     return 0
 
 
@@ -403,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files")
     sp.add_argument("--json", action="store_true", help="print {\"ids\": [...]}")
     sp.add_argument("--no-worker", action="store_true", help="do not start a worker if none is alive")
+    sp.add_argument("--var", action="append", metavar="NAME=VALUE", help="override a variable the file declares under vars:")
 
     sp = add("ls", cmd_ls, "List jobs, newest first")
     sp.add_argument("-e", "--experiment", help="only this experiment")
@@ -443,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metric", required=True, metavar="NAME")
     sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"), help="over a job's values of the metric")
     sp.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex", "json"))
+
+    sp = add("correlate", cmd_correlate, "Spearman's rho between two per-job metrics, matched on fields, per group (e.g. CAR vs win rate per base model)")
+    sp.add_argument("experiment")
+    sp.add_argument("x", metavar="X_METRIC")
+    sp.add_argument("y", metavar="Y_METRIC")
+    sp.add_argument("--match", nargs="+", required=True, metavar="FIELD", help="fields that pair an X job with a Y job (e.g. teacher student)")
+    sp.add_argument("--by", default=None, metavar="FIELD", help="one rho per value of this field, and their average")
+    sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"))
+    sp.add_argument("--json", action="store_true")
 
     sp = add("export", cmd_export, "Export an experiment's jobs with their parameters and latest metrics")
     sp.add_argument("experiment")

@@ -32,8 +32,12 @@ class RetryPolicy(StrictModel):
 
 def parse_duration(value: float | int | str | None) -> float | None:
     """'90', '90s', '15m', '2h', '1d' or a number of seconds -> seconds."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a duration like 90, 90s, 15m, 2h or 1d")
+    if isinstance(value, (int, float)):
+        return float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
     if not m:
         raise ValueError(f"{value!r} is not a duration like 90, 90s, 15m, 2h or 1d")

@@ -1,51 +1,80 @@
-"""Scoring: per-sample scores and per-job aggregates (science.md §0-§4, §7, §9.6, §10)."""
+"""Scoring: per-sample scores and per-job aggregates (science.md §0-§4, §7, §9.6, §10).
+
+Torch-free: the spec is validated in the CLI, the TUI and the worker. `engine.jobs.score` does the
+work; every choice science.md calls UNPINNED is a field here and is recorded with the result.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from engine.specs.base import JobSpecBase, StrictModel
 from engine.specs.common import ModelRef
 
+_FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
 
-class RewardScorer(StrictModel):
+
+class _Batched(StrictModel):
+    batch_size: int = Field(8, ge=1, le=4096)
+    """Most records per forward pass."""
+    max_batch_tokens: int = Field(16384, ge=16)
+    """Token budget per forward pass (rows x longest row). Records are sorted longest first, so an OOM shows in
+    the first batch and the ETA is pessimistic."""
+
+
+class RewardScorer(_Batched):
     """Reward from a sequence-classification reward model, with its own chat template (§2)."""
 
     type: Literal["reward"] = "reward"
     model: ModelRef
-    max_length: int = 4096
-    batch_size: int = 8
+    """The reward model (AutoModelForSequenceClassification, one output; or a remote-code head with `.score`)."""
+    max_length: int = Field(4096, ge=8)
+    """Truncation in tokens (§2: 4096); truncated records are counted."""
+    field: str = Field("reward", pattern=_FIELD_RE)
+    """Name of the per-sample field (use e.g. 'reward_rm3' to score with several RMs in one job)."""
 
 
-class LossScorer(StrictModel):
+class LossScorer(_Batched):
     """Response loss L(A|Q) and perplexity under a model (§0); with `ifd`, also L(A) and IFD (§1)."""
 
     type: Literal["loss"] = "loss"
     model: ModelRef
-    template: Literal["chat", "raw", "superfiltering", "struq"] = "chat"
-    """How the prompt prefix is built (UNPINNED in the CAR paper; recorded with the result)."""
+    """The model whose loss is measured: GPT-2 for IFD-GPT2/PPL-GPT2, the base model for -Self and CAR."""
+    template: Literal["chat", "raw", "superfiltering", "struq", "alpaca"] = "chat"
+    """How the prompt prefix Q is built (UNPINNED in the CAR paper, §1.1; recorded): 'chat' the model's chat
+    template (the SFT template, the recommended default for -Self), 'superfiltering' '{instruction}\\n{input}\\n',
+    'raw' the instruction (input joined as for generation), 'struq' §9.1, 'alpaca' the Alpaca prompt."""
+    append_eos: bool = False
+    """Score the end-of-turn/eos token after the response as part of A (UNPINNED; Superfiltering does not)."""
     ifd: bool = False
-    """Also compute the unconditional loss and both IFD forms."""
-    max_length: int = 1024
-    batch_size: int = 8
-    prefix: str = "loss"
-    """Field name prefix, so one job can score under several models."""
+    """Also compute the unconditional loss L(A) and both IFD forms (§1.1)."""
+    ifd_form: Literal["loss", "ppl"] = "loss"
+    """Which IFD form '{prefix}_ifd' holds (UNPINNED, §1.1): L(A|Q)/L(A) or PPL(A|Q)/PPL(A). Both are also stored
+    as '{prefix}_ifd_loss' and '{prefix}_ifd_ppl'."""
+    max_length: int = Field(1024, ge=8)
+    """Truncation of prompt + response in tokens (Superfiltering: 1024 for GPT-2); truncated records are counted."""
+    prefix: str = Field("loss", pattern=_FIELD_RE)
+    """Field name prefix, so one job can score under several models (e.g. 'loss_gpt2', 'loss_self')."""
 
 
 class LengthScorer(StrictModel):
-    """Response length in characters, and in tokens of a fixed tokenizer (§5)."""
+    """Response length in characters, and in tokens of a fixed tokenizer (§5; the tokenizer is UNPINNED)."""
 
     type: Literal["length"] = "length"
     tokenizer: str | None = None
+    """Hub id or folder of the tokenizer that counts tokens; None counts characters only."""
 
 
 class InjectionScorer(StrictModel):
-    """Attack success: begin-with and in-response (§9.6)."""
+    """Attack success: begin-with (reported) and in-response (stored), §9.6."""
 
     type: Literal["injection"] = "injection"
-    keyword: str = "hacked"
+    keyword: str = Field("hacked", min_length=1)
+    """The injected word the response is tested for, case-insensitively."""
+    attack_field: str = "attack"
+    """Record field naming the attack (a generate job writes it), for ASR per attack and Max ASR per family."""
 
 
 class JudgeScorer(StrictModel):
@@ -53,25 +82,58 @@ class JudgeScorer(StrictModel):
 
     type: Literal["judge"] = "judge"
     model: ModelRef | None = None
-    """Local judge model; or set `endpoint`."""
+    """Local judge model (a causal LM with a chat template); or set `endpoint`."""
     endpoint: str | None = None
-    """OpenAI-compatible base URL for the judge."""
+    """OpenAI-compatible base URL (e.g. http://localhost:8000/v1); POST {endpoint}/chat/completions."""
     endpoint_model: str | None = None
+    """Model name sent to the endpoint."""
     api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never put the key in a spec)."""
     reference_field: str = "reference"
-    """Record field with the baseline output."""
+    """Record field with the baseline output (AlpacaFarm's davinci-003 outputs are in 'output')."""
     seed: int = 0
+    """Seed of the per-instruction order randomisation (alpaca_eval's annotator seed, 0)."""
+    batch_size: int = Field(4, ge=1, le=1024)
+    """Prompts per forward pass for a local judge."""
+    max_length: int = Field(8192, ge=64)
+    """Judge prompts longer than this are refused for the item (preference NaN, counted), never silently cut."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout for an endpoint."""
+    max_retries: int = Field(4, ge=0, le=20)
+    """Retries with exponential backoff on HTTP 429/5xx and network errors."""
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> JudgeScorer:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("judge: give exactly one of `model` (local) or `endpoint` (HTTP)")
+        if self.endpoint is not None:
+            if not self.endpoint.startswith(("http://", "https://")):
+                raise ValueError("endpoint: must be an http:// or https:// URL")
+            if not self.endpoint_model:
+                raise ValueError("endpoint_model: name the model the endpoint should use")
+        return self
 
 
-class ConfidenceScorer(StrictModel):
-    """P(correct) through the uncertainty query (§10.2), with correctness from `label_field`."""
+class ConfidenceScorer(_Batched):
+    """P(correct) through the uncertainty query (§10.2), with correctness from `label_field` or `target_field`."""
 
     type: Literal["confidence"] = "confidence"
     model: ModelRef
+    """The model asked whether the answer is correct (the frozen model for Zero-Shot Classifier, §10.3)."""
+    question_field: str | None = None
+    """Record field with the rendered question c ending in 'Answer:'; None uses the instruction (+ input)."""
     label_field: str = "correct"
-    group_field: str | None = None
-    """Per-group metrics (e.g. MMLU subject)."""
-    batch_size: int = 8
+    """Record field with the 0/1 correctness label."""
+    target_field: str | None = None
+    """If the label field is absent: the gold answer, and y = [target in answer] (the MC 'substring' rule, §10.1)."""
+    sanitize: bool = True
+    """Sanitise the answer as §10.1 does before the query ('\\n\\n'->'\\n', ':\\n'->':', strip, first line)."""
+    chat_template: bool = False
+    """Wrap the query in the model's chat template (CT-REPO does so only for Llama-3-Instruct, §10.2)."""
+    drop_conf_one: bool = True
+    """Official ECE quirk (conf == 1.0 falls in no bin, §10.4); the corrected ECE is reported too."""
+    max_length: int = Field(4096, ge=16)
+    """Queries longer than this keep their last tokens (left truncation keeps the question); counted."""
 
 
 Scorer = Annotated[
@@ -84,12 +146,35 @@ class ScoreSpec(JobSpecBase):
     """Add per-sample fields to a records file and report per-job aggregates."""
 
     kind: Literal["score"] = "score"
-    records: str | list[str]
-    """A records file (jsonl), e.g. a generate job's output; a list concatenates several."""
+    records: str | list[str] = Field(min_length=1)
+    """A records file (jsonl/json/parquet), e.g. a generate job's output; a list concatenates several (e.g. one
+    generate job per attack)."""
     instruction_field: str = "instruction"
+    """Record field with the instruction."""
     input_field: str | None = "input"
+    """Record field with the optional input, joined to the instruction with `input_join`; None if absent."""
+    input_join: str = "\n\n"
+    """How the input is appended to the instruction for chat templates and the judge (alpaca_eval's convention)."""
     response_field: str = "response"
+    """Record field with the response being scored."""
+    group_field: str | None = None
+    """If set, every aggregate is also reported per group as 'metric/group' (e.g. MMLU subject, base model)."""
     scorers: list[Scorer] = Field(min_length=1)
     """What to compute for every record."""
-    car_beta: float | None = Field(None, ge=0)
-    """If set, report CAR = reward / (1 + beta * loss) (§3; beta is UNPINNED, recorded)."""
+    car_beta: float | list[float] | None = None
+    """If set, report CAR = mean reward / (1 + beta * mean loss) (§3; beta is UNPINNED, recorded). A list reports
+    'car_b{beta}' for each (§3 suggests sweeping 0.5, 1, 2, 3, 5)."""
+    car_reward_field: str | None = None
+    """Reward field used by CAR; default the first reward scorer's."""
+    car_loss_field: str | None = None
+    """Loss field used by CAR; default the first loss scorer's L(A|Q)."""
+
+    @field_validator("car_beta")
+    @classmethod
+    def _non_negative(cls, v: float | list[float] | None) -> float | list[float] | None:
+        values = [] if v is None else (v if isinstance(v, list) else [v])
+        if any(b < 0 for b in values):
+            raise ValueError("beta must be >= 0")
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one beta")
+        return v

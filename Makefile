@@ -1,0 +1,36 @@
+# labdeck's two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use. CI runs `make test` through .ci/run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch keeps CI and laptops light; a GPU box sets TORCH to a CUDA build (see README).
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test check lint bench setup clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[engine,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/labdeck demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest
+
+check: test lint
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check db engine tui tests bench
+
+bench: $(VENV)/.installed
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV)

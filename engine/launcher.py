@@ -1,0 +1,283 @@
+"""`python -m engine.launcher RUN_DIR`: the small parent every job runs under.
+
+Why a launcher between the worker and the job: jobs outlive the worker (as Slurm jobs outlive a
+restarted controller), so when the worker comes back it must learn how a job ended while nobody
+watched. The launcher waits for the real command and writes `exit.json` (return code, signal,
+times, peak memory) atomically into the run folder; the restarted worker reads it.
+
+The start gate: the worker spawns the launcher with a pipe on stdin and writes `go` only after the
+launcher's pid and start time are committed to the database. If the worker dies before that, the
+launcher reads end-of-file, writes `exit.json` with `"started": false` and exits without running
+anything. So no job can run without the database knowing its process, and a restarted worker
+never has to guess.
+
+What it runs:
+
+* engine kinds (generate, score, finetune, merge): `python -m engine.jobs RUN_DIR`;
+* `command`: the user's argument list, in `cwd` (default the run folder), with the spec's `env`;
+* several GPUs with an engine kind, or a command with `multi_gpu: accelerate`: the same through
+  `python -m accelerate.commands.launch --multi_gpu --num_processes N` (one process per GPU), on a
+  free rendezvous port so two such jobs on one box do not collide. For a command, `command` then
+  names the script and its arguments (a leading `python` is dropped, `-m pkg` is kept).
+
+Standard library only (plus nothing): the launcher must start fast and never load torch itself.
+It records `env.json` (python, platform, package versions read by `importlib.metadata`, git commits,
+CUDA_VISIBLE_DEVICES, host) after the command has started, so that costs no start-up latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_FILE = "exit.json"
+ENV_FILE = "env.json"
+LOG_FILE = "log.txt"
+SPEC_FILE = "spec.json"
+ENGINE_KINDS = ("generate", "score", "finetune", "merge")
+EXIT_NOT_STARTED = 125  # the gate closed before `go`: nothing ran
+EXIT_SPAWN_ERROR = 127  # the command could not be started (not found, not executable)
+
+# Package versions worth recording for a fine-tuning or evaluation run.
+PACKAGES = (
+    "labdeck", "torch", "transformers", "accelerate", "peft", "datasets", "tokenizers", "safetensors",
+    "trl", "vllm", "flash-attn", "liger-kernel", "bitsandbytes", "deepspeed", "numpy", "nvidia-ml-py",
+    "sqlmodel", "textual",
+)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """tmp + fsync + rename: a reader sees the old file or the whole new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_exit(run_dir: Path | str) -> dict[str, Any] | None:
+    """The launcher's record of how the job ended, or None if it wrote none."""
+    try:
+        return json.loads((Path(run_dir) / EXIT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _visible_gpus(env: dict[str, str]) -> int:
+    v = env.get("CUDA_VISIBLE_DEVICES", "")
+    return len([x for x in v.split(",") if x.strip()])
+
+
+def _accelerate(n: int) -> list[str]:
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+        "--num_machines", "1", "--main_process_port", str(_free_port()),
+    ]
+
+
+def build_argv(spec: dict[str, Any], run_dir: Path, env: dict[str, str]) -> tuple[list[str], Path]:
+    """The command line and working directory for this job."""
+    kind = spec.get("kind")
+    n = _visible_gpus(env)
+    if kind in ENGINE_KINDS:
+        if n > 1:
+            return [*_accelerate(n), "-m", "engine.jobs", str(run_dir)], run_dir
+        return [sys.executable, "-m", "engine.jobs", str(run_dir)], run_dir
+    if kind == "command":
+        cmd = [str(a) for a in spec["command"]]
+        cwd = Path(spec["cwd"]).expanduser() if spec.get("cwd") else run_dir
+        if spec.get("multi_gpu") == "accelerate" and n > 1:
+            if Path(cmd[0]).name.startswith("python"):
+                cmd = cmd[1:]
+            return [*_accelerate(n), *cmd], cwd
+        return cmd, cwd
+    raise ValueError(f"kind {kind!r}: the launcher knows engine kinds and command")
+
+
+def _git_commit(path: Path) -> dict[str, Any] | None:
+    """HEAD and whether the tree is dirty, for the repository holding `path` (None if none)."""
+    try:
+        head = subprocess.run(  # noqa: S603, S607 - argument list
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(  # noqa: S603, S607
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()), "path": str(path)}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What `env.json` holds: enough to tell later which code and which packages produced a result."""
+    labdeck_src = Path(__file__).resolve().parent.parent
+    return {
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "packages": _versions(),
+        "labdeck_git": _git_commit(labdeck_src),
+        "cwd_git": _git_commit(cwd) if cwd.is_dir() else None,
+        "argv": argv,
+        "cwd": str(cwd),
+        "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
+        "env": {k: v for k, v in env.items() if k.startswith(("LABDECK_", "CUDA_", "PYTORCH_", "NCCL_", "HF_"))
+                and "TOKEN" not in k},
+    }
+
+
+def _oom_kills() -> int | None:
+    """The cgroup's OOM-kill counter (cgroup v2), to tell the kernel's OOM killer from other SIGKILLs."""
+    try:
+        for line in Path("/sys/fs/cgroup/memory.events").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _wait_for_gate() -> bool:
+    """Block until the worker says `go` on stdin; False on end-of-file (the worker died first)."""
+    try:
+        line = sys.stdin.buffer.readline()
+    except OSError:
+        return False
+    finally:
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)  # the job gets /dev/null as stdin, not the gate pipe
+            os.close(devnull)
+        except OSError:
+            pass
+    return line.strip() == b"go"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m engine.launcher RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0]).absolute()
+    t0 = time.time()
+    base = {"launcher_pid": os.getpid(), "launcher_started_at": t0}
+    # A SIGTERM for the job (cancel, time limit) reaches the whole session; the launcher must live
+    # on to record how the command ended, so it only passes the signal on to the command.
+    child: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        # os.kill, not child.poll()/send_signal: polling here could reap the child behind the
+        # wait4 below and lose its status. Until wait4 returns the pid cannot be reused.
+        if child is not None:
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+    if os.environ.get("LABDECK_NO_GATE") != "1" and not _wait_for_gate():
+        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": False, "ended_at": time.time(),
+                                                "returncode": None, "signal": None,
+                                                "detail": "the worker went away before the job was started"})
+        return EXIT_NOT_STARTED
+    if received:  # cancelled between spawn and go
+        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": False, "ended_at": time.time(),
+                                                "returncode": None, "signal": received[0],
+                                                "detail": f"signal {received[0]} before the job started"})
+        return EXIT_NOT_STARTED
+
+    env = dict(os.environ)
+    try:
+        spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+        if spec.get("kind") == "command":
+            env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+        cmd, cwd = build_argv(spec, run_dir, env)
+        oom_before = _oom_kills()
+        started_at = time.time()
+        child = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL)  # noqa: S603
+    except (OSError, ValueError, KeyError) as e:
+        message = f"could not start the job: {type(e).__name__}: {e}"
+        print(f"labdeck: {message}", file=sys.stderr, flush=True)
+        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": True, "spawn_error": message,
+                                                "ended_at": time.time(), "returncode": EXIT_SPAWN_ERROR,
+                                                "signal": None})
+        return EXIT_SPAWN_ERROR
+    if received:
+        forward(received[0], None)
+    try:
+        write_json_atomic(run_dir / ENV_FILE, environment_record(cmd, cwd, env))
+    except Exception as e:  # noqa: BLE001 - a record that could not be written never stops the job
+        print(f"labdeck: env.json not written: {e}", file=sys.stderr, flush=True)
+
+    while True:
+        try:
+            _, status, rusage = os.wait4(child.pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            status, rusage = 0, None
+            break
+    returncode = os.waitstatus_to_exitcode(status)
+    child.returncode = returncode
+    sig = -returncode if returncode < 0 else None
+    oom_after = _oom_kills()
+    record = {
+        **base,
+        "started": True,
+        "child_pid": child.pid,
+        "argv": cmd,
+        "started_at": started_at,
+        "ended_at": time.time(),
+        "returncode": returncode,
+        "signal": sig,
+        "signals_received": received,
+        "max_rss_mb": round(rusage.ru_maxrss / 1024, 1) if rusage else None,
+        "cpu_user_s": round(rusage.ru_utime, 3) if rusage else None,
+        "cpu_sys_s": round(rusage.ru_stime, 3) if rusage else None,
+        "oom_killed": bool(sig == signal.SIGKILL and oom_before is not None and oom_after is not None
+                           and oom_after > oom_before),
+    }
+    write_json_atomic(run_dir / EXIT_FILE, record)
+    return returncode if returncode >= 0 else 128 + (sig or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

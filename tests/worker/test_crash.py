@@ -1,0 +1,163 @@
+"""kill -9 the worker at random moments while jobs run, restart it, and check the invariants.
+
+SQLite's crash testing in miniature. After every trial:
+
+* `PRAGMA integrity_check` is ok;
+* no job ran twice (each job's script appends its id to a shared file when it starts);
+* no job is lost: every job ends in a terminal state;
+* a job whose process kept running is adopted and ends `succeeded` with all its metrics, each once;
+* a job whose process was killed too (kill -9 of its whole session while no worker watched)
+  becomes `interrupted` (worker_lost) within 5 s of the restart;
+* the only other way to end `interrupted` is never to have started (the worker died between the
+  claim and opening the start gate), and then the script never ran.
+
+20 trials run in the default suite with workers forked from the test process (a real process, killed
+with SIGKILL, without an interpreter start-up per trial); 200 run under `-m slow`, a share of them
+with `python -m engine.worker` as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from worker_helpers import PY, ProcWorker, fork_worker, reap, submit, write_script
+
+from db.models import Job, Metric
+from db.session import Store
+from engine.launcher import read_exit
+
+JOB = """
+import os, sys, time
+with open(sys.argv[1], "a") as f:
+    f.write(os.environ["LABDECK_JOB_ID"] + "\\n")
+from engine.events import Reporter
+r = Reporter()
+n, dt = int(sys.argv[2]), float(sys.argv[3])
+for i in range(n):
+    r.metric("m", i, step=i)
+    time.sleep(dt)
+"""
+M = 12
+TERMINAL = {"succeeded", "failed", "cancelled", "interrupted", "skipped"}
+
+
+def _status(v) -> str:  # noqa: ANN001
+    return v.value if hasattr(v, "value") else v
+
+
+def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, int]:
+    rng = random.Random(seed)
+    home = root / f"home{seed}"
+    store = Store(home)
+    starts = root / f"starts{seed}"
+    script = write_script(root, "crashjob.py", JOB)
+    n_jobs = rng.randint(2, 4)
+    ids = [submit(store, [PY, str(script), str(starts), str(M), str(rng.choice([0.02, 0.04]))]) for _ in range(n_jobs)]
+
+    def start():
+        if proc_worker:
+            return ProcWorker(home)
+        return fork_worker(home)
+
+    def kill9(w) -> None:  # noqa: ANN001
+        if proc_worker:
+            w.kill9()
+        else:
+            os.kill(w, signal.SIGKILL)
+            reap(w)
+
+    w = start()
+    time.sleep(rng.uniform(0.0, 1.2 if not proc_worker else 2.0))
+    kill9(w)
+
+    # kill some running jobs too, while no worker watches
+    victims: set[int] = set()
+    with store.read() as s:
+        running = s.execute(select(Job.id, Job.pid).where(Job.status == "running", Job.pid.is_not(None))).all()
+    for jid, pid in running:
+        if rng.random() < 0.4:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                victims.add(jid)
+            except ProcessLookupError:
+                pass
+    time.sleep(rng.uniform(0.0, 0.3))
+
+    t_restart = time.time()
+    w = start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with store.read() as s:
+            states = dict(s.execute(select(Job.id, Job.status)).all())
+        if all(_status(v) in TERMINAL for v in states.values()):
+            break
+        time.sleep(0.05)
+    if proc_worker:
+        w.stop()
+    else:
+        os.kill(w, signal.SIGTERM)
+        reap(w)
+
+    # ---- invariants
+    raw = sqlite3.connect(home / "labdeck.db")
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    ran = Counter(int(x) for x in starts.read_text().split()) if starts.exists() else Counter()
+    assert all(n == 1 for n in ran.values()), f"a job ran twice: {ran}"
+    outcome = Counter()
+    with store.read() as s:
+        jobs = {j.id: (_status(j.status), j.failure_reason, j.finished_at, j.run_dir)
+                for j in s.execute(select(Job)).scalars()}
+        counts = dict(s.execute(select(Metric.job_id, func.count()).group_by(Metric.job_id)).all())
+        distinct = dict(s.execute(select(Metric.job_id, func.count(func.distinct(Metric.step))).group_by(Metric.job_id)).all())
+    assert set(jobs) == set(ids), "a job appeared or vanished"
+    for jid, (st, reason, finished, rd) in jobs.items():
+        assert st in TERMINAL, f"job {jid} left {st} (seed {seed})"
+        assert counts.get(jid, 0) == distinct.get(jid, 0), f"job {jid}: a metric was ingested twice"
+        rec = read_exit(rd) if rd else None
+        if st == "succeeded":
+            assert counts.get(jid) == M, f"job {jid} succeeded with {counts.get(jid)} of {M} metrics (seed {seed})"
+            assert ran[jid] == 1
+        elif jid in victims and not (rec and rec.get("returncode") == 0):
+            assert (st, reason) == ("interrupted", "worker_lost"), f"victim {jid}: {st}/{reason} (seed {seed})"
+            assert finished - t_restart < 5, f"victim {jid} took {finished - t_restart:.1f}s"
+        else:
+            # never started: the worker died between claim and the start gate
+            assert (st, reason) == ("interrupted", "worker_lost"), f"job {jid}: {st}/{reason} (seed {seed})"
+            assert ran[jid] == 0, f"job {jid} ran but ended {st} (seed {seed})"
+            assert finished - t_restart < 5
+        outcome[st if jid not in victims else f"victim-{st}"] += 1
+    store.dispose()
+    return dict(outcome)
+
+
+@pytest.mark.timeout(240)
+def test_kill_worker_at_random_moments(tmp_path):
+    total: Counter = Counter()
+    for seed in range(20):
+        total.update(crash_trial(tmp_path, seed))
+    print(dict(total))
+    assert total["succeeded"] > 0 and total["victim-interrupted"] > 0  # both paths were exercised
+
+
+@pytest.mark.timeout(120)
+def test_kill_production_worker_process(tmp_path):
+    for seed in (1000, 1001):
+        crash_trial(tmp_path, seed, proc_worker=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_kill_worker_200_trials(tmp_path):
+    total: Counter = Counter()
+    for seed in range(2000, 2200):
+        total.update(crash_trial(tmp_path, seed, proc_worker=seed % 10 == 0))
+    print(dict(total))

@@ -1,0 +1,140 @@
+"""`labdeck demo`: the CAR-style pipeline on tiny local models, from nothing to results.
+
+It queues `engine/recipes/demo_car.yaml` in a home of its own (`--home`, default
+`~/.local/share/labdeck-demo`), starts a worker for it, and either opens the app on the results
+or, with `--no-tui`, waits and prints the students × teachers win-rate pivot, the CAR pivot and
+Spearman's rho of CAR against the win rate per student. Running it again reopens the same results
+(`--fresh` starts over). This module never imports torch: the models are built by the pipeline's
+first job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+RECIPE = Path(__file__).resolve().parent.parent / "engine" / "recipes" / "demo_car.yaml"
+EXPERIMENT = "demo-car"
+DEMO_CPU_SLOTS = 2
+TIMEOUT_S = 1800.0
+
+
+def demo_home(explicit: str | None) -> Path:
+    from db.home import default_home
+
+    return Path(explicit).expanduser() if explicit else default_home().with_name("labdeck-demo")
+
+
+def _wipe(home: Path) -> None:
+    """Remove a previous demo home, but only one that labdeck made (never an arbitrary folder)."""
+    if not home.exists():
+        return
+    if not (home / "labdeck.db").exists():
+        raise SystemExit(f"labdeck: {home}: not a labdeck home; refusing to delete it with --fresh")
+    from engine.control import request_stop, wait_until_stopped, worker_alive
+
+    if worker_alive(home):
+        request_stop(home, now=True)
+        wait_until_stopped(home, timeout_s=60)
+    shutil.rmtree(home)
+
+
+def _queue_demo(store) -> list[int]:  # noqa: ANN001 - db.session.Store
+    from db.queue import enqueue
+    from engine.specfile import expand_file
+
+    expansion = expand_file(RECIPE)
+    with store.write() as s:
+        return enqueue(s, expansion.drafts, resolve=expansion.resolver(store.home))
+
+
+def _start_worker(home: Path) -> None:
+    from engine.control import start_detached, worker_alive
+
+    if not worker_alive(home):
+        ok, message = start_detached(home, None, cpu_slots=DEMO_CPU_SLOTS)
+        if not ok:
+            raise SystemExit(f"labdeck: {message}")
+
+
+def _wait(store, quiet: bool = False) -> list:  # noqa: ANN001
+    """Poll until every demo job has finished; print a line whenever the counts change."""
+    from db.queries import list_jobs
+
+    start = time.time()
+    last = ""
+    while True:
+        with store.read() as s:
+            rows = list_jobs(s, experiment=EXPERIMENT)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        running = ", ".join(sorted(r.name for r in rows if r.status == "running"))
+        line = " ".join(f"{k} {v}" for k, v in sorted(counts.items())) + (f" | running: {running}" if running else "")
+        if line != last and not quiet:
+            print(f"[{time.time() - start:5.0f}s] {line}", flush=True)
+            last = line
+        if rows and all(r.status not in ("queued", "running") for r in rows):
+            return rows
+        if time.time() - start > TIMEOUT_S:
+            raise SystemExit(f"labdeck: the demo did not finish in {TIMEOUT_S:.0f} s; see `labdeck --home {store.home} ls`")
+        time.sleep(1.0)
+
+
+def print_results(store) -> bool:  # noqa: ANN001
+    """The demo's tables. False when a metric is missing (some stage failed)."""
+    from db.queries import experiment_metric
+    from db.results import correlate, pivot
+    from tui.cli import print_pivot
+
+    with store.read() as s:
+        win = experiment_metric(s, EXPERIMENT, "win_rate")
+        car = experiment_metric(s, EXPERIMENT, "car")
+    ok = True
+    for rows, metric in ((win, "win_rate"), (car, "car")):
+        p = pivot(rows, EXPERIMENT, metric, "student", "teacher")
+        if not p.cells:
+            print(f"no job reported {metric}", file=sys.stderr)
+            ok = False
+            continue
+        print_pivot(p)
+    result = correlate(car, win, ["teacher"], "student")
+    rhos = [c.rho for c in result if not math.isnan(c.rho)]
+    print("Spearman rho of CAR against win rate, per student (science.md §4.2):")
+    for c in result:
+        print(f"  {c.group:16} n={c.n}  rho={c.rho:+.3f}")
+    if rhos:
+        print(f"  {'average':16}      rho={sum(rhos) / len(rhos):+.3f}")
+    else:
+        ok = False
+    return ok
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from db.queries import experiments
+    from db.session import open_store
+
+    home = demo_home(args.home)
+    if args.fresh:
+        _wipe(home)
+    store = open_store(home)
+    with store.read() as s:
+        queued_before = any(name == EXPERIMENT for name, _ in experiments(s))
+    if not queued_before:
+        ids = _queue_demo(store)
+        print(f"labdeck demo: queued {len(ids)} jobs in {home}", flush=True)
+    _start_worker(home)
+    if not args.no_tui:
+        from tui.app import run_app
+
+        return run_app(home=home, start_worker=False, experiment=EXPERIMENT)
+    rows = _wait(store)
+    failed = [r for r in rows if r.status != "succeeded"]
+    for r in failed:
+        print(f"job {r.id} {r.name}: {r.status} ({r.failure_reason}); `labdeck --home {home} show {r.id}`", file=sys.stderr)
+    ok = print_results(store)
+    return 0 if ok and not failed else 1
