@@ -1,13 +1,13 @@
 """Training throughput of the finetune job's SFT path against a plain transformers Trainer.
 
-    PYTHONPATH=. python bench/bench_finetune.py [--steps 24] [--batch 8] [--repeat 3]
+    PYTHONPATH=. python bench/bench_finetune.py [--steps 16] [--batch 8] [--repeat 3] [--with-packing]
 
 Same run, same data, same model, same hyper-parameters:
 
 - **labdeck**: the `finetune` job (in-process, through `engine.jobs.__main__.main`), SFT, response-only
   loss, length-grouped batches (CPU/SDPA) or padding-free packing (flash-attention), lm_head only
-  where a trained label follows. Also with `packing: on` (padding-free on SDPA via transformers'
-  block-causal mask from position_ids).
+  where a trained label follows. With --with-packing also `packing: on` (padding-free on SDPA via
+  transformers' block-causal mask from position_ids).
 - **Trainer**: `transformers.Trainer` with the same tokenised examples (prompt labels -100),
   `DataCollatorForSeq2Seq` padding each random batch to its longest, default sampler.
 
@@ -109,8 +109,14 @@ def run_trainer(root: Path, model_dir: Path, records: list[dict], args: argparse
                 cuda: bool) -> tuple[list[tuple[float, float]], float]:
     """Per optimizer step: (real tokens, seconds between step ends), and the padding share."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
     from transformers.utils import logging as hf_logging
 
     from engine.jobs._train_data import sft_segments, tokenize_many
@@ -161,10 +167,15 @@ def run_trainer(root: Path, model_dir: Path, records: list[dict], args: argparse
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--records", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for torch (default 1: on a shared 2-core box, 2-thread ops stall on the "
+                         "slower thread and timings measure the neighbours, not the code)")
+    ap.add_argument("--with-packing", action="store_true",
+                    help="also time `packing: on` (padding-free on SDPA; slow on CPU: attention over the packed row)")
     ap.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -175,6 +186,8 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-ft-"))
     records = make_records(args.records, seed=0)
     data = root / "data.jsonl"
@@ -198,11 +211,14 @@ def main() -> None:
 
     # warm-up (kernel selection, allocator), then alternate the contenders
     run_labdeck(root, model, data, argparse.Namespace(**{**vars(args), "steps": 2}), "warm")
-    runs: dict[str, list[list[tuple[float, float]]]] = {"labdeck": [], "labdeck packing=on": [], "Trainer (padded)": []}
+    runs: dict[str, list[list[tuple[float, float]]]] = {"labdeck": [], "Trainer (padded)": []}
+    if args.with_packing:
+        runs["labdeck packing=on"] = []
     pad_share = []
     for _ in range(args.repeat):
         runs["labdeck"].append(run_labdeck(root, model, data, args, "grouped"))
-        runs["labdeck packing=on"].append(run_labdeck(root, model, data, args, "packed", packing="on"))
+        if args.with_packing:
+            runs["labdeck packing=on"].append(run_labdeck(root, model, data, args, "packed", packing="on"))
         steps, pad = run_trainer(root, model, records, args, cuda)
         runs["Trainer (padded)"].append(steps)
         pad_share.append(pad)

@@ -34,18 +34,6 @@ from engine.specs.common import DatasetRef
 
 IGNORE = -100
 
-# Stanford Alpaca's prompt (the 'alpaca' template); the StruQ one lives in engine.data.injection.
-ALPACA_PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-
-
 # --------------------------------------------------------------------------------------------- records
 
 
@@ -174,15 +162,11 @@ def _with_eos(text: str, eos: str | None) -> str:
 
 
 def _prompt(template: str, instruction: str, inp: str) -> str:
-    if template == "raw":
-        return instruction + ("\n\n" + inp if inp else "")
-    if template == "alpaca":
-        return (ALPACA_PROMPT_INPUT if inp else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=inp)
-    if template == "struq":
-        from engine.data import injection
+    """The prompt text of a plain-text template, exactly as the generate/score jobs build it
+    (engine.jobs._prompts.render), so a model is evaluated with the prompt it was trained on."""
+    from engine.jobs._prompts import render
 
-        return injection.format_prompt(instruction, inp, "SpclSpclSpcl")
-    raise ValueError(template)
+    return render(template, None, instruction, inp).text
 
 
 def record_prompt(record: dict[str, Any], ref: DatasetRef) -> tuple[str, str]:
@@ -314,17 +298,17 @@ def tokenize_many(tokenizer: Any, segment_lists: Sequence[Segments], max_len: in
         bounds = [_trained_bounds(segs) for segs in part]
         if getattr(tokenizer, "is_fast", False):
             enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-            masks = [[_in_bounds(a, b, bd) for a, b in offs] for offs, bd in zip(enc["offset_mapping"], bounds)]
+            masks = [[_in_bounds(a, b, bd) for a, b in offs] for offs, bd in zip(enc["offset_mapping"], bounds, strict=True)]
             all_ids = enc["input_ids"]
         else:  # science.md §0: the prompt is the token count of the prefix alone (first response only)
             all_ids, masks = [], []
-            for text, bd in zip(texts, bounds):
+            for text, bd in zip(texts, bounds, strict=True):
                 ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
                 first = bd[0][0] if bd else len(text)
                 n_prompt = len(tokenizer(text[:first], add_special_tokens=add_special_tokens)["input_ids"])
                 all_ids.append(ids)
                 masks.append([i >= n_prompt for i in range(len(ids))])
-        for ids, mask in zip(all_ids, masks):
+        for ids, mask in zip(all_ids, masks, strict=True):
             ids_arr = np.asarray(ids, dtype=np.int64)
             labels = np.where(np.asarray(mask, dtype=bool), ids_arr, IGNORE)
             out.append((Example(ids_arr[:max_len], labels[:max_len]), len(ids_arr) > max_len))

@@ -153,7 +153,7 @@ class TrainLoop:
             packed = self.acc.reduce(packed, reduction="sum")
         values = packed.tolist()
         out = {"loss": values[0] / norm, "tokens": values[1]}
-        for k, v in zip(stats, values[2:]):
+        for k, v in zip(stats, values[2:], strict=True):
             out[k] = v / norm
         out["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         return out

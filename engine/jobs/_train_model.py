@@ -156,7 +156,7 @@ def add_delimiter_tokens(tokenizer: Any, textual: dict[str, str], pad_token: str
 
 
 def init_new_embeddings(model: Any, tokenizer: Any, new: NewTokens) -> None:
-    """Resize the embeddings to the tokenizer and initialise the new rows (science.md §9.1).
+    """Grow the embeddings to the tokenizer if needed and initialise the new rows (science.md §9.1).
 
     Input and output embeddings both: a delimiter's row is a copy of its textual counterpart's
     first-token row; [PAD] is the mean of the old rows (Alpaca's smart_tokenizer_and_embedding_resize).
@@ -166,7 +166,9 @@ def init_new_embeddings(model: Any, tokenizer: Any, new: NewTokens) -> None:
     if not new.added:
         return
     old_n = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > old_n:  # grow only: a vocabulary padded beyond the tokenizer (Qwen2) already has the rows
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    first_new = min([*new.copy_from, *new.mean_ids])  # the mean is over the rows of the tokens that existed
     tables = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
     if out is not None and out.weight.data_ptr() != tables[0].data_ptr():
@@ -176,7 +178,7 @@ def init_new_embeddings(model: Any, tokenizer: Any, new: NewTokens) -> None:
             for tid, src in new.copy_from.items():
                 table[tid] = table[src]
             for tid in new.mean_ids:
-                table[tid] = table[:old_n].mean(0)
+                table[tid] = table[:first_new].mean(0)
     model.config.pad_token_id = tokenizer.pad_token_id
 
 

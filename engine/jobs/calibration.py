@@ -396,7 +396,7 @@ def train(prep: Any, ctx: JobContext) -> None:
         (tmp / "calibration.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
         with open(prep.out_model.parent / "validation_predictions.jsonl", "w", encoding="utf-8") as fh:
             p_raw, p_ts = p_correct_from_logits(z), p_correct_from_logits(z / temperature)
-            for (c, p, lab), a, b in zip(val_rows, p_raw, p_ts):
+            for (c, p, lab), a, b in zip(val_rows, p_raw, p_ts, strict=True):
                 fh.write(json.dumps({"question": c, "answer": p, "label": lab, "p_correct": float(a), "p_correct_ts": float(b)}) + "\n")
         os.replace(tmp, out)
     accelerator.wait_for_everyone()

@@ -190,7 +190,7 @@ def tokenize_dpo(spec: FinetuneSpec, records: list[dict[str, Any]], tokenizer: A
     tr = tokenize_many(tokenizer, rejected, spec.max_seq_len, add)
     stats = TokenStats(total=len(records))
     pairs = []
-    for (c, cut_c), (rj, cut_r) in zip(tc, tr):
+    for (c, cut_c), (rj, cut_r) in zip(tc, tr, strict=True):
         stats.truncated += bool(cut_c or cut_r)
         if c.n_trained == 0 or rj.n_trained == 0:
             stats.dropped += 1

@@ -214,7 +214,7 @@ def _average(spec: MergeSpec, ctx: JobContext, tmp: Path) -> dict[str, Any]:
         if not first.is_floating_point():
             return first
         acc = first.to(work) * weights[0]
-        for w, idx in zip(weights[1:], indexes[1:]):
+        for w, idx in zip(weights[1:], indexes[1:], strict=True):
             acc += idx.get(key).to(work) * w
         return acc.to(first.dtype)
 

@@ -215,3 +215,22 @@ def test_delimiter_embeddings_start_as_section_9_1_says(tiny) -> None:  # noqa: 
     assert torch.equal(emb_in[: old_in.shape[0]], old_in)  # old rows untouched
     # a second pass (SecAlign DPO on a StruQ model) adds nothing
     assert add_delimiter_tokens(tok, SPECIAL_TOKEN_INIT_TEXT, PAD_TOKEN).added == []
+
+
+def test_a_vocabulary_padded_beyond_the_tokenizer_is_not_shrunk(tiny) -> None:  # noqa: ANN001
+    """Qwen2 pads its embedding matrix past the tokenizer: the new tokens take rows already there."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.data.injection import PAD_TOKEN, SPECIAL_TOKEN_INIT_TEXT
+    from engine.jobs._train_model import add_delimiter_tokens, init_new_embeddings
+
+    tok = AutoTokenizer.from_pretrained(tiny.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny.llama)
+    model.resize_token_embeddings(600)
+    new = add_delimiter_tokens(tok, SPECIAL_TOKEN_INIT_TEXT, PAD_TOKEN)
+    init_new_embeddings(model, tok, new)
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == 600
+    mark = tok.convert_tokens_to_ids("[MARK]")
+    assert torch.equal(emb[mark], emb[tok("###", add_special_tokens=False)["input_ids"][0]])

@@ -257,3 +257,33 @@ def test_checkpoints_of_this_run_are_not_silently_restarted(tiny, data, tmp_path
     (run / "events.jsonl").unlink()
     res = run_inprocess(run, sft(tiny, data, max_steps=4, checkpoint_every=2, resume_from=None))
     assert res.rc == 3 and "already has checkpoints" in res.errors()[0]["message"]
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process_with_accumulation(tiny, tmp_path) -> None:  # noqa: ANN001
+    """torchrun with 2 CPU processes (gloo), micro-batch 2 each, against one process with 2 x 2 accumulation:
+    the same examples per step and a loss normalised over both ranks' tokens, so the same trajectory;
+    events and the model are written once (rank 0). Slow: two more torch imports on shared cores."""
+    import subprocess
+    import sys
+
+    from jobrun import job_env
+
+    rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i} " * (1 + i % 5)} for i in range(16)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    common = dict(max_steps=4, per_device_batch=2, learning_rate=1e-2)
+    single = run_inprocess(tmp_path / "single", sft(tiny, data, grad_accum=2, **common))
+    assert single.rc == 0, single.errors()
+    run = tmp_path / "ddp"
+    write_spec(run, sft(tiny, data, grad_accum=1, checkpoint_every=2, **common))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "engine.jobs", str(run)], env=job_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_events(run)
+    losses = {e["step"]: e["value"] for e in events if e["type"] == "metric" and e["name"] == "loss"}
+    assert len([e for e in events if e["type"] == "metric" and e["name"] == "loss"]) == 4  # rank 0 only
+    for step, value in single.series("loss").items():
+        assert losses[step] == pytest.approx(value, rel=1e-5), step
+    assert len([e for e in events if e["type"] == "artifact"]) == 1
+    assert (run / "outputs" / "model" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()  # saved under DDP, once
