@@ -38,14 +38,14 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
     with store.read() as s:
         jobs = list_jobs(s, experiment="demo-car")
         metrics = {m: {row.id: row.value for row in experiment_metric(s, "demo-car", m) if row.value is not None}
-                   for m in ("car", "reward", "loss", "ifd", "win_rate", "learning_rate")}
+                   for m in ("car", "reward", "loss", "loss_ifd", "win_rate", "learning_rate")}
     assert len(jobs) == 28 and {j.status for j in jobs} == {"succeeded"}
     by_stage: dict[str, list[int]] = {}
     for j in jobs:
         by_stage.setdefault(j.params["stage"], []).append(j.id)
     assert {k: len(v) for k, v in by_stage.items()} == {"build": 1, "generate": 3, "compat": 6, "sft": 6, "answer": 6, "judge": 6}
     for job_id in by_stage["compat"]:
-        assert {"car", "reward", "loss", "ifd"} <= {m for m, vals in metrics.items() if job_id in vals}
+        assert {"car", "reward", "loss", "loss_ifd"} <= {m for m, vals in metrics.items() if job_id in vals}
     for job_id in by_stage["sft"]:
         assert job_id in metrics["loss"] and job_id in metrics["learning_rate"]
     for job_id in by_stage["judge"]:
