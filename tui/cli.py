@@ -148,17 +148,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def _detail(store, job: str):  # noqa: ANN001, ANN202 - Store and JobDetail, imported lazily
+    """One job's detail, or a one-line error for a bad or unknown id."""
     from db.queries import job_detail
     from db.queue import UnknownJob
 
-    store = _store(args)
-    (job_id,) = _job_ids([args.job])
+    (job_id,) = _job_ids([job])
     try:
         with store.read() as s:
-            d = job_detail(s, job_id)
+            return job_detail(s, job_id)
     except UnknownJob as e:
         raise UserError(str(e)) from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    d = _detail(_store(args), args.job)
     if args.json:
         print(json.dumps(d.as_dict(), indent=2))
         return 0
@@ -197,15 +201,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from db.queries import job_detail
-    from db.queue import UnknownJob
 
     store = _store(args)
-    (job_id,) = _job_ids([args.job])
-    try:
-        with store.read() as s:
-            d = job_detail(s, job_id)
-    except UnknownJob as e:
-        raise UserError(str(e)) from None
+    d = _detail(store, args.job)
+    job_id = d.row.id
     path = Path(d.run_dir) / "log.txt" if d.run_dir else None
     if path is None or not path.exists():
         if not args.follow:
