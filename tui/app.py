@@ -141,7 +141,7 @@ class LabdeckApp(App[int]):
         """After the first screenful: open the store and import the other screens, off the loop."""
         if not self._warmed:
             self._warmed = True
-            self.call_after_refresh(self._warm_up)
+            self.set_timer(0.05, self._warm_up)  # just after the frame that shows the first jobs
 
     @work(thread=True, group="warm-up", exit_on_error=False)
     def _warm_up(self) -> None:

@@ -219,8 +219,11 @@ class Source:
         return self._store is None
 
     def warm_up(self) -> None:
-        """Import and open the store (and migrate it if needed) ahead of the first real need."""
+        """Import and open the store (and migrate it if needed) ahead of the first real need, and
+        run the common reads once so SQLAlchemy's statement caches are warm for the first key press."""
         _ = self.store
+        self.jobs_page(JobQuery(), PAGE_SIZE)
+        self.overview()
 
     def fingerprint(self) -> tuple[int, ...]:
         """Changes whenever any process commits to the database (WAL size or mtime, database mtime)."""

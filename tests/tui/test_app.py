@@ -283,3 +283,17 @@ def test_fastread_knows_the_current_schema() -> None:
     from tui import fastread
 
     assert fastread.SCHEMA_VERSION == SCHEMA_VERSION
+
+
+async def test_after_the_first_screenful_the_store_and_screens_warm_up(home_copy) -> None:  # noqa: ANN001
+    """The first page comes from tui.fastread; then a thread opens the store so the next key is quick."""
+    source = Source(home_copy, clock=lambda: FROZEN)
+    app = make_app(home_copy, source=source)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for _ in range(50):
+            if not source.cold and "tui.screens.new_job" in sys.modules:
+                break
+            await pilot.pause(0.1)
+        assert not source.cold
+        assert app.screen.query_one(JobsTable).row_count == 18

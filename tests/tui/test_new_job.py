@@ -139,8 +139,9 @@ async def test_duplicate_and_edit_starts_from_the_past_job(app, home_copy, store
         assert changed == {"name", "gradient_checkpointing"}
 
 
-async def test_save_as_file_writes_a_spec_labdeck_submit_accepts(app, tmp_path: Path) -> None:  # noqa: ANN001
-    target = tmp_path / "out" / "hello.yaml"
+async def test_save_as_file_writes_a_spec_labdeck_submit_accepts(app, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "out" / "h.yaml"
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.press("n")
@@ -150,7 +151,7 @@ async def test_save_as_file_writes_a_spec_labdeck_submit_accepts(app, tmp_path: 
         await settle(pilot)
         assert isinstance(app.screen, PromptScreen)
         await pilot.press("ctrl+u")
-        await type_text(pilot, str(target))
+        await type_text(pilot, "out/h.yaml")  # relative to the working directory; folders are created
         await pilot.press("enter")
         await settle(pilot)
     exp = expand_file(target)

@@ -81,13 +81,14 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
         first = t.wait_for("worker ● running", "No worker", "Could not start a worker", timeout=40)
         worker_alive = "worker ● running" in first
         t.keys("n")
-        t.wait_for("Choose a kind of job")
+        t.wait_for("choose a kind or a preset")
         t.keys("Enter")  # "command", the first kind in the menu
         t.wait_for("New job  command")
         t.keys("python -c 'print(6 * 7)'", literal=True)  # the cursor waits in the command field
         t.wait_for("valid")
         t.keys("C-s")
-        screen = t.wait_for("Queued job 1")
+        t.wait_for("Queued job 1")
+        screen = t.wait_for("jobs 1–1 of 1")
         assert "command" in screen
         if worker_alive:
             t.wait_for("succeeded", timeout=60)

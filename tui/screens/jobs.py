@@ -111,6 +111,7 @@ class JobsScreen(JobActions, DataScreen):
         table.show_page(page, self.app.now, select_id=select_id, cursor=cursor)
         self.query_one("#jobs-empty").display = page.total == 0 and not page.query.filtered
         self._update_info()
+        self.app.warm_up()  # the first screenful is up: load the rest in the background
 
     def _update_info(self) -> None:
         table = self.query_one(JobsTable)

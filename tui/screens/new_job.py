@@ -171,7 +171,7 @@ class NewJobScreen(Screen[list[int] | None]):
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
-        yield Static(self.title_text, id="form-title", classes="screen-title")
+        yield Static(f"{self.title_text} · choose a kind or a preset", id="form-title", classes="screen-title")
         with ContentSwitcher(initial="kind-menu", id="new-switcher"):
             yield OptionList(*self._menu_options(), id="kind-menu")
             with Horizontal(id="form-body"):
@@ -394,6 +394,7 @@ class NewJobScreen(Screen[list[int] | None]):
         if switcher.current == "form-body" and self.initial is None:
             switcher.current = "kind-menu"
             self.kind = None
+            self.query_one("#form-title", Static).update(f"{self.title_text} · choose a kind or a preset")
             self.query_one("#form-status", Static).update("")
             self.query_one("#kind-menu", OptionList).focus()
         else:
