@@ -143,16 +143,8 @@ def list_jobs(
     newest_first: bool = True,
 ) -> list[JobRow]:
     """Jobs matching the filters. Keyset pagination: pass the last id seen as `before_id`."""
-    q = select(*_ROW_COLUMNS).join(Experiment, Experiment.id == Job.experiment_id)
-    if experiment:
-        q = q.where(Experiment.name == experiment)
-    if statuses:
-        q = q.where(Job.status.in_(list(statuses)))
-    if kinds:
-        q = q.where(Job.kind.in_(list(kinds)))
-    if text:
-        like = f"%{text}%"
-        q = q.where(or_(Job.name.like(like), Experiment.name.like(like), Job.kind.like(like), Job.status.like(like)))
+    q = _job_filters(select(*_ROW_COLUMNS).join(Experiment, Experiment.id == Job.experiment_id),
+                     experiment, statuses, kinds, text)
     if before_id is not None:
         q = q.where(Job.id < before_id if newest_first else Job.id > before_id)
     q = q.order_by(Job.id.desc() if newest_first else Job.id.asc())
