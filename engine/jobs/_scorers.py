@@ -184,10 +184,6 @@ class RewardScorer(Scorer):
     def lengths(self, idxs: list[int]) -> list[int]:
         return [len(self.ids[i]) for i in idxs]
 
-    def batches(self, idxs: list[int]) -> list[list[int]]:
-        # One job-level batch per RM batch: the RM sorts within what it is given, so hand it sorted chunks.
-        return super().batches(idxs)
-
     def score(self, idxs: list[int]) -> list[dict[str, Any]]:
         values = self.rm.score_ids([self.ids[i] for i in idxs])
         return [{self.spec.field: _finite(v)} for v in values]
