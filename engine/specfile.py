@@ -6,7 +6,7 @@ A file holds one of three shapes:
 * a single job with `sweep: {grid: {field: [values...]}, seeds: [...]}`: one job per grid point
   and seed (dotted field names reach into nested fields, e.g. `lora.r`);
 * a pipeline: `experiment`, optional `matrix` (named axes), optional `defaults` (fields every
-  stage gets) and `stages`, a list of jobs with a `name` each. A stage may `foreach` over matrix
+  stage gets), optional `variants` (named overlays, see `apply_variant`) and `stages`, a list of jobs with a `name` each. A stage may `foreach` over matrix
   axes, refer to an earlier stage's result as `${stages.NAME.output}` (which also makes it depend
   on that stage), list `needs: [NAME]`, and carry its own `sweep`. Where both stages run over the
   same axes, each job is matched with the upstream job of the same axis values; otherwise it gets
@@ -37,7 +37,8 @@ from engine.specs import KINDS, PRIMARY_OUTPUT, dump_spec, parse_spec
 REF_RE = re.compile(r"\$\{([^}]*)\}")
 INTERNAL_RE = re.compile(r"\$\{@(\d+)\.(output|outputs|run_dir)\}")
 STAGE_ATTRS = ("output", "outputs", "run_dir")
-PIPELINE_KEYS = {"experiment", "description", "vars", "matrix", "defaults", "stages"}
+PIPELINE_KEYS = {"experiment", "description", "vars", "matrix", "defaults", "stages", "variants"}
+VARIANT_KEYS = {"description", "experiment", "vars", "matrix", "defaults", "stages", "add_stages"}
 STAGE_KEYS = {"foreach", "needs", "sweep"}
 
 
@@ -308,11 +309,87 @@ def _substitute_vars(data: Any, variables: dict[str, Any], source: str) -> Any:
     return _walk(data, fn)
 
 
-def expand(data: dict[str, Any], source: str = "<spec>", variables: dict[str, Any] | None = None) -> Expansion:
+def _merge(base: Any, over: Any) -> Any:
+    """Overlay `over` on `base`: mappings merge key by key, a None value removes the key, the rest replaces."""
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return copy.deepcopy(over)
+    out = dict(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(base.get(k), v)
+    return out
+
+
+def apply_variant(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    """The pipeline with its variant `name` laid over it (e.g. a recipe's scaled-down `tiny` run).
+
+    A variant keeps the recipe's stages and their wiring and changes only what it names: `vars`
+    (declared ones only), whole `matrix` axes, `defaults`, fields of existing `stages` by name
+    (merged as `_merge` does), an `experiment` name, and `add_stages` placed before the recipe's
+    stages (to build local models, say). One pipeline file thus holds both the paper-scale run and
+    the run a laptop or CI can afford, and they cannot drift apart.
+    """
+    variants = data.get("variants") or {}
+    if not isinstance(variants, dict) or name not in variants:
+        known = ", ".join(sorted(variants)) if isinstance(variants, dict) and variants else "none"
+        raise _fail(source, "variants", f"no variant named {name!r} (known: {known})")
+    over = variants[name]
+    where = f"variants.{name}"
+    if not isinstance(over, dict):
+        raise _fail(source, where, "must be a mapping (vars, matrix, defaults, stages, add_stages, experiment)")
+    unknown = set(over) - VARIANT_KEYS
+    if unknown:
+        raise _fail(source, f"{where}.{sorted(unknown)[0]}", f"unknown field (use {', '.join(sorted(VARIANT_KEYS))})")
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k != "variants"}
+    for key in ("vars", "matrix", "defaults", "stages"):
+        if key in over and not isinstance(over[key], dict):
+            raise _fail(source, f"{where}.{key}", "must be a mapping")
+    declared = out.get("vars") or {}
+    for var in over.get("vars") or {}:
+        if var not in declared:
+            raise _fail(source, f"{where}.vars.{var}", "the pipeline declares no such variable")
+    out["vars"] = {**declared, **(over.get("vars") or {})}
+    if "experiment" in over:
+        out["experiment"] = over["experiment"]
+    if over.get("matrix"):
+        out["matrix"] = {**(out.get("matrix") or {}), **over["matrix"]}
+    if over.get("defaults"):
+        out["defaults"] = _merge(out.get("defaults") or {}, over["defaults"])
+    stages = out.get("stages")
+    if not isinstance(stages, list):
+        raise _fail(source, "stages", "must be a non-empty list of jobs")
+    by_name = {s.get("name"): i for i, s in enumerate(stages) if isinstance(s, dict)}
+    for stage_name, fields in (over.get("stages") or {}).items():
+        if stage_name not in by_name:
+            raise _fail(source, f"{where}.stages.{stage_name}", "the pipeline has no stage of that name")
+        if not isinstance(fields, dict):
+            raise _fail(source, f"{where}.stages.{stage_name}", "must be a mapping of fields")
+        if "name" in fields:
+            raise _fail(source, f"{where}.stages.{stage_name}.name", "a variant cannot rename a stage")
+        stages[by_name[stage_name]] = _merge(stages[by_name[stage_name]], fields)
+    added = over.get("add_stages") or []
+    if not isinstance(added, list):
+        raise _fail(source, f"{where}.add_stages", "must be a list of stages")
+    out["stages"] = copy.deepcopy(added) + stages
+    return out
+
+
+def expand(
+    data: dict[str, Any], source: str = "<spec>", variables: dict[str, Any] | None = None, variant: str | None = None
+) -> Expansion:
     """Expand a loaded spec mapping into validated drafts, or raise SpecError.
 
-    `variables` override the file's `vars:` (the CLI's `--var NAME=VALUE`).
+    `variables` override the file's `vars:` (the CLI's `--var NAME=VALUE`); `variant` picks one of
+    a pipeline's `variants:` (the CLI's `--variant NAME`).
     """
+    if variant is not None:
+        if "stages" not in data:
+            raise _fail(source, "variants", f"--variant {variant}: only a pipeline (a file with stages) has variants")
+        data = apply_variant(data, variant, source)
+    elif "stages" in data:
+        data = {k: v for k, v in data.items() if k != "variants"}
     declared = data.get("vars") or {}
     if not isinstance(declared, dict):
         raise _fail(source, "vars", "must map names to values")
@@ -341,7 +418,7 @@ def expand(data: dict[str, Any], source: str = "<spec>", variables: dict[str, An
 def _expand_pipeline(data: dict[str, Any], source: str) -> Expansion:
     unknown = set(data) - PIPELINE_KEYS
     if unknown:
-        raise _fail(source, sorted(unknown)[0], "unknown top-level field in a pipeline (use experiment, description, matrix, defaults, stages)")
+        raise _fail(source, sorted(unknown)[0], "unknown top-level field in a pipeline (use experiment, description, vars, matrix, defaults, variants, stages)")
     experiment = data.get("experiment")
     if not isinstance(experiment, str) or not experiment:
         raise _fail(source, "experiment", "a pipeline needs an experiment name")
@@ -469,5 +546,6 @@ def _substitute_stage_refs(
     return _walk(job, fn)
 
 
-def expand_file(path: Path | str, variables: dict[str, Any] | None = None) -> Expansion:
-    return expand(load_file(path), str(path), variables)
+def expand_file(path: Path | str, variables: dict[str, Any] | None = None, variant: str | None = None) -> Expansion:
+    return expand(load_file(path), str(path), variables, variant)
+

@@ -144,3 +144,55 @@ def build_reward_model(
     )
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _texts_of(paths: Sequence[str]) -> list[str]:
+    """Every string value of every record in the given jsonl files (the tokenizer's training text)."""
+    import json
+
+    texts: list[str] = []
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts += [v for v in json.loads(line).values() if isinstance(v, str) and v]
+    return texts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m engine.tiny OUT --lm NAME[:ARCH] ... [--reward NAME]`: the models a recipe's tiny variant needs.
+
+    One tokenizer (OUT/tokenizer, trained on the `--texts` records) is shared by every model, so
+    models built together can be merged, compared and used as each other's students or judges.
+    """
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m engine.tiny", description=main.__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--lm", action="append", default=[], metavar="NAME[:ARCH]", help="a random-init causal LM (arch llama or qwen2)")
+    p.add_argument("--reward", action="append", default=[], metavar="NAME[:ARCH]", help="a random-init reward model")
+    p.add_argument("--texts", action="append", default=[], metavar="FILE.jsonl", help="records whose text trains the tokenizer")
+    p.add_argument("--vocab", type=int, default=768)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not args.lm and not args.reward:
+        p.error("name at least one --lm or --reward")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok_dir = args.out / "tokenizer"
+    build_tokenizer(tok_dir, _texts_of(args.texts), vocab_size=args.vocab)
+    built = {"tokenizer": str(tok_dir)}
+    for i, (spec, builder) in enumerate([(s, build_causal_lm) for s in args.lm] + [(s, build_reward_model) for s in args.reward]):
+        name, _, arch = spec.partition(":")
+        path = builder(args.out / name, tok_dir, arch=arch or "llama", hidden=args.hidden, layers=args.layers, seed=args.seed + i)
+        built[name] = str(path)
+        print(f"built {name} ({arch or 'llama'}) in {path}", flush=True)
+    (args.out / "models.json").write_text(json.dumps(built, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

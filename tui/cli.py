@@ -67,7 +67,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     expansions = []
     for f in args.files:
         try:
-            expansions.append(expand_file(f, variables))
+            expansions.append(expand_file(resolve_spec_file(f), variables, args.variant))
         except SpecError as e:
             raise UserError(str(e)) from None
     store = _store(args)
@@ -87,6 +87,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from tui.cli_worker import ensure_worker
 
         ensure_worker(store.home, quiet=True)
+    return 0
+
+
+def resolve_spec_file(name: str) -> str:
+    """A path as given, or, when no such file exists, the shipped recipe of that name (`expo`, `calibration`)."""
+    from engine.recipes import recipe_path
+
+    if Path(name).exists():
+        return name
+    shipped = recipe_path(name)
+    return str(shipped) if shipped is not None else name
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """List the shipped recipes with their variants: what `labdeck submit NAME [--variant V]` runs."""
+    from engine.recipes import list_recipes
+
+    recipes = list_recipes()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in recipes], indent=2))
+        return 0
+    for r in recipes:
+        print(f"{r.name:24} {r.description}")
+        for v, text in r.variants.items():
+            print(f"  --variant {v:14} {text}")
+        print(f"  {'':24} {r.path}")
     return 0
 
 
@@ -450,10 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("submit", cmd_submit, "Queue the jobs of spec files (a job, a sweep or a pipeline); prints the new ids")
-    sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files, or the name of a shipped recipe (see `labdeck recipes`)")
+    sp.add_argument("--variant", metavar="NAME", help="run a pipeline's variant, e.g. `tiny` (the recipe scaled down to local tiny models)")
     sp.add_argument("--json", action="store_true", help="print {\"ids\": [...]}")
     sp.add_argument("--no-worker", action="store_true", help="do not start a worker if none is alive")
     sp.add_argument("--var", action="append", metavar="NAME=VALUE", help="override a variable the file declares under vars:")
+
+    sp = add("recipes", cmd_recipes, "List the shipped recipes (the seed experiments as pipelines) and their variants")
+    sp.add_argument("--json", action="store_true")
 
     sp = add("ls", cmd_ls, "List jobs, newest first")
     sp.add_argument("-e", "--experiment", help="only this experiment")

@@ -256,3 +256,17 @@ def test_results_where_keeps_one_stage(tmp_path, home, capsys, store) -> None:
     assert {c["row"]: c["mean"] for c in out["cells"]} == {"a": 2.0, "b": 3.0}
     code, _, err = run(capsys, "results", "w", "--rows", "env.T", "--metric", "loss", "--where", "stage")
     assert code == 2 and "--where 'stage': write FIELD=VALUE" in err
+
+
+def test_recipes_are_listed_and_submitted_by_name(home, capsys) -> None:
+    code, out, _ = run(capsys, "recipes", "--json")
+    assert code == 0
+    recipes = {r["name"]: r for r in json.loads(out)}
+    assert {"car_teacher_selection", "prompt_injection", "expo"} <= set(recipes)
+    assert all(Path(r["path"]).is_file() and r["description"] for r in recipes.values())
+    code, out, _ = run(capsys, "submit", "expo", "--no-worker", "--json")
+    assert code == 0 and len(json.loads(out)["ids"]) > 1
+    code, out, err = run(capsys, "submit", "expo", "--variant", "nope", "--no-worker")
+    assert code == 2 and "no variant named 'nope'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "submit", "no_such_recipe", "--no-worker")
+    assert code == 2 and "no_such_recipe: no such file" in err

@@ -115,3 +115,65 @@ def test_vars_and_builtin_variables() -> None:
     doc["stages"][0]["model"] = "${vars.teacher}"
     with pytest.raises(SpecError, match=r"v.yaml: \$\{vars.teacher\}: no such variable \(known: steps, student\)"):
         expand(doc, "v.yaml")
+
+
+VARIANT_PIPELINE = {
+    **PIPELINE,
+    "vars": {"data": "i.jsonl"},
+    "stages": [{**PIPELINE["stages"][0], "dataset": "${vars.data}", "temperature": 0.7, "top_p": 0.9}, *PIPELINE["stages"][1:]],
+    "variants": {
+        "tiny": {
+            "description": "two local teachers",
+            "experiment": "car-tiny",
+            "vars": {"data": "/local/few.jsonl"},
+            "matrix": {"teacher": [{"name": "a", "model": "${stages.build.outputs}/a"}, {"name": "b", "model": "/m/b"}]},
+            "stages": {"gen": {"max_new_tokens": 8, "top_p": None}, "sft": {"max_steps": 3}},
+            "add_stages": [{"name": "build", "kind": "command", "command": ["python", "-m", "engine.tiny", "outputs", "--lm", "a"]}],
+        },
+    },
+}
+
+
+def test_variant_overlays_the_pipeline_and_keeps_its_wiring() -> None:
+    full = expand(VARIANT_PIPELINE, "p.yaml")
+    assert [d.name for d in full.drafts][:3] == ["gen[teacher=t1]", "gen[teacher=t2]", "gen[teacher=t3]"]
+    assert {d.spec["experiment"] for d in full.drafts} == {"car"}
+    tiny = expand(VARIANT_PIPELINE, "p.yaml", variant="tiny")
+    names = [d.name for d in tiny.drafts]
+    assert names == ["build", "gen[teacher=a]", "gen[teacher=b]", "sft[teacher=a]", "sft[teacher=b]", "all"]
+    assert {d.spec["experiment"] for d in tiny.drafts} == {"car-tiny"}
+    gen_a = tiny.drafts[1]
+    assert gen_a.depends_on == (0,)  # the matrix value refers to the added build stage
+    assert gen_a.spec["dataset"]["path"] == "/local/few.jsonl"
+    assert gen_a.spec["max_new_tokens"] == 8 and gen_a.spec["temperature"] == 0.7
+    assert gen_a.spec["top_p"] == 1.0  # removed by the variant: back to the default
+    assert tiny.drafts[3].spec["max_steps"] == 3 and tiny.drafts[3].depends_on == (1,)
+    assert tiny.drafts[5].depends_on == (1, 2, 3, 4)
+    # the CLI's --var still wins over the variant's value
+    assert expand(VARIANT_PIPELINE, "p.yaml", {"data": "/x.jsonl"}, "tiny").drafts[1].spec["dataset"]["path"] == "/x.jsonl"
+
+
+@pytest.mark.parametrize("variant,change,message", [
+    ("huge", None, r"p.yaml: variants: no variant named 'huge' \(known: tiny\)"),
+    ("tiny", lambda v: v.update(stages={"gne": {"n": 2}}), r"variants.tiny.stages.gne: the pipeline has no stage of that name"),
+    ("tiny", lambda v: v.update(vars={"nope": 1}), r"variants.tiny.vars.nope: the pipeline declares no such variable"),
+    ("tiny", lambda v: v.update(seeds=[1]), r"variants.tiny.seeds: unknown field"),
+    ("tiny", lambda v: v.update(stages={"gen": {"name": "g"}}), r"variants.tiny.stages.gen.name: a variant cannot rename"),
+    ("tiny", lambda v: v.update(stages={"gen": {"temperature": "hot"}}), r"stages\[1\].temperature: Input should be a valid number"),
+    ("tiny", lambda v: v["add_stages"].append({"name": "gen", "kind": "command", "command": ["x"]}), r"stage 'gen' is defined twice"),
+])
+def test_variant_errors_name_the_field(variant: str, change, message: str) -> None:
+    import copy
+
+    p = copy.deepcopy(VARIANT_PIPELINE)
+    if change:
+        change(p["variants"]["tiny"])
+    with pytest.raises(SpecError, match=message):
+        expand(p, "p.yaml", variant=variant)
+
+
+def test_variant_on_a_single_job_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"j.yaml: variants: --variant tiny: only a pipeline"):
+        expand({"experiment": "e", "name": "n", "kind": "command", "command": ["x"]}, "j.yaml", variant="tiny")
+    with pytest.raises(SpecError, match=r"j.yaml: variants: unknown field"):
+        expand({"experiment": "e", "name": "n", "kind": "command", "command": ["x"], "variants": {}}, "j.yaml")
