@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "engine" / "recipes" / "demo_car.yaml"  # engine.recipes.RECIPES_DIR, without importing engine
+RECIPE = Path(__file__).resolve().parent.parent / "engine" / "recipes" / "demo_car.yaml"
 EXPERIMENT = "demo-car"
 DEMO_CPU_SLOTS = 2
 TIMEOUT_S = 1800.0
