@@ -330,6 +330,10 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
         module = SFTLoss.build(model)
 
     accelerator = make_accelerator(spec, model, dtype)
+    if world > 1:
+        parallel = "FSDP" if _checkpoint._is_fsdp(accelerator) else "DDP"
+        events.info(f"data parallel: {parallel} over {world} processes ({accelerator.mixed_precision} mixed precision)",
+                    parallel=parallel)
     optimizer = _optim.build_optimizer(module, spec, device_type)
     module, optimizer = accelerator.prepare(module, optimizer)
     if reference is not None:

@@ -263,7 +263,8 @@ def test_checkpoints_of_this_run_are_not_silently_restarted(tiny, data, tmp_path
 def test_two_process_data_parallel_matches_one_process_with_accumulation(tiny, tmp_path) -> None:  # noqa: ANN001
     """torchrun with 2 CPU processes (gloo), micro-batch 2 each, against one process with 2 x 2 accumulation:
     the same examples per step and a loss normalised over both ranks' tokens, so the same trajectory;
-    events and the model are written once (rank 0). Slow: two more torch imports on shared cores."""
+    events, checkpoints and the model are written once (rank 0). FSDP cannot be tried here: accelerate
+    turns it on only over accelerators, never over CPU processes. Slow: two more torch imports on shared cores."""
     import subprocess
     import sys
 
@@ -284,6 +285,7 @@ def test_two_process_data_parallel_matches_one_process_with_accumulation(tiny, t
     assert len([e for e in events if e["type"] == "metric" and e["name"] == "loss"]) == 4  # rank 0 only
     for step, value in single.series("loss").items():
         assert losses[step] == pytest.approx(value, rel=1e-5), step
+    assert [e["parallel"] for e in events if "parallel" in e] == ["DDP"]
     assert len([e for e in events if e["type"] == "artifact"]) == 1
     assert (run / "outputs" / "model" / "model.safetensors").is_file()
     assert (run / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()  # saved under DDP, once
