@@ -17,51 +17,7 @@ from sqlmodel import Session
 
 from db.models import Artifact, Experiment, Job, JobDependency, JobStatus, Metric, Worker
 from db.queue import QUEUE_STATE_KEY, UnknownJob, get_setting
-
-# A worker that has not beaten for this long is shown as offline.
-WORKER_STALE_S = 15.0
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: int
-    experiment: str
-    name: str
-    kind: str
-    status: str
-    priority: int
-    gpus_requested: int
-    assigned_gpus: str
-    attempt: int
-    queued_at: float
-    started_at: float | None
-    finished_at: float | None
-    progress_done: float | None
-    progress_total: float | None
-    eta_s: float | None
-    failure_reason: str | None
-    params: dict[str, Any]
-
-    @property
-    def fraction(self) -> float | None:
-        if self.progress_total and self.progress_done is not None:
-            return max(0.0, min(1.0, self.progress_done / self.progress_total))
-        return None
-
-    def elapsed(self, now: float | None = None) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or now or time.time()) - self.started_at
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "experiment": self.experiment, "name": self.name, "kind": self.kind,
-            "status": self.status, "priority": self.priority, "gpus_requested": self.gpus_requested,
-            "assigned_gpus": self.assigned_gpus, "attempt": self.attempt, "queued_at": self.queued_at,
-            "started_at": self.started_at, "finished_at": self.finished_at,
-            "progress": {"done": self.progress_done, "total": self.progress_total, "eta_s": self.eta_s},
-            "failure_reason": self.failure_reason, "params": self.params,
-        }
+from db.rows import GpuInfo, JobRow, WorkerState, parse_gpu_snapshot
 
 
 @dataclass(frozen=True)
@@ -104,17 +60,6 @@ class JobDetail:
                         "finished": self.row.finished_at, "heartbeat": self.heartbeat_at},
         )
         return d
-
-
-@dataclass(frozen=True)
-class WorkerState:
-    online: bool
-    pid: int | None
-    host: str
-    heartbeat_at: float | None
-    state: str  # running | stopping | stopped | offline | none
-    gpus: str
-    queue_state: str  # running | paused | draining
 
 
 _ROW_COLUMNS = (
@@ -290,35 +235,10 @@ def worker_state(session: Session, now: float | None = None) -> WorkerState:
     w = session.execute(
         select(Worker).where(and_(Worker.stopped_at.is_(None))).order_by(Worker.heartbeat_at.desc())
     ).scalars().first()
-    if w is None:
-        return WorkerState(False, None, "", None, "none", "", queue_state)
-    online = now - w.heartbeat_at < WORKER_STALE_S
-    return WorkerState(online, w.pid, w.host, w.heartbeat_at, w.state if online else "offline", w.gpus, queue_state)
+    return WorkerState.of(None if w is None else (w.pid, w.host, w.heartbeat_at, w.state, w.gpus), queue_state, now)
 
 
 GPU_SNAPSHOT_KEY = "gpu_snapshot"
-
-
-@dataclass(frozen=True)
-class GpuProcess:
-    pid: int
-    mem_mb: float
-    job_id: int | None  # None: a process that is not ours (someone else's)
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    mem_total_mb: float
-    mem_used_mb: float
-    util_pct: float | None
-    processes: tuple[GpuProcess, ...] = ()
-
-    @property
-    def mem_free_mb(self) -> float:
-        return max(0.0, self.mem_total_mb - self.mem_used_mb)
 
 
 def gpu_snapshot(session: Session) -> tuple[float | None, list[GpuInfo]]:
@@ -326,18 +246,7 @@ def gpu_snapshot(session: Session) -> tuple[float | None, list[GpuInfo]]:
 
     The worker is the only process that talks to NVML; the CLI and the TUI read this row.
     """
-    raw = get_setting(session, GPU_SNAPSHOT_KEY, "")
-    if not raw:
-        return None, []
-    data = json.loads(raw)
-    gpus = [
-        GpuInfo(
-            g["index"], g.get("name", ""), g.get("mem_total_mb", 0.0), g.get("mem_used_mb", 0.0), g.get("util_pct"),
-            tuple(GpuProcess(p["pid"], p.get("mem_mb", 0.0), p.get("job_id"), p.get("name", "")) for p in g.get("processes", [])),
-        )
-        for g in data.get("gpus", [])
-    ]
-    return data.get("t"), gpus
+    return parse_gpu_snapshot(get_setting(session, GPU_SNAPSHOT_KEY, ""))
 
 
 # ----------------------------------------------------------------------------- paged job lists (the TUI)

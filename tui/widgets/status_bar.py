@@ -5,9 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from db.rows import WORKER_STALE_S
 from tui.render import ago, gpu_summary, st
-
-WORKER_STALE_S = 15.0  # db.queries.WORKER_STALE_S, without importing the store on the loop
 
 
 def worker_label(overview, now: float) -> Text:  # noqa: ANN001 - tui.source.Overview | None

@@ -1,0 +1,115 @@
+"""The values the CLI and the TUI read, in plain frozen dataclasses with no SQLAlchemy behind them.
+
+`db.queries` fills them through the store; `tui.fastread` fills the same types with plain sqlite3
+while SQLAlchemy (half a second of CPU) is still being imported. Keeping them here, importing only
+the standard library, lets both share one definition and one parser of the worker's GPU snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# A worker that has not beaten for this long is shown as offline.
+WORKER_STALE_S = 15.0
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    experiment: str
+    name: str
+    kind: str
+    status: str
+    priority: int
+    gpus_requested: int
+    assigned_gpus: str
+    attempt: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress_done: float | None
+    progress_total: float | None
+    eta_s: float | None
+    failure_reason: str | None
+    params: dict[str, Any]
+
+    @property
+    def fraction(self) -> float | None:
+        if self.progress_total and self.progress_done is not None:
+            return max(0.0, min(1.0, self.progress_done / self.progress_total))
+        return None
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or now or time.time()) - self.started_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "experiment": self.experiment, "name": self.name, "kind": self.kind,
+            "status": self.status, "priority": self.priority, "gpus_requested": self.gpus_requested,
+            "assigned_gpus": self.assigned_gpus, "attempt": self.attempt, "queued_at": self.queued_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "progress": {"done": self.progress_done, "total": self.progress_total, "eta_s": self.eta_s},
+            "failure_reason": self.failure_reason, "params": self.params,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    online: bool
+    pid: int | None
+    host: str
+    heartbeat_at: float | None
+    state: str  # running | stopping | stopped | offline | none
+    gpus: str
+    queue_state: str  # running | paused | draining
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...] | None, queue_state: str, now: float) -> WorkerState:
+        """From the newest live worker row (pid, host, heartbeat_at, state, gpus), or None for no worker."""
+        if row is None:
+            return cls(False, None, "", None, "none", "", queue_state)
+        pid, host, heartbeat_at, state, gpus = row
+        online = now - heartbeat_at < WORKER_STALE_S
+        return cls(online, pid, host, heartbeat_at, state if online else "offline", gpus, queue_state)
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    mem_mb: float
+    job_id: int | None  # None: a process that is not ours (someone else's)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    mem_total_mb: float
+    mem_used_mb: float
+    util_pct: float | None
+    processes: tuple[GpuProcess, ...] = ()
+
+    @property
+    def mem_free_mb(self) -> float:
+        return max(0.0, self.mem_total_mb - self.mem_used_mb)
+
+
+def parse_gpu_snapshot(raw: str | None) -> tuple[float | None, list[GpuInfo]]:
+    """The worker's GPU snapshot (`engine.gpus.snapshot_json`) as (time taken, GPUs); (None, []) if none."""
+    if not raw:
+        return None, []
+    data = json.loads(raw)
+    gpus = [
+        GpuInfo(
+            g["index"], g.get("name", ""), g.get("mem_total_mb", 0.0), g.get("mem_used_mb", 0.0), g.get("util_pct"),
+            tuple(GpuProcess(p["pid"], p.get("mem_mb", 0.0), p.get("job_id"), p.get("name", "")) for p in g.get("processes", [])),
+        )
+        for g in data.get("gpus", [])
+    ]
+    return data.get("t"), gpus
