@@ -92,6 +92,33 @@ def _config(arch: str, vocab_size: int, tokenizer, hidden: int, layers: int, num
     raise ValueError(f"arch: {arch!r} is not one of llama, qwen2")
 
 
+def _save_random_init(
+    out_dir: Path | str, tokenizer_dir: Path | str | None, arch: str, hidden: int, layers: int, seed: int,
+    texts: Sequence[str], num_labels: int | None,
+) -> Path:
+    """A random-init model (causal LM, or a sequence classifier with `num_labels`) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is None:
+        tokenizer = build_tokenizer(out, texts)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = _config(arch, len(tokenizer), tokenizer, hidden, layers, num_labels=num_labels)
+    if num_labels is None:
+        model = AutoModelForCausalLM.from_config(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    else:
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def build_causal_lm(
     out_dir: Path | str,
     tokenizer_dir: Path | str | None = None,
@@ -103,22 +130,7 @@ def build_causal_lm(
     texts: Sequence[str] = (),
 ) -> Path:
     """A random-init causal LM with its tokenizer, saved as safetensors. Returns the folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is None:
-        tokenizer = build_tokenizer(out, texts)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        tokenizer.save_pretrained(out)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), tokenizer, hidden, layers))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return _save_random_init(out_dir, tokenizer_dir, arch, hidden, layers, seed, texts, num_labels=None)
 
 
 def build_reward_model(
@@ -131,19 +143,7 @@ def build_reward_model(
     seed: int = 0,
 ) -> Path:
     """A random-init sequence-classification reward model (one logit), saved as safetensors."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out) if tokenizer_dir is None else AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(
-        _config(arch, len(tokenizer), tokenizer, hidden, layers, num_labels=1)
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return _save_random_init(out_dir, tokenizer_dir, arch, hidden, layers, seed, (), num_labels=1)
 
 
 def _texts_of(paths: Sequence[str]) -> list[str]:
