@@ -36,6 +36,15 @@ from engine.jobs._loading import (
     require_chat_template,
 )
 from engine.jobs._prompts import apply_chat, render, user_text
+from engine.jobs._uncertainty import (
+    QUERY_SUFFIX,
+    Estimator,
+    choice_token_ids,
+    parse_label,
+    query_text,
+    read_estimator_info,
+    sanitize_answer,
+)
 
 NAN = float("nan")
 
@@ -528,20 +537,146 @@ def _single_token(tok: Any, text: str, path: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration confidence (§10.2)
+# Calibration (§10): correctness labels of generated answers, and P(correct) from an estimator
 
-UNCERTAINTY_QUERY = "\n\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
+# Kept under their old names for callers of this module; the definitions live in _uncertainty.
+UNCERTAINTY_QUERY = QUERY_SUFFIX
+
+CORRECTNESS_SYSTEM = "You are an automated grading assistant helping a teacher grade student answers."
+# science.md §10.1 describes PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py in CT-REPO) but does not quote
+# it. This is a reconstruction from that description, recorded as such with every result; paste the verbatim string
+# into the scorer's `judge_prompt` to reproduce the paper's labels exactly.
+CORRECTNESS_PROMPT = (
+    "The problem is: {question}\n\n"
+    "The correct answer for this problem is: {target}\n\n"
+    "A student submitted the answer: {answer}\n\n"
+    "The student's answer must be correct and specific but not overcomplete (for example, if they provide two "
+    "different answers, they did not get the question right). However, small differences in formatting should not "
+    "be penalized (for example, 'New York City' is equivalent to 'NYC'). "
+    "Did the student provide an equivalent answer to the ground truth? Please answer yes or no without any "
+    "explanation: "
+)
 
 
-def sanitize_answer(p: str) -> str:
-    """§10.1: '\\n\\n' -> '\\n', ':\\n' -> ':', leading/trailing newlines stripped, first line kept."""
-    p = p.replace("\n\n", "\n").replace(":\n", ":").strip("\n")
-    return p.split("\n")[0]
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def correct_by_rule(answer: str, target: str, mode: str) -> int:
+    """§10.1 'substring' (MC: `target in prediction`, case-sensitive) or normalised exact match."""
+    if mode == "substring":
+        return int(target in answer)
+    if mode == "normalized":
+        return int(normalize_answer(answer) == normalize_answer(target))
+    raise ValueError(f"mode: {mode!r} is not a rule (substring, normalized)")
+
+
+def judge_says_yes(reply: str) -> int:
+    """§10.1: y = 1 if 'yes' appears in the lower-cased reply."""
+    return int("yes" in reply.lower())
+
+
+class CorrectnessScorer(Scorer):
+    """y in {0, 1} for every generated answer (§10.1): substring (MC), normalized match, or an equivalency judge."""
+
+    def __post_init__(self) -> None:
+        self.fields = (self.spec.field, f"{self.spec.field}_reply") if self.spec.mode == "judge" else (self.spec.field,)
+
+    @property
+    def key(self) -> str:
+        return "correctness"
+
+    def required_fields(self) -> dict[str, str | None]:
+        out = {"scorers[correctness].target_field": self.spec.target_field}
+        if self.spec.question_field:
+            out["scorers[correctness].question_field"] = self.spec.question_field
+        return out
+
+    def prepare(self, items: list[Item]) -> None:
+        super().prepare(items)
+        s = self.spec
+        self.answers = [sanitize_answer(it.response) if s.sanitize else it.response for it in items]
+        self.targets = [str(it.record.get(s.target_field, "")) for it in items]
+        self.questions = [str(it.record.get(s.question_field)) if s.question_field else it.user(self.join) for it in items]
+        prompt = s.judge_prompt or CORRECTNESS_PROMPT
+        self.info = {"mode": s.mode, "field": s.field, "sanitize": s.sanitize, "target_field": s.target_field}
+        self.ids = None
+        if s.mode != "judge":
+            self.info["rule"] = {"substring": "target in answer (case-sensitive, §10.1 MC)",
+                                 "normalized": "normalize(answer) == normalize(target), SQuAD-style (UNPINNED)"}[s.mode]
+            return
+        self.messages = [[{"role": "system", "content": CORRECTNESS_SYSTEM},
+                          {"role": "user", "content": prompt.format(question=q, target=t, answer=a)}]
+                         for q, t, a in zip(self.questions, self.targets, self.answers, strict=True)]
+        self.info.update(system=CORRECTNESS_SYSTEM, prompt=prompt,
+                         prompt_source="judge_prompt (given in the spec)" if s.judge_prompt else
+                         "reconstructed from science.md §10.1's description, NOT CT-REPO's verbatim PROMPT_ANSWER_KEY_EQUIVALENCY",
+                         rule="y = 1 if 'yes' in the lower-cased reply", max_new_tokens=s.max_new_tokens)
+        if s.model is not None:
+            import torch
+
+            self.torch = torch
+            self.tok = load_tokenizer(s.model, "left", "judge model")
+            require_chat_template(self.tok, s.model, "judge model")
+            self.model = load_causal_lm(s.model, self.device, "judge model")
+            self.ids = [self.tok(apply_chat(self.tok, m, True), add_special_tokens=False)["input_ids"][-s.max_length:]
+                        for m in self.messages]
+            self.info["judge"] = {**model_record(s.model, self.model, self.device),
+                                  "label": "LOCAL replacement judge (not GPT-3.5-Turbo-1106)"}
+        else:
+            self.api_key = os.environ.get(s.api_key_env)
+            self.info["judge"] = {"endpoint": s.endpoint, "model": s.endpoint_model,
+                                  "api_key_env": s.api_key_env if self.api_key else None}
+
+    def lengths(self, idxs: list[int]) -> list[int]:
+        return [1] * len(idxs) if self.ids is None else [len(self.ids[i]) for i in idxs]
+
+    def score(self, idxs: list[int]) -> list[dict[str, Any]]:
+        s = self.spec
+        if s.mode != "judge":
+            return [{s.field: correct_by_rule(self.answers[i], self.targets[i], s.mode)} for i in idxs]
+        replies = self._local(idxs) if self.ids is not None else [self._http(i) for i in idxs]
+        return [{s.field: judge_says_yes(r), f"{s.field}_reply": r} for r in replies]
+
+    def _local(self, idxs: list[int]) -> list[str]:
+        torch = self.torch
+        rows = [self.ids[i] for i in idxs]
+        ids, mask, _ = pad(rows, self.tok.pad_token_id, "left")
+        self.stats.add_batch(rows)
+        self.stats.start()
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=self.spec.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tok.pad_token_id)
+        self.stats.stop()
+        return self.tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+    def _http(self, i: int) -> str:
+        s = self.spec
+        body = {"model": s.endpoint_model, "messages": self.messages[i], "temperature": 0,
+                "max_tokens": s.max_new_tokens}
+        data = _post_json(s.endpoint.rstrip("/") + "/chat/completions", body, self.api_key, s.timeout_s, s.max_retries)
+        try:
+            return str(data["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError) as e:
+            raise RuntimeError(f"correctness judge endpoint returned no message: {json.dumps(data)[:200]}") from e
 
 
 class ConfidenceScorer(Scorer):
+    """P(correct) of each answer (§10.2-§10.3): the zero-shot uncertainty query on `model`, or a trained `estimator`.
+
+    Fields: `confidence` (P(correct), raw), `confidence_ts` (after the estimator's temperature; equal to the raw
+    value for the zero-shot query, which has none), `confidence_label` (y) and `confidence_logits` (the 2-way logits).
+    """
+
     def __post_init__(self) -> None:
-        self.fields = ("confidence", "confidence_label", "confidence_logits")
+        self.fields = ("confidence", "confidence_ts", "confidence_label", "confidence_logits")
 
     def required_fields(self) -> dict[str, str | None]:
         out = {"scorers[confidence].question_field": self.spec.question_field}
@@ -549,55 +684,69 @@ class ConfidenceScorer(Scorer):
             out["scorers[confidence].label_field"] = self.spec.label_field
         return out
 
+    def _labels(self, items: list[Item]) -> list[int]:
+        s = self.spec
+        labels = []
+        for n, it in enumerate(items):
+            rec = it.record
+            if s.label_field in rec and rec[s.label_field] is not None:
+                labels.append(parse_label(rec[s.label_field], n, s.label_field, "records"))
+            elif s.target_field and s.target_field in rec:
+                answer = sanitize_answer(it.response) if s.sanitize else it.response
+                labels.append(correct_by_rule(answer, str(rec[s.target_field]), "substring"))  # §10.1 MC rule
+            else:
+                need = s.label_field + (f" or {s.target_field!r}" if s.target_field else "")
+                raise JobInputError(f"records: record {n} has no correctness label {need}; set label_field/target_field")
+        return labels
+
     def prepare(self, items: list[Item]) -> None:
         import torch
 
         super().prepare(items)
         s = self.spec
         self.torch = torch
-        self.labels: list[int] = []
-        for n, it in enumerate(items):
-            rec = it.record
-            if s.label_field in rec and rec[s.label_field] is not None:
-                v = rec[s.label_field]
-                if v not in (0, 1, True, False):
-                    raise JobInputError(f"records: record {n} field {s.label_field!r} is {v!r}, not 0/1")
-                self.labels.append(int(v))
-            elif s.target_field and s.target_field in rec:
-                answer = sanitize_answer(it.response) if s.sanitize else it.response
-                self.labels.append(int(str(rec[s.target_field]) in answer))  # §10.1 MC 'substring' rule
-            else:
-                need = s.label_field + (f" or {s.target_field!r}" if s.target_field else "")
-                raise JobInputError(f"records: record {n} has no correctness label {need}; set label_field/target_field")
+        self.labels = self._labels(items)
+        pairs = [(str(it.record.get(s.question_field)) if s.question_field else it.user(self.join),
+                  sanitize_answer(it.response) if s.sanitize else it.response) for it in items]
+        common = {"sanitize": s.sanitize, "truncated": 0,
+                  "label_source": s.label_field if s.target_field is None else f"{s.label_field}|substring"}
+        if s.estimator is not None:
+            from engine.specs.common import ModelRef
+
+            info = read_estimator_info(s.estimator, "scorers[confidence].estimator")
+            base = s.model or ModelRef(path=info["base_model"])
+            self.est = Estimator(s.estimator, base, self.device, "scorers[confidence].estimator")
+            self.temperature = self.est.temperature
+            self.tok = self.est.tok
+            self.ids = []
+            for c, p in pairs:
+                ids, cut = self.est.encode(c, p, s.max_length)
+                self.ids.append(ids)
+                common["truncated"] += int(cut)
+            self.info = {"method": self.est.style, "estimator": self.est.describe(), "padding_side": "right", **common}
+            return
+        self.est = None
+        self.temperature = 1.0
         self.tok = load_tokenizer(s.model, "left")
         if s.chat_template:
             require_chat_template(self.tok, s.model)
-        # §10.2: token ids are tokenizer("i").input_ids[-1] and tokenizer("ii").input_ids[-1], each one vocab item.
-        self.tok_i = self.tok("i")["input_ids"][-1]
-        self.tok_ii = self.tok("ii")["input_ids"][-1]
-        for t in ("i", "ii"):
-            if len(self.tok(t, add_special_tokens=False)["input_ids"]) != 1:
-                raise JobInputError(f"model {s.model.path}: {t!r} is not a single token; the uncertainty query needs it")
+        self.tok_i, self.tok_ii = choice_token_ids(self.tok, f"model {s.model.path}")
         self.model = load_causal_lm(s.model, self.device)
         self.ids = []
-        truncated = 0
-        for it in items:
-            c = str(it.record.get(s.question_field)) if s.question_field else it.user(self.join)
-            p = sanitize_answer(it.response) if s.sanitize else it.response
-            query = f"{c} {p}{UNCERTAINTY_QUERY}"
+        for c, p in pairs:
+            query = query_text(c, p)
             if s.chat_template:
                 query = apply_chat(self.tok, [{"role": "user", "content": query}], True)
                 ids = self.tok(query, add_special_tokens=False)["input_ids"]
             else:
                 ids = self.tok(query)["input_ids"]  # raw text, tokenizer defaults (§10.2)
             if len(ids) > s.max_length:
-                truncated += 1
+                common["truncated"] += 1
                 ids = ids[-s.max_length:]
             self.ids.append(ids)
-        self.info = {"model": model_record(s.model, self.model, self.device), "query": UNCERTAINTY_QUERY,
-                     "tokens": {"i": self.tok_i, "ii": self.tok_ii}, "sanitize": s.sanitize,
-                     "chat_template": s.chat_template, "truncated": truncated, "padding_side": "left",
-                     "label_source": s.label_field if s.target_field is None else f"{s.label_field}|substring"}
+        self.info = {"method": "zero_shot", "model": model_record(s.model, self.model, self.device),
+                     "query": QUERY_SUFFIX, "tokens": {"i": self.tok_i, "ii": self.tok_ii},
+                     "chat_template": s.chat_template, "padding_side": "left", "temperature": None, **common}
 
     def lengths(self, idxs: list[int]) -> list[int]:
         return [len(self.ids[i]) for i in idxs]
@@ -605,19 +754,22 @@ class ConfidenceScorer(Scorer):
     def score(self, idxs: list[int]) -> list[dict[str, Any]]:
         torch = self.torch
         rows = [self.ids[i] for i in idxs]
-        ids, mask, pos = pad(rows, self.tok.pad_token_id, "left")
         self.stats.add_batch(rows)
         self.stats.start()
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=pos.to(self.device)).logits[:, -1, :].float()
-        z = logits[:, [self.tok_i, self.tok_ii]]
+        if self.est is not None:
+            z = self.est.logits(rows)
+        else:
+            ids, mask, pos = pad(rows, self.tok.pad_token_id, "left")
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=pos.to(self.device)).logits[:, -1, :].float()
+            z = logits[:, [self.tok_i, self.tok_ii]].cpu()
         p = torch.softmax(z, dim=-1)[:, 1].tolist()
-        z = z.tolist()
+        p_ts = torch.softmax(z / self.temperature, dim=-1)[:, 1].tolist()
         self.stats.stop()
-        return [{"confidence": float(pi), "confidence_label": self.labels[i], "confidence_logits": zi}
-                for i, pi, zi in zip(idxs, p, z, strict=True)]
+        return [{"confidence": float(a), "confidence_ts": float(b), "confidence_label": self.labels[i],
+                 "confidence_logits": zi} for i, a, b, zi in zip(idxs, p, p_ts, z.tolist(), strict=True)]
 
 
 SCORERS = {"reward": RewardScorer, "loss": LossScorer, "length": LengthScorer, "injection": InjectionScorer,
-           "judge": JudgeScorer, "confidence": ConfidenceScorer}
+           "judge": JudgeScorer, "confidence": ConfidenceScorer, "correctness": CorrectnessScorer}

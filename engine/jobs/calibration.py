@@ -39,53 +39,20 @@ import numpy as np
 from engine.jobs import _checkpoint
 from engine.jobs._common import JobContext, JobInputError
 from engine.jobs._train_data import IGNORE, Example, Plan, read_records, require_fields, tokenize_many
+from engine.jobs._uncertainty import (
+    FEATURE_TEXT,
+    HEAD_FILE,
+    HEAD_TEXT,
+    QUERY_SUFFIX,
+    build_head,
+    choice_logits,
+    choice_token_ids,
+    last_hidden,
+    parse_label,
+    query_text,
+)
 
-QUERY_SUFFIX = "\n\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
-
-
-def query_text(question: str, answer: str) -> str:
-    """§10.2: '{c} {p}\\n\\nIs the proposed answer correct?\\nChoices:\\n(i): no\\n(ii): yes\\nAnswer:'."""
-    return f"{question} {answer}{QUERY_SUFFIX}"
-
-
-def choice_token_ids(tokenizer: Any) -> tuple[int, int]:
-    """Ids of 'i' and 'ii' as the official code takes them: tokenizer(s).input_ids[-1] (§10.2)."""
-    ids = []
-    for s in ("i", "ii"):
-        enc = tokenizer(s)["input_ids"]
-        plain = tokenizer(s, add_special_tokens=False)["input_ids"]
-        if len(plain) != 1:
-            raise JobInputError(f"calibration: {s!r} is {len(plain)} tokens for this tokenizer; the uncertainty query needs one")
-        ids.append(enc[-1])
-    if ids[0] == ids[1]:
-        raise JobInputError("calibration: 'i' and 'ii' map to the same token")
-    return ids[0], ids[1]
-
-
-def parse_label(v: Any, i: int, field: str) -> int:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (int, float)) and v in (0, 1):
-        return int(v)
-    if isinstance(v, str) and v.strip().lower() in ("0", "1", "true", "false", "yes", "no"):
-        return int(v.strip().lower() in ("1", "true", "yes"))
-    raise JobInputError(f"dataset: record {i} has {field}={v!r}; a correctness label must be 0/1 or true/false")
-
-
-def build_head(d: int) -> Any:
-    """§10.3: Linear(d,256)-ReLU-Linear(256,128)-ReLU-Linear(128,64)-ReLU-Linear(64,2), Xavier-normal, bias on."""
-    import torch
-
-    head = torch.nn.Sequential(
-        torch.nn.Linear(d, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2),
-    )
-    for m in head:
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.xavier_normal_(m.weight)
-            torch.nn.init.zeros_(m.bias)
-    return head
-
+__all__ = ["QUERY_SUFFIX", "build_head", "choice_token_ids", "fit_temperature", "jsd_per_token", "parse_label", "query_text", "train"]
 
 def jsd_per_token(logits_p: Any, logits_q: Any) -> Any:
     """Jensen-Shannon divergence between two next-token distributions, per row, in nats."""
@@ -126,13 +93,6 @@ def _modules() -> dict[str, Any]:
     import torch
 
     from engine.jobs._train_model import response_logits
-
-    def last_hidden(model: Any, input_ids: Any, attention_mask: Any, last: Any) -> Any:
-        keep = torch.zeros_like(input_ids, dtype=torch.bool)
-        keep[torch.arange(input_ids.shape[0]), last] = True
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                    use_cache=False, logits_to_keep=keep)
-        return out.hidden_states[-1][torch.arange(input_ids.shape[0]), last]
 
     class HeadOnly(torch.nn.Module):
         """Probe: the head on precomputed frozen features."""
@@ -175,11 +135,7 @@ def _modules() -> dict[str, Any]:
             self.kappa = kappa
 
         def logits2(self, input_ids: Any, attention_mask: Any, last: Any) -> Any:
-            keep = torch.zeros_like(input_ids, dtype=torch.bool)
-            keep[torch.arange(input_ids.shape[0]), last] = True
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
-            logits = out.logits if out.logits.dim() == 2 else out.logits[keep]
-            return logits[:, self.ids].float()
+            return choice_logits(self.model, input_ids, attention_mask, last, self.ids)
 
         def forward(self, input_ids: Any, attention_mask: Any, last: Any, y: Any, qa_ids: Any = None,
                     qa_mask: Any = None, qa_labels: Any = None) -> dict[str, Any]:
@@ -256,7 +212,7 @@ def train(prep: Any, ctx: JobContext) -> None:
     check_batch(spec, len(train_rows), world_size(), "records")
 
     tokenizer = _train_model.load_tokenizer(spec.model)
-    ids_pair = choice_token_ids(tokenizer) if style == "lora_prompt" else None
+    ids_pair = choice_token_ids(tokenizer, f"model {spec.model.path}") if style == "lora_prompt" else None
 
     def tokenize(rows_: list[tuple[str, str, int]]) -> dict[str, Any]:
         qa = tokenize_many(tokenizer, [[(c, False), (" " + p, True)] for c, p, _ in rows_], spec.max_seq_len, True)
@@ -300,11 +256,7 @@ def train(prep: Any, ctx: JobContext) -> None:
                 for i in range(0, len(data["qa"]), 16):
                     ids, mask, last, _ = _pad(data["qa"][i : i + 16], pad_id)
                     with accelerator.autocast():
-                        keep = torch.zeros_like(ids, dtype=torch.bool)
-                        keep[torch.arange(ids.shape[0]), last] = True
-                        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
-                                    use_cache=False, logits_to_keep=keep.to(device))
-                        chunks.append(out.hidden_states[-1][torch.arange(ids.shape[0]), last.to(device)].float().cpu())
+                        chunks.append(last_hidden(model, ids.to(device), mask.to(device), last.to(device)).float().cpu())
                 feats[name] = torch.cat(chunks)
         module = mods["HeadOnly"](build_head(hidden))
 
@@ -386,12 +338,12 @@ def train(prep: Any, ctx: JobContext) -> None:
 
             head = inner.head
             save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()},
-                      str(tmp / "calibration_head.safetensors"), metadata={"format": "pt"})
+                      str(tmp / HEAD_FILE), metadata={"format": "pt"})
         info = {"style": style, "base_model": spec.model.path, "temperature": temperature, "steps": state.step,
-                "feature": "hidden_states[-1] at the last token of '{question} {answer}'" if style != "lora_prompt" else None,
+                "feature": FEATURE_TEXT if style != "lora_prompt" else None,
                 "query_suffix": QUERY_SUFFIX if style == "lora_prompt" else None,
                 "choice_token_ids": list(ids_pair) if ids_pair else None, "jsd_weight": spec.jsd_weight,
-                "head": "Linear(d,256)-ReLU-Linear(256,128)-ReLU-Linear(128,64)-ReLU-Linear(64,2)" if style != "lora_prompt" else None,
+                "head": HEAD_TEXT if style != "lora_prompt" else None,
                 "validation": {k: v for k, v in metrics.items()}}
         (tmp / "calibration.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
         with open(prep.out_model.parent / "validation_predictions.jsonl", "w", encoding="utf-8") as fh:

@@ -265,6 +265,8 @@ def _generator_meta(spec: GenerateSpec, model_info: dict[str, Any]) -> dict[str,
         meta["attack"] = spec.attack
     if spec.defense_filter:
         meta["defense_filter"] = True
+    if spec.sanitize:
+        meta["sanitize"] = "§10.1: \\n\\n -> \\n, :\\n -> :, strip newlines, first line"
     return {k: v for k, v in meta.items() if v is not None}
 
 
@@ -289,6 +291,11 @@ def _output_row(spec: GenerateSpec, w: Work, samples: list[tuple[str, int, bool]
     row = dict(w.record)
     row.update({"prompt": w.prompt, "response": texts[chosen], "response_tokens": samples[chosen][1],
                 "finished": samples[chosen][2]})
+    if spec.sanitize:  # §10.1: the answer a calibration estimator judges; the raw text stays alongside
+        from engine.jobs._uncertainty import sanitize_answer
+
+        row["response_raw"] = texts[chosen]
+        row["response"] = sanitize_answer(texts[chosen])
     if spec.n > 1:
         row["responses"] = texts
         row["responses_tokens"] = [s[1] for s in samples]

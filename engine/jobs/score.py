@@ -27,12 +27,14 @@ from engine.specs.common import ModelRef
 from engine.specs.score import ScoreSpec
 
 # Per-sample fields that are not averaged (lists, flags used elsewhere, raw logprobs).
-_NOT_AVERAGED = {"confidence_logits", "confidence_label", "judge_switched", "judge_lp_m", "judge_lp_M",
+_NOT_AVERAGED = {"confidence_logits", "confidence_label", "correct_reply", "judge_switched", "judge_lp_m", "judge_lp_M",
                  "injection_begin_with", "injection_in_response", "judge_preference"}
 
 
 def _label(sc: Scorer) -> str:
     s = sc.spec
+    if s.type == "correctness":
+        return s.field
     return s.field if s.type == "reward" else s.prefix if s.type == "loss" else s.type
 
 
@@ -42,7 +44,7 @@ def _check_spec(spec: ScoreSpec) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise JobInputError(f"scorers: field names {dup} are used by two scorers; set `field`/`prefix` apart")
-    for kind in ("length", "injection", "judge", "confidence"):
+    for kind in ("length", "injection", "judge", "confidence", "correctness"):
         if sum(s.type == kind for s in spec.scorers) > 1:
             raise JobInputError(f"scorers: at most one {kind} scorer per job")
     if spec.car_beta is not None:
@@ -78,8 +80,10 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
     if spec.group_field:
         required["group_field"] = spec.group_field
     scorers: list[Scorer] = [SCORERS[s.type](s, spec.input_join) for s in spec.scorers]
+    written: set[str] = set()  # fields an earlier scorer of this job writes need not be in the records
     for sc in scorers:
-        required.update(sc.required_fields())
+        required.update({k: v for k, v in sc.required_fields().items() if v not in written})
+        written.update(sc.fields)
     check_fields(rows, required, "records", source)
 
     from engine.jobs.generate import _quiet
@@ -123,15 +127,12 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
                 ctx.events.metric(f"{_label(sc)}_padding_fraction", sc.stats.padding_fraction)
         out.finalize(n, keep_index=False)
         results.append(out.done())
+        for i, fields in results[-1].items():  # later scorers see this one's fields (correctness -> confidence)
+            items[i].record = {**items[i].record, **fields}
         recorded[_label(sc)] = sc.info or sc.params()
         _release(sc)
 
-    merged = []
-    for i, it in enumerate(items):
-        row = dict(it.record)
-        for res in results:
-            row.update(res[i])
-        merged.append(row)
+    merged = [dict(it.record) for it in items]
     _write_records(ctx.outputs / "records.jsonl", merged)
 
     metrics, notes = aggregate(merged, spec)
@@ -199,6 +200,11 @@ def _group_name(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(value)).strip("_") or "none"
 
 
+# Metrics also averaged over groups (one value per group, NaN groups skipped), as the calibration paper averages
+# per-subject AUROC and ECE over MMLU subjects (§10.5).
+GROUP_MEANS = ("auroc", "ece", "ece_raw", "acc")
+
+
 def aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, float], list[str]]:
     """Summary metrics of scored records, overall and (with `group_field`) per group as 'name/group'."""
     metrics, notes = _aggregate(rows, spec)
@@ -206,19 +212,27 @@ def aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, fl
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             groups.setdefault(_group_name(r.get(spec.group_field)), []).append(r)
+        per_group: dict[str, list[float]] = {}
         for g, sub in sorted(groups.items()):
             m, _ = _aggregate(sub, spec)
             metrics.update({f"{k}/{g}": v for k, v in m.items()})
+            for k in GROUP_MEANS:
+                if k in m:
+                    per_group.setdefault(k, []).append(m[k])
+        for k, values in per_group.items():  # §10.5: the mean over subjects of a per-subject metric
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                metrics[f"{k}_group_mean"] = sum(finite) / len(finite)
+                metrics[f"{k}_groups"] = float(len(finite))
     return metrics, notes
 
 
 def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, float], list[str]]:
+    from engine.jobs._uncertainty import uncertainty_metrics
     from engine.metrics import (
         asr,
-        calibration_summary,
         car_from_samples,
         discrete_win_rate,
-        ece,
         length_controlled_win_rate,
         max_asr,
         mean_std,
@@ -242,7 +256,9 @@ def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, f
         elif s.type == "judge":
             fields.append("judge_p_model_wins")
         elif s.type == "confidence":
-            fields.append("confidence")
+            fields += ["confidence", "confidence_ts"]
+        elif s.type == "correctness":
+            fields.append(s.field)
     for f in fields:
         if f in _NOT_AVERAGED:
             continue
@@ -306,15 +322,9 @@ def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, f
                 except KeyError:
                     pass
         elif s.type == "confidence":
-            pairs = [(r.get("confidence"), r.get("confidence_label")) for r in rows]
-            pairs = [(p, y) for p, y in pairs if p is not None and y is not None]
-            if pairs:
-                p, y = [a for a, _ in pairs], [b for _, b in pairs]
-                summ = calibration_summary(p, y)
-                m["ece"] = ece(p, y, mode="two_sided", drop_conf_one=s.drop_conf_one)
-                m["ece_corrected"] = ece(p, y, mode="two_sided", drop_conf_one=False)
-                m["ece_one_sided"] = summ["ece_one_sided"]
-                m["auroc"] = summ["auroc"]
-                m["acc"] = summ["acc"]
-                m["unc_acc"] = summ["unc_acc"]
+            got = [(r.get("confidence"), r.get("confidence_ts"), r.get("confidence_label")) for r in rows]
+            got = [(p, q if q is not None else p, y) for p, q, y in got if p is not None and y is not None]
+            if got:
+                m.update(uncertainty_metrics([a for a, _, _ in got], [c for _, _, c in got], [b for _, b, _ in got],
+                                             drop_conf_one=s.drop_conf_one))
     return m, notes

@@ -61,6 +61,9 @@ class GenerateSpec(JobSpecBase):
     """Prompts longer than this keep their last tokens (left truncation, so the generation prompt survives); counted."""
     strip_response: bool = True
     """Strip surrounding whitespace from responses (Magpie's gen_res.py and SecAlign's test.py both strip)."""
+    sanitize: bool = False
+    """Sanitise every response as §10.1 does for calibration answers ('\\n\\n'->'\\n', ':\\n'->':', leading and
+    trailing newlines stripped, first line kept); the unsanitised text is kept in `response_raw`."""
     backend: Literal["hf", "vllm"] = "hf"
     """'hf': transformers generate, data parallel over the job's GPUs through accelerate; 'vllm': vLLM if installed."""
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)

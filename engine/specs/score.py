@@ -115,29 +115,101 @@ class JudgeScorer(StrictModel):
 
 
 class ConfidenceScorer(_Batched):
-    """P(correct) through the uncertainty query (§10.2), with correctness from `label_field` or `target_field`."""
+    """P(correct) of each answer (§10.2-§10.3): the zero-shot uncertainty query on `model` (Zero-Shot Classifier), or
+    a trained `estimator` (Probe, LoRA, LoRA + Prompt); correctness from `label_field` or `target_field`."""
 
     type: Literal["confidence"] = "confidence"
-    model: ModelRef
-    """The model asked whether the answer is correct (the frozen model for Zero-Shot Classifier, §10.3)."""
+    model: ModelRef | None = None
+    """Zero-shot: the model asked whether the answer is correct (the frozen model, §10.3). With `estimator`: the base
+    model to put under it, if not the one its calibration.json names (e.g. a local copy of that hub model)."""
+    estimator: str | None = None
+    """A calibration finetune job's output folder (`${stages.NAME.output}`): probe, lora or lora_prompt, with its
+    temperature (the '-TS' variant, fitted on the training pool's validation split) in calibration.json."""
     question_field: str | None = None
     """Record field with the rendered question c ending in 'Answer:'; None uses the instruction (+ input)."""
     label_field: str = "correct"
-    """Record field with the 0/1 correctness label."""
+    """Record field with the 0/1 correctness label (a correctness scorer earlier in the same job may write it)."""
     target_field: str | None = None
     """If the label field is absent: the gold answer, and y = [target in answer] (the MC 'substring' rule, §10.1)."""
     sanitize: bool = True
     """Sanitise the answer as §10.1 does before the query ('\\n\\n'->'\\n', ':\\n'->':', strip, first line)."""
     chat_template: bool = False
-    """Wrap the query in the model's chat template (CT-REPO does so only for Llama-3-Instruct, §10.2)."""
+    """Zero-shot only: wrap the query in the model's chat template (CT-REPO does so only for Llama-3-Instruct, §10.2)."""
     drop_conf_one: bool = True
     """Official ECE quirk (conf == 1.0 falls in no bin, §10.4); the corrected ECE is reported too."""
     max_length: int = Field(4096, ge=16)
-    """Queries longer than this keep their last tokens (left truncation keeps the question); counted."""
+    """Queries longer than this keep their last tokens (left truncation keeps the question); an estimator's
+    '{c} {p}' text keeps its first tokens, as in training; counted."""
+
+    @model_validator(mode="after")
+    def _model_or_estimator(self) -> ConfidenceScorer:
+        if self.model is None and self.estimator is None:
+            raise ValueError("confidence: give `model` (zero-shot query) or `estimator` (a trained calibration model)")
+        if self.estimator is not None and self.chat_template:
+            raise ValueError("chat_template: a trained estimator reads the query as it was trained (raw text)")
+        return self
+
+
+class CorrectnessScorer(_Batched):
+    """Whether each generated answer is correct (§10.1): a 0/1 field the confidence scorer and calibration training read.
+
+    'substring': `target in answer`, case-sensitive (the MC rule); 'normalized': SQuAD-normalised exact match (not in
+    the paper, UNPINNED); 'judge': the equivalency question to a judge (GPT-3.5-Turbo-1106 in the paper through an
+    OpenAI-compatible `endpoint`, or a local `model`, recorded as a replacement), y = 1 if 'yes' is in its reply."""
+
+    type: Literal["correctness"] = "correctness"
+    mode: Literal["substring", "normalized", "judge"] = "substring"
+    """How y is decided (see above)."""
+    target_field: str = "target"
+    """Record field with the gold answer."""
+    question_field: str | None = None
+    """Record field with the question shown to the judge; None uses the instruction (+ input)."""
+    field: str = Field("correct", pattern=_FIELD_RE)
+    """Name of the 0/1 output field (with 'judge', '{field}_reply' keeps the judge's text)."""
+    sanitize: bool = True
+    """Sanitise the answer as §10.1 does first (idempotent: harmless after a generate job with `sanitize`)."""
+    model: ModelRef | None = None
+    """'judge' with a local causal LM (with a chat template); recorded as a LOCAL replacement judge."""
+    endpoint: str | None = None
+    """'judge' through an OpenAI-compatible base URL (e.g. https://api.openai.com/v1); POST {endpoint}/chat/completions."""
+    endpoint_model: str | None = None
+    """Model name sent to the endpoint (the paper: gpt-3.5-turbo-1106)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never put the key in a spec)."""
+    judge_prompt: str | None = None
+    """The user prompt with {question}, {target} and {answer}; None uses a reconstruction of CT-REPO's
+    PROMPT_ANSWER_KEY_EQUIVALENCY from science.md §10.1 (recorded as such). Paste the verbatim string here."""
+    max_new_tokens: int = Field(8, ge=1, le=256)
+    """Longest judge reply, in tokens (UNPINNED; 'yes'/'no' needs one or two)."""
+    max_length: int = Field(4096, ge=16)
+    """A local judge's prompt keeps its last tokens beyond this."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout for an endpoint."""
+    max_retries: int = Field(4, ge=0, le=20)
+    """Retries with exponential backoff on HTTP 429/5xx and network errors."""
+
+    @model_validator(mode="after")
+    def _judge(self) -> CorrectnessScorer:
+        if self.mode != "judge":
+            if self.model is not None or self.endpoint is not None:
+                raise ValueError(f"mode: {self.mode!r} needs no judge; remove model/endpoint or use mode 'judge'")
+            return self
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("mode judge: give exactly one of `model` (local) or `endpoint` (HTTP)")
+        if self.endpoint is not None:
+            if not self.endpoint.startswith(("http://", "https://")):
+                raise ValueError("endpoint: must be an http:// or https:// URL")
+            if not self.endpoint_model:
+                raise ValueError("endpoint_model: name the model the endpoint should use")
+        if self.judge_prompt is not None:
+            for key in ("{question}", "{target}", "{answer}"):
+                if key not in self.judge_prompt:
+                    raise ValueError(f"judge_prompt: must contain {key}")
+        return self
 
 
 Scorer = Annotated[
-    RewardScorer | LossScorer | LengthScorer | InjectionScorer | JudgeScorer | ConfidenceScorer,
+    RewardScorer | LossScorer | LengthScorer | InjectionScorer | JudgeScorer | ConfidenceScorer | CorrectnessScorer,
     Field(discriminator="type"),
 ]
 
@@ -160,7 +232,8 @@ class ScoreSpec(JobSpecBase):
     group_field: str | None = None
     """If set, every aggregate is also reported per group as 'metric/group' (e.g. MMLU subject, base model)."""
     scorers: list[Scorer] = Field(min_length=1)
-    """What to compute for every record."""
+    """What to compute for every record, in order; a scorer sees the fields earlier ones wrote (e.g. correctness
+    before confidence)."""
     car_beta: float | list[float] | None = None
     """If set, report CAR = mean reward / (1 + beta * mean loss) (§3; beta is UNPINNED, recorded). A list reports
     'car_b{beta}' for each (§3 suggests sweeping 0.5, 1, 2, 3, 5)."""
