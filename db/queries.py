@@ -193,8 +193,24 @@ class ResultRow:
     value: float | None
 
 
+GROUP_PARAM = "group"
+
+
+def is_metric_pattern(metric: str) -> bool:
+    """A metric name with one '*' stands for a family, e.g. 'auroc/*' (one per MMLU subject)."""
+    return metric.count("*") == 1
+
+
 def experiment_metric(session: Session, experiment: str, metric: str, reduce: str = "last") -> list[ResultRow]:
-    """Every job of `experiment` with metric `metric` reduced over its rows (last/min/max/mean)."""
+    """Every job of `experiment` with metric `metric` reduced over its rows (last/min/max/mean).
+
+    A pattern with one '*' (`auroc/*`) gives one row per job and matching metric instead, the part the
+    '*' matched in `params["group"]` and the metric's name in `params["metric"]`: the per-subject
+    metrics of a score job with a `group_field` pivot as rows `group`. Jobs with no match give one
+    row without a value (counted as missing).
+    """
+    if is_metric_pattern(metric):
+        return _experiment_metric_family(session, experiment, metric, reduce)
     agg = {
         "min": func.min(Metric.value),
         "max": func.max(Metric.value),
@@ -357,3 +373,49 @@ def job_specs(session: Session, job_ids: Sequence[int]) -> list[tuple[int, str, 
 def recent_specs(session: Session, limit: int = 300) -> list[dict[str, Any]]:
     """The specs of the newest jobs: what the New-job form suggests model and dataset paths from."""
     return [json.loads(s) for s in session.execute(select(Job.spec).order_by(Job.id.desc()).limit(limit)).scalars()]
+
+
+def _experiment_metric_family(session: Session, experiment: str, pattern: str, reduce: str) -> list[ResultRow]:
+    if reduce not in ("last", "min", "max", "mean"):
+        raise ValueError(f"--reduce: {reduce!r} is not one of last, min, max, mean")
+    exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
+    if exp is None:
+        raise LookupError(f"experiment {experiment!r}: no such experiment")
+    prefix, _, suffix = pattern.partition("*")
+    like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" + \
+        suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    found = session.execute(
+        select(Metric.job_id, Metric.name, Metric.value, Metric.id)
+        .join(Job, Job.id == Metric.job_id)
+        .where(Job.experiment_id == exp[0], Metric.name.like(like, escape="\\"))
+        .order_by(Metric.id)
+    ).all()
+    values: dict[tuple[int, str], list[float]] = {}
+    for job_id, name, value, _ in found:
+        if len(name) >= len(prefix) + len(suffix) and name.startswith(prefix) and name.endswith(suffix):
+            values.setdefault((job_id, name), []).append(value)
+    jobs = session.execute(
+        select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec).where(Job.experiment_id == exp[0]).order_by(Job.id)
+    ).all()
+    by_job: dict[int, list[tuple[str, float | None]]] = {}
+    for (job_id, name), vs in values.items():
+        clean = [v for v in vs if v is not None]
+        if reduce == "last":
+            v = vs[-1]
+        elif not clean:
+            v = None
+        else:
+            v = min(clean) if reduce == "min" else max(clean) if reduce == "max" else sum(clean) / len(clean)
+        by_job.setdefault(job_id, []).append((name, v))
+    out = []
+    for jid, name, kind, status, params, spec in jobs:
+        p = json.loads(params or "{}")
+        st = status.value if isinstance(status, JobStatus) else status
+        sp = json.loads(spec)
+        matches = sorted(by_job.get(jid, []))
+        if not matches:
+            out.append(ResultRow(jid, name, kind, st, p, sp, None))
+        for metric_name, v in matches:
+            group = metric_name[len(prefix): len(metric_name) - len(suffix)]
+            out.append(ResultRow(jid, name, kind, st, {**p, GROUP_PARAM: group, "metric": metric_name}, sp, v))
+    return out

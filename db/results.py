@@ -19,7 +19,13 @@ JOB_FIELDS = ("id", "name", "kind", "status")
 
 
 def field_value(row: ResultRow, name: str) -> Any:
-    """A job's value for a pivot field: a job column, a sweep/matrix parameter, or a spec field."""
+    """A job's value for a pivot field: a job column, a sweep/matrix parameter, or a spec field.
+
+    Several fields joined by commas (`model,method`) make one composite label, 'llama-2-7b · probe'
+    (a heatmap's columns over two axes, as seed 003's model x method).
+    """
+    if "," in name:
+        return " · ".join(_label(field_value(row, part.strip())) for part in name.split(",") if part.strip())
     if name in JOB_FIELDS:
         return getattr(row, name)
     if name in row.params:

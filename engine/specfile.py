@@ -8,7 +8,8 @@ A file holds one of three shapes:
 * a pipeline: `experiment`, optional `matrix` (named axes), optional `defaults` (fields every
   stage gets), optional `variants` (named overlays, see `apply_variant`) and `stages`, a list of jobs with a `name` each. A stage may `foreach` over matrix
   axes, refer to an earlier stage's result as `${stages.NAME.output}` (which also makes it depend
-  on that stage), list `needs: [NAME]`, and carry its own `sweep`. Where both stages run over the
+  on that stage), list `needs: [NAME]`, carry its own `sweep`, and name fixed `params` recorded
+  with its jobs for the results pivot (e.g. `params: {method: zero_shot}` next to a `method` axis). Where both stages run over the
   same axes, each job is matched with the upstream job of the same axis values; otherwise it gets
   every upstream job (the reference becomes a list).
 
@@ -39,7 +40,7 @@ INTERNAL_RE = re.compile(r"\$\{@(\d+)\.(output|outputs|run_dir)\}")
 STAGE_ATTRS = ("output", "outputs", "run_dir")
 PIPELINE_KEYS = {"experiment", "description", "vars", "matrix", "defaults", "stages", "variants"}
 VARIANT_KEYS = {"description", "experiment", "vars", "matrix", "defaults", "stages", "add_stages"}
-STAGE_KEYS = {"foreach", "needs", "sweep"}
+STAGE_KEYS = {"foreach", "needs", "sweep", "params"}
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}  # pydantic's names for union members
@@ -397,6 +398,8 @@ def expand(
     if unknown:
         raise _fail(source, "vars", f"--var {sorted(unknown)[0]}: the file declares no such variable")
     merged = {**declared, **(variables or {})}
+    # a variable's value may itself name `${labdeck.data}` (e.g. a variant's shipped data) or another variable
+    merged = {k: _substitute_vars(v, merged, source) for k, v in merged.items()}
     data = {k: (v if k == "vars" else _substitute_vars(v, merged, source)) for k, v in data.items()}
     if "stages" in data:
         return _expand_pipeline(data, source)
@@ -456,6 +459,12 @@ def _expand_pipeline(data: dict[str, Any], source: str) -> Expansion:
         for need in needs:
             if need not in jobs_of:
                 raise _fail(source, f"{where}.needs", f"no earlier stage named {need!r}")
+        extra = stage.get("params") or {}
+        if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                                  for k, v in extra.items()):
+            raise _fail(source, f"{where}.params", "must map names to plain values (recorded for the results pivot)")
+        if "stage" in extra or set(extra) & set(foreach):
+            raise _fail(source, f"{where}.params", "cannot redefine 'stage' or an axis the stage runs over")
         body = {**copy.deepcopy(defaults), **{k: v for k, v in stage.items() if k not in STAGE_KEYS}}
         body["experiment"] = experiment
         jobs_of[name] = []
@@ -474,7 +483,7 @@ def _expand_pipeline(data: dict[str, Any], source: str) -> Expansion:
                     deps.update(_matching(jobs_of[need], axes))
                 spec = validate_one(job, source, where)
                 index = len(drafts)
-                params = {"stage": name, **label, **_point_params(spec, point)}
+                params = {"stage": name, **extra, **label, **_point_params(spec, point)}
                 drafts.append(_draft(spec, params, tuple(sorted(deps))))
                 kinds.append(spec["kind"])
                 jobs_of[name].append(_StageJob(index, axes))

@@ -146,6 +146,48 @@ def build_reward_model(
     return _save_random_init(out_dir, tokenizer_dir, arch, hidden, layers, seed, (), num_labels=1)
 
 
+def fit_texts(model_dir: Path | str, texts: Sequence[str], *, prompts: Sequence[str] | None = None, steps: int = 100,
+              lr: float = 3e-3, batch: int = 16, seed: int = 0) -> Path:
+    """Train a saved causal LM for `steps` on `texts` (LM loss, eos appended) and save it in place.
+
+    With `prompts` (one per text, each a prefix of it), the loss is on what follows the prompt only.
+
+    For tiny variants that need a model which *knows* some answers (e.g. calibration, where a random
+    model's answers would all be wrong and AUROC undefined): it memorises these texts in seconds.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(model_dir)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.train()
+    torch.set_num_threads(1)  # tiny matrices: more threads only spin against each other on a shared box
+    seqs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    starts = [len(tok(p)["input_ids"]) for p in prompts] if prompts is not None else [0] * len(seqs)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        idx = torch.randperm(len(seqs), generator=gen)[:batch].tolist()
+        rows = [seqs[i] for i in idx]
+        first = [starts[i] for i in idx]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, s in enumerate(rows):
+            ids[r, : len(s)] = torch.tensor(s)
+            labels[r, first[r] : len(s)] = torch.tensor(s[first[r]:])
+            mask[r, : len(s)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def _texts_of(paths: Sequence[str]) -> list[str]:
     """Every string value of every record in the given jsonl files (the tokenizer's training text)."""
     import json

@@ -178,6 +178,23 @@ def varying_fields(rows: Sequence[ResultRow]) -> list[str]:
     return params + spec_fields + ["kind", "status", "name"]
 
 
+def metric_families(names: Sequence[str]) -> list[str]:
+    """'auroc/*' for every 'auroc/<group>' metric (a score job's per-group values, e.g. per MMLU subject)."""
+    return sorted({n.split("/", 1)[0] + "/*" for n in names if "/" in n and n.split("/", 1)[0]})
+
+
+def family_fields(rows: Sequence[ResultRow], fields: list[str]) -> list[str]:
+    """Pivot fields for a metric family: 'group' first, then the varying axes joined ('model,method')."""
+    axes = []
+    for k in fields:
+        if k in ("stage", "group", "metric", "kind", "status", "name") or "." in k:
+            continue
+        if len({repr(r.params.get(k)) for r in rows}) > 1 and k in {p for r in rows for p in r.params}:
+            axes.append(k)
+    composite = [",".join(axes)] if len(axes) > 1 else []
+    return ["group", *composite, *[f for f in fields if f != "group"]]
+
+
 # -------------------------------------------------------------------------------- the source
 
 
@@ -391,7 +408,8 @@ class Source:
         from db import queries as Q
 
         with self.store.read() as s:
-            names = tuple(Q.experiment_metric_names(s, experiment))
+            plain = Q.experiment_metric_names(s, experiment)
+            names = tuple(sorted(set(plain) | set(metric_families(plain))))
             if metric not in names:  # default: a final score if any job reported one
                 summaries = Q.experiment_metric_names(s, experiment, summaries_only=True) if names else []
                 metric = summaries[0] if summaries else (names[0] if names else None)
@@ -399,7 +417,10 @@ class Source:
                 rows: list[ResultRow] = []
             else:
                 rows = Q.experiment_metric(s, experiment, metric, reduce)
-        return ResultsData(experiment, metric, reduce, names, tuple(varying_fields(rows)), tuple(rows))
+        fields = varying_fields(rows)
+        if metric is not None and Q.is_metric_pattern(metric):
+            fields = family_fields(rows, fields)
+        return ResultsData(experiment, metric, reduce, names, tuple(fields), tuple(rows))
 
     # ---------------------------------------------------------------- writes
 

@@ -59,6 +59,12 @@ def _needs_instruction(spec: ScoreSpec) -> bool:
                for s in spec.scorers)
 
 
+def _needs_model(s: object) -> bool:
+    return getattr(s, "model", None) is not None or getattr(s, "estimator", None) is not None or \
+        getattr(s, "tokenizer", None) is not None or s.type in ("reward", "loss", "confidence") or \
+        getattr(s, "endpoint", None) is not None
+
+
 def _check_models(spec: ScoreSpec) -> None:
     for s in spec.scorers:
         what = {"reward": "reward model", "judge": "judge model"}.get(s.type, "model")
@@ -86,13 +92,16 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         written.update(sc.fields)
     check_fields(rows, required, "records", source)
 
-    from engine.jobs.generate import _quiet
+    if any(_needs_model(s) for s in spec.scorers):
+        from engine.jobs.generate import _quiet
 
-    _quiet()
-    state = process_state()
-    if not state.is_main_process:
-        return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
-    device = str(state.device)
+        _quiet()
+        state = process_state()
+        if not state.is_main_process:
+            return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
+        device = str(state.device)
+    else:  # rules only (correctness by substring, injection, character lengths): no ML stack to load
+        device = "cpu"
     for sc in scorers:
         sc.device = device
     items = [Item(text_field(r, spec.instruction_field), text_field(r, spec.input_field),
@@ -152,13 +161,11 @@ def _release(sc: Scorer) -> None:
     for attr in ("model", "rm"):
         if hasattr(sc, attr):
             delattr(sc, attr)
-    try:
-        import torch
+    import sys
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # a rules-only job never loaded it, and need not now
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _write_records(path: Any, rows: list[dict[str, Any]]) -> None:
