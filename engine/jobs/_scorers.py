@@ -147,6 +147,9 @@ class Scorer:
     info: dict[str, Any] = field(default_factory=dict)
     fields: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Subclasses set `fields` here (a dataclass runs it only if the decorated base defines it)."""
+
     @property
     def key(self) -> str:
         return self.spec.type

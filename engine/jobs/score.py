@@ -70,6 +70,10 @@ def _check_models(spec: ScoreSpec) -> None:
         what = {"reward": "reward model", "judge": "judge model"}.get(s.type, "model")
         if getattr(s, "model", None) is not None:
             check_model_path(s.model, what)
+        if s.type == "confidence" and s.estimator is not None:
+            from engine.jobs._uncertainty import read_estimator_info
+
+            read_estimator_info(s.estimator, "scorers[confidence].estimator")
         if s.type == "length" and s.tokenizer:
             check_model_path(ModelRef(path=s.tokenizer), "tokenizer")
 
