@@ -144,3 +144,45 @@ async def test_export_the_pivot_to_csv_markdown_and_latex(read_app, seeded_dir, 
             await settle(pilot)
             assert target.read_text() == RENDERERS[fmt](expected), fmt
         assert r"\toprule" in (tmp_path / "t.tex").read_text()
+
+
+async def test_results_of_a_calibration_recipe_show_the_subject_heatmap(tmp_path: Path) -> None:
+    """A metric family ('auroc/*', one metric per MMLU subject) pivots as subjects x (model, method)."""
+    from conftest import make_app
+
+    from db.models import JobStatus
+    from db.queue import claim, enqueue, record_metrics, transition
+    from engine.specfile import expand_file
+
+    store = Store(tmp_path / "home")
+    exp = expand_file(Path(__file__).parents[2] / "engine" / "recipes" / "calibration.yaml", variant="tiny")
+    with store.write() as s:
+        ids = enqueue(s, exp.drafts, exp.resolver(store.home))
+    rows = []
+    for n, (jid, d) in enumerate(zip(ids, exp.drafts, strict=True)):
+        with store.write() as s:
+            claim(s, jid, gpus=[], host="box", run_dir=str(store.home / "runs" / str(jid)))
+            transition(s, jid, JobStatus.succeeded, exit_code=0)
+        if d.params["stage"] in ("zero_shot", "evaluate"):
+            for k, subject in enumerate(("nutrition", "virology", "machine_learning")):
+                rows.append({"job_id": jid, "name": f"auroc/{subject}", "step": None, "value": 0.5 + 0.01 * (n + k), "time": 1.0})
+    with store.write() as s:
+        record_metrics(s, rows)
+    store.dispose()
+    app = make_app(tmp_path / "home")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, ResultsScreen)
+        screen.choose("calibration-tiny", "auroc/*")
+        await settle(pilot)
+        p = screen.pivot
+        assert (p.metric, p.rows_field, p.cols_field) == ("auroc/*", "group", "model,method")
+        assert p.row_labels == ["machine_learning", "nutrition", "virology"] and len(p.col_labels) == 8
+        assert "qwen · zero_shot" in p.col_labels and all(c.n == 1 for c in p.cells.values())
+        await pilot.press("h")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "scale" in text and "virology" in text

@@ -264,7 +264,8 @@ class ResultsScreen(DataScreen):
 
     def _draw_diff(self) -> None:
         data = self.data
-        jobs = [(r.id, r.name, r.spec) for r in data.rows][:MAX_DIFF_JOBS]
+        unique = {r.id: (r.id, r.name, r.spec) for r in data.rows}  # a metric family gives a job one row per group
+        jobs = list(unique.values())[:MAX_DIFF_JOBS]
         self.query_one(SpecDiff).show(jobs)
 
     # ------------------------------------------------------------------ actions
