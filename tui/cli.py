@@ -279,18 +279,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from db.queue import IllegalTransition, retry
+    from db.queue import IllegalTransition, retry, retry_with_dependents
 
     ids = _job_ids(args.jobs)
     store = _store(args)
     try:
         with store.write() as s:
             _require_jobs(s, ids)
-            new_ids = [retry(s, i) for i in ids]
+            mappings = [{i: retry(s, i)} if args.alone else retry_with_dependents(s, i) for i in ids]
     except IllegalTransition as e:
         raise UserError(str(e)) from None
-    for old, new in zip(ids, new_ids, strict=True):
-        print(f"{old} -> {new}")
+    for old, mapping in zip(ids, mappings, strict=True):
+        rest = [f"{o} -> {n}" for o, n in mapping.items() if o != old]
+        print(f"{old} -> {mapping[old]}" + (f" (skipped dependents: {', '.join(rest)})" if rest else ""))
     return 0
 
 
@@ -505,8 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cancel", cmd_cancel, "Cancel jobs: queued ones at once, running ones are stopped by the worker")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
 
-    sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped)")
+    sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped), "
+             "and of the jobs skipped because of them")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
+    sp.add_argument("--alone", action="store_true", help="retry only these jobs; their skipped dependents stay skipped")
 
     sp = add("priority", cmd_priority, "Set the priority of queued jobs (higher runs first)")
     sp.add_argument("priority", type=int)

@@ -412,12 +412,13 @@ class Source:
         except UnknownJob as e:
             raise ActionError(str(e)) from None
 
-    def retry(self, job_ids: Sequence[int]) -> list[tuple[int, int]]:
-        from db.queue import IllegalTransition, UnknownJob, retry
+    def retry(self, job_ids: Sequence[int]) -> list[dict[int, int]]:
+        """Retry each job with the jobs skipped because of it: one {old: new} mapping per job."""
+        from db.queue import IllegalTransition, UnknownJob, retry_with_dependents
 
         try:
             with self.store.write() as s:
-                return [(i, retry(s, i)) for i in job_ids]
+                return [retry_with_dependents(s, i) for i in job_ids]
         except (IllegalTransition, UnknownJob) as e:
             raise ActionError(str(e)) from None
 

@@ -89,6 +89,29 @@ def test_cancel_and_retry(tmp_path, home, capsys) -> None:
     assert code == 2 and "cannot be retried" in err
 
 
+def test_retry_brings_back_the_stages_skipped_by_a_failure(tmp_path, home, capsys) -> None:
+    pipeline = {"experiment": "p", "stages": [
+        {"name": "up", "kind": "command", "command": ["false"]},
+        {"name": "down", "kind": "command", "command": ["cat", "${stages.up.outputs}/x"]},
+    ]}
+    up, down = map(int, run(capsys, "submit", str(write(tmp_path, "p.yaml", pipeline)), "--no-worker")[1].split())
+    from db.models import Job, JobStatus
+    from db.queue import skip_dependents_of_failed
+    from db.session import open_store
+
+    store = open_store(home)
+    with store.write() as s:
+        s.get(Job, up).status = JobStatus.failed
+        skip_dependents_of_failed(s)
+    code, out, _ = run(capsys, "retry", str(up))
+    assert code == 0 and f"(skipped dependents: {down} -> " in out
+    new_down = int(out.rsplit("->", 1)[1].strip(" )\n"))
+    d = json.loads(run(capsys, "show", str(new_down), "--json")[1])
+    assert d["status"] == "queued" and f"/runs/{up + 2}/outputs/x" in json.dumps(d["spec"])
+    code, out, _ = run(capsys, "retry", str(down), "--alone")
+    assert code == 0 and "skipped dependents" not in out
+
+
 def test_sweep_submit_prints_every_id(tmp_path, home, capsys) -> None:
     spec = dict(SPECS["finetune"], sweep={"grid": {"learning_rate": [1e-5, 2e-5], "lora.r": [4, 8, 16]}, "seeds": [0, 1]})
     code, out, _ = run(capsys, "submit", str(write(tmp_path, "s.yaml", spec)), "--no-worker", "--json")

@@ -107,9 +107,10 @@ class JobActions:
                 text = "; ".join(f"job {i} {words.get(st, 'already ' + st)}" for i, st in done)
                 msg = ActionDone(text)
             elif op == "retry":
-                pairs = source.retry(ids)
-                text = "; ".join(f"job {old} retried as job {new}" for old, new in pairs)
-                msg = ActionDone(text, select_id=pairs[-1][1])
+                mappings = source.retry(ids)
+                text = "; ".join(f"job {old} retried as job {m[old]}" + (f" with {len(m) - 1} skipped dependent(s)" if len(m) > 1 else "")
+                                 for old, m in zip(ids, mappings, strict=True))
+                msg = ActionDone(text, select_id=mappings[-1][ids[-1]])
             elif op == "priority":
                 pairs = source.change_priority(ids, arg)
                 msg = ActionDone("; ".join(f"job {i} priority {p:+d}" for i, p in pairs))
