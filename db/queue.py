@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session
 
 from db.home import run_dir
@@ -282,6 +282,40 @@ def retry_with_dependents(session: Session, job_id: int) -> dict[int, int]:
     for old, new in mapping.items():  # the new attempts wait for each other, not for the old ones
         repoint_dependents(session, old, new)
     return mapping
+
+
+def delete_jobs(session: Session, job_ids: Sequence[int]) -> list[int]:
+    """Delete finished jobs with their metrics, artifacts and dependency rows; returns the ids.
+
+    Refused (nothing deleted) for a job that is queued or running, or that a queued or running job
+    still depends on: cancel those first. Retries of a deleted job keep their own rows and lose only
+    the parent link. Empty experiments go too. The caller removes the run folders after commit.
+    """
+    ids = sorted(set(job_ids))
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all()
+    found = {i: JobStatus(st) for i, st in rows}
+    for i in ids:
+        if i not in found:
+            raise UnknownJob(f"job {i}: no such job")
+        if not found[i].is_terminal:
+            raise IllegalTransition(f"job {i}: a {found[i].value} job cannot be deleted; cancel it first")
+    waiting = session.execute(
+        select(JobDependency.job_id, JobDependency.depends_on_id)
+        .join(Job, Job.id == JobDependency.job_id)
+        .where(JobDependency.depends_on_id.in_(ids), Job.status.in_([S.queued.value, S.running.value]))
+    ).first()
+    if waiting is not None:
+        raise IllegalTransition(f"job {waiting[1]}: job {waiting[0]} still waits for it; cancel or delete that first")
+    experiments = set(session.execute(select(Job.experiment_id).where(Job.id.in_(ids))).scalars())
+    session.execute(update(Job).where(Job.parent_id.in_(ids)).values(parent_id=None))
+    session.execute(delete(Metric).where(Metric.job_id.in_(ids)))
+    session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
+    session.execute(delete(JobDependency).where(JobDependency.job_id.in_(ids) | JobDependency.depends_on_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+    still_used = set(session.execute(select(Job.experiment_id).where(Job.experiment_id.in_(experiments))).scalars())
+    if experiments - still_used:
+        session.execute(delete(Experiment).where(Experiment.id.in_(experiments - still_used)))
+    return ids
 
 
 def set_priority(session: Session, job_id: int, priority: int) -> None:

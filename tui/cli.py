@@ -295,6 +295,58 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete finished jobs (or a whole experiment's) with their rows and run folders."""
+    import shutil
+
+    from db.home import run_dir
+    from db.queries import list_jobs
+    from db.queue import IllegalTransition, UnknownJob, delete_jobs
+
+    ids = _job_ids(args.jobs)
+    store = _store(args)
+    if args.experiment:
+        with store.read() as s:
+            found = [j.id for j in list_jobs(s, experiment=args.experiment)]
+        if not found:
+            raise UserError(f"experiment {args.experiment!r}: no such experiment, or no jobs in it")
+        ids += found
+    if not ids:
+        raise UserError("rm: name jobs, or an experiment with -e")
+    folders = [run_dir(store.home, i) for i in sorted(set(ids))]
+    size = sum(f.stat().st_size for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+    what = f"{len(folders)} job(s) and their run folders ({size / 1e6:.1f} MB)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    moved: list[tuple[Path, Path]] = []
+    try:
+        with store.write() as s:
+            delete_jobs(s, ids)
+            # Folders are renamed aside inside the transaction and put back if it fails, so the rows
+            # and the folders go together; the slow removal happens after the commit.
+            for d in folders:
+                if d.is_dir():
+                    aside = d.with_name(f".deleted-{d.name}")
+                    d.rename(aside)
+                    moved.append((d, aside))
+    except (IllegalTransition, UnknownJob) as e:
+        for d, aside in moved:
+            aside.rename(d)
+        raise UserError(str(e)) from None
+    except BaseException:
+        for d, aside in moved:
+            aside.rename(d)
+        raise
+    for _, aside in moved:
+        shutil.rmtree(aside, ignore_errors=True)
+    print(f"deleted {what}")
+    return 0
+
+
 def cmd_priority(args: argparse.Namespace) -> int:
     from db.queue import IllegalTransition, set_priority
 
@@ -510,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
              "and of the jobs skipped because of them")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
     sp.add_argument("--alone", action="store_true", help="retry only these jobs; their skipped dependents stay skipped")
+
+    sp = add("rm", cmd_rm, "Delete finished jobs with their metrics, artifacts and run folders")
+    sp.add_argument("jobs", nargs="*", metavar="JOB")
+    sp.add_argument("-e", "--experiment", help="every job of this experiment (all must have finished)")
+    sp.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
 
     sp = add("priority", cmd_priority, "Set the priority of queued jobs (higher runs first)")
     sp.add_argument("priority", type=int)

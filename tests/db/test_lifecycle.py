@@ -15,6 +15,7 @@ from db.queue import (
     JobDraft,
     UnknownJob,
     claim,
+    delete_jobs,
     enqueue,
     request_cancel,
     retry,
@@ -190,3 +191,17 @@ def test_a_retried_stage_dependents_read_the_new_attempts_outputs(store) -> None
     assert spec["records"] == f"{run_dir(home, new)}/outputs/records.jsonl"
     assert spec["folder"] == str(run_dir(home, new))
     assert spec["near"] == f"{run_dir(home, up)}0/outputs", "another job's folder that shares a prefix is left alone"
+
+
+def test_delete_refuses_a_job_that_a_queued_stage_still_needs(store) -> None:
+    with store.write() as s:
+        up, down, done = enqueue(s, [_draft("up"), _draft("down", depends_on=(0,)), _draft("done")])
+        s.get(Job, up).status = S.succeeded
+        s.get(Job, done).status = S.failed
+    with pytest.raises(IllegalTransition, match=f"job {up}: job {down} still waits for it"):
+        with store.write() as s:
+            delete_jobs(s, [up, done])
+    with store.write() as s:
+        assert delete_jobs(s, [done]) == [done]
+    with store.read() as s:
+        assert s.get(Job, up) is not None and s.get(Job, done) is None
