@@ -297,11 +297,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Delete finished jobs (or a whole experiment's) with their rows and run folders."""
-    import shutil
-
-    from db.home import run_dir
     from db.queries import list_jobs
-    from db.queue import IllegalTransition, UnknownJob, delete_jobs
+    from db.queue import IllegalTransition, UnknownJob
+    from db.removal import delete_runs, folder_bytes, run_folders
 
     ids = _job_ids(args.jobs)
     store = _store(args)
@@ -313,36 +311,18 @@ def cmd_rm(args: argparse.Namespace) -> int:
         ids += found
     if not ids:
         raise UserError("rm: name jobs, or an experiment with -e")
-    folders = [run_dir(store.home, i) for i in sorted(set(ids))]
-    size = sum(f.stat().st_size for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file() and not f.is_symlink())
-    what = f"{len(folders)} job(s) and their run folders ({size / 1e6:.1f} MB)"
+    folders = run_folders(store, ids)
+    what = f"{len(folders)} job(s) and their run folders ({folder_bytes(folders) / 1e6:.1f} MB)"
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
         if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    moved: list[tuple[Path, Path]] = []
     try:
-        with store.write() as s:
-            delete_jobs(s, ids)
-            # Folders are renamed aside inside the transaction and put back if it fails, so the rows
-            # and the folders go together; the slow removal happens after the commit.
-            for d in folders:
-                if d.is_dir():
-                    aside = d.with_name(f".deleted-{d.name}")
-                    d.rename(aside)
-                    moved.append((d, aside))
+        delete_runs(store, ids)
     except (IllegalTransition, UnknownJob) as e:
-        for d, aside in moved:
-            aside.rename(d)
         raise UserError(str(e)) from None
-    except BaseException:
-        for d, aside in moved:
-            aside.rename(d)
-        raise
-    for _, aside in moved:
-        shutil.rmtree(aside, ignore_errors=True)
     print(f"deleted {what}")
     return 0
 

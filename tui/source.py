@@ -422,6 +422,16 @@ class Source:
         except (IllegalTransition, UnknownJob) as e:
             raise ActionError(str(e)) from None
 
+    def delete(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete finished jobs with their rows and run folders (all or none)."""
+        from db.queue import IllegalTransition, UnknownJob
+        from db.removal import delete_runs
+
+        try:
+            return delete_runs(self.store, job_ids)
+        except (IllegalTransition, UnknownJob) as e:
+            raise ActionError(str(e)) from None
+
     def change_priority(self, job_ids: Sequence[int], delta: int) -> list[tuple[int, int]]:
         from sqlalchemy import select
 
