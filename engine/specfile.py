@@ -100,7 +100,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not text.isprintable():  # a key such as '\n' from a malformed file: keep the message one line
+                text = repr(text)
+            out += ("." if out else "") + text
     return out
 
 
