@@ -184,15 +184,15 @@ def metric_families(names: Sequence[str]) -> list[str]:
 
 
 def family_fields(rows: Sequence[ResultRow], fields: list[str]) -> list[str]:
-    """Pivot fields for a metric family: 'group' first, then the varying axes joined ('model,method')."""
+    """Pivot fields for a metric family: 'group' first, then the varying axes (joined: 'model,method')."""
     axes = []
     for k in fields:
         if k in ("stage", "group", "metric", "kind", "status", "name") or "." in k:
             continue
         if len({repr(r.params.get(k)) for r in rows}) > 1 and k in {p for r in rows for p in r.params}:
             axes.append(k)
-    composite = [",".join(axes)] if len(axes) > 1 else []
-    return ["group", *composite, *[f for f in fields if f != "group"]]
+    second = [",".join(axes)] if axes else []  # the columns: every varying axis, joined
+    return ["group", *second, *[f for f in fields if f not in ("group", *second)]]
 
 
 # -------------------------------------------------------------------------------- the source

@@ -104,3 +104,5 @@ def test_tiny_variants_use_shipped_data_and_local_models() -> None:
             assert d.spec["dataset"]["path"].endswith("engine/data/calibration/tiny_pool.jsonl")
             assert d.spec["model"]["path"].startswith("${@")
         assert all(d.spec["gpus"] == 0 for ds in by_stage.values() for d in ds)
+    assert len(expand_file(next(p for p in RECIPES if p.stem == "calibration"), variant="tiny").drafts) == 12
+    assert len(expand_file(next(p for p in RECIPES if p.stem == "cross_model_transfer"), variant="tiny").drafts) == 23

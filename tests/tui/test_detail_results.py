@@ -155,7 +155,7 @@ async def test_results_of_a_calibration_recipe_show_the_subject_heatmap(tmp_path
     from engine.specfile import expand_file
 
     store = Store(tmp_path / "home")
-    exp = expand_file(Path(__file__).parents[2] / "engine" / "recipes" / "calibration.yaml", variant="tiny")
+    exp = expand_file(Path(__file__).parents[2] / "engine" / "recipes" / "calibration.yaml")  # 6 models x 4 methods
     with store.write() as s:
         ids = enqueue(s, exp.drafts, exp.resolver(store.home))
     rows = []
@@ -176,12 +176,12 @@ async def test_results_of_a_calibration_recipe_show_the_subject_heatmap(tmp_path
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, ResultsScreen)
-        screen.choose("calibration-tiny", "auroc/*")
+        screen.choose("calibration", "auroc/*")
         await settle(pilot)
         p = screen.pivot
         assert (p.metric, p.rows_field, p.cols_field) == ("auroc/*", "group", "model,method")
-        assert p.row_labels == ["machine_learning", "nutrition", "virology"] and len(p.col_labels) == 8
-        assert "qwen · zero_shot" in p.col_labels and all(c.n == 1 for c in p.cells.values())
+        assert p.row_labels == ["machine_learning", "nutrition", "virology"] and len(p.col_labels) == 24
+        assert "mistral-7b · zero_shot" in p.col_labels and all(c.n == 1 for c in p.cells.values())
         await pilot.press("h")
         await settle(pilot)
         text = screen_text(app)
