@@ -47,3 +47,32 @@ def test_expo_recipe_alphas() -> None:
     merges = [d for d in exp.drafts if d.kind == "merge"]
     assert [d.spec["alpha"] for d in merges] == [0.0, 0.1, 0.2, 0.3, 0.5]
     assert all(d.spec["aligned"]["path"] == "UCLA-AGI/Mistral7B-PairRM-SPPO" for d in merges)
+
+
+def test_prompt_injection_recipe_shape() -> None:
+    """Three base models x three defenses: the undefended model sees plain data (the struq_sft preset
+    alone would apply the StruQ transform), ASR and utility are measured per (base, defense)."""
+    exp = expand_file(next(p for p in RECIPES if p.stem == "prompt_injection"))
+    by_stage: dict[str, list] = {}
+    for d in exp.drafts:
+        by_stage.setdefault(d.params["stage"], []).append(d)
+    bases, defenses, attacks = 3, 3, 3
+    assert {k: len(v) for k, v in by_stage.items()} == {
+        "undefended": bases, "struq": bases, "secalign": bases, "attacked": bases * defenses * attacks,
+        "asr": bases * defenses, "utility": bases * defenses, "judge": bases * defenses}
+    assert {d.spec["transform"] for d in by_stage["undefended"]} == {"none"}
+    assert {d.spec["transform"] for d in by_stage["struq"]} == {"struq"}
+    assert {(d.spec["transform"], d.spec["method"]) for d in by_stage["secalign"]} == {("secalign", "dpo")}
+    index = {id(d): i for i, d in enumerate(exp.drafts)}
+    undefended = {d.params["base"]: index[id(d)] for d in by_stage["undefended"]}
+    for d in by_stage["attacked"]:
+        assert d.spec["defense_filter"] is (d.params["defense"] != "none")
+        if d.params["defense"] == "none":
+            assert d.depends_on == (undefended[d.params["base"]],)
+    attacked = {index[id(d)]: d for d in by_stage["attacked"]}
+    for d in by_stage["asr"]:  # one ASR job per (base, defense) over that pair's attacks, none other
+        ups = [attacked[i] for i in d.depends_on]
+        assert sorted(u.params["attack"] for u in ups) == ["completion_real", "completion_realcmb", "ignore"]
+        assert {(u.params["base"], u.params["defense"]) for u in ups} == {(d.params["base"], d.params["defense"])}
+    judge = by_stage["judge"][0].spec["scorers"][0]
+    assert (judge["endpoint_model"], judge["reference_field"]) == ("gpt-4-1106-preview", "output")
