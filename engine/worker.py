@@ -184,7 +184,7 @@ def cpu_job_threads(slots: int | None, cpus: int | None = None) -> int | None:
     """Threads for each CPU-only job: the CPUs shared out among the CPU slots, at least 1.
 
     torch (OpenMP/MKL) otherwise starts one thread per core in every job, and two CPU jobs on two
-    cores then fight over them (the tiny ExPO recipe ran in 72 s instead of 38 s). None when the
+    cores then fight over them (the tiny ExPO recipe on a quiet 2-core box: 72 s, 38 s with the cap). None when the
     slots are unlimited: nothing to share out.
     """
     if not slots:
