@@ -183,8 +183,8 @@ def cpu_job_threads(slots: int | None, cpus: int | None = None) -> int | None:
     """Threads for each CPU-only job: the CPUs shared out among the CPU slots, at least 1.
 
     torch (OpenMP/MKL) otherwise starts one thread per core in every job, and two CPU jobs on two
-    cores then fight over them (the tiny ExPO recipe on a quiet 2-core box: 72 s, 38 s with the cap). None when the
-    slots are unlimited: nothing to share out.
+    cores then fight over them (the tiny ExPO recipe on a quiet 2-core box: 72 s, 38 s with the
+    cap). None when the slots are unlimited: nothing to share out.
     """
     if not slots:
         return None
