@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,12 +61,6 @@ def _needs_instruction(spec: ScoreSpec) -> bool:
                for s in spec.scorers)
 
 
-def _needs_model(s: object) -> bool:
-    return getattr(s, "model", None) is not None or getattr(s, "estimator", None) is not None or \
-        getattr(s, "tokenizer", None) is not None or s.type in ("reward", "loss", "confidence") or \
-        getattr(s, "endpoint", None) is not None
-
-
 def _check_models(spec: ScoreSpec) -> None:
     for s in spec.scorers:
         what = {"reward": "reward model", "judge": "judge model"}.get(s.type, "model")
@@ -96,7 +92,9 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         written.update(sc.fields)
     check_fields(rows, required, "records", source)
 
-    if any(_needs_model(s) for s in spec.scorers):
+    if _model_free(spec) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        device = "cpu"  # string rules only (ASR, characters): loading torch would be most of the job's time
+    else:
         from engine.jobs.generate import _quiet
 
         _quiet()
@@ -104,8 +102,6 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         if not state.is_main_process:
             return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
         device = str(state.device)
-    else:  # rules only (correctness by substring, injection, character lengths): no ML stack to load
-        device = "cpu"
     for sc in scorers:
         sc.device = device
     items = [Item(text_field(r, spec.instruction_field), text_field(r, spec.input_field),
@@ -160,14 +156,19 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
     ctx.events.artifact("records", "outputs/records.jsonl", records=n)
 
 
+def _model_free(spec: ScoreSpec) -> bool:
+    """Every scorer is a string rule: injection success, length in characters (no tokenizer), or correctness by
+    substring / normalised match (no judge)."""
+    return all(s.type == "injection" or (s.type == "length" and not s.tokenizer)
+               or (s.type == "correctness" and s.mode != "judge") for s in spec.scorers)
+
+
 def _release(sc: Scorer) -> None:
     """Drop a scorer's model before the next one loads (one model in memory at a time)."""
-    for attr in ("model", "rm"):
+    for attr in ("model", "rm", "est"):
         if hasattr(sc, attr):
             delattr(sc, attr)
-    import sys
-
-    torch = sys.modules.get("torch")  # a rules-only job never loaded it, and need not now
+    torch = sys.modules.get("torch")  # a model-free job never loaded it; importing it here would cost seconds
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
