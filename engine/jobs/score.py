@@ -62,6 +62,8 @@ def _check_models(spec: ScoreSpec) -> None:
         what = {"reward": "reward model", "judge": "judge model"}.get(s.type, "model")
         if getattr(s, "model", None) is not None:
             check_model_path(s.model, what)
+        if s.type == "judge" and s.reward_model is not None:
+            check_model_path(s.reward_model, "judge reward model")
         if s.type == "length" and s.tokenizer:
             check_model_path(ModelRef(path=s.tokenizer), "tokenizer")
 
