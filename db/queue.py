@@ -18,14 +18,16 @@ changes nothing and raises `IllegalTransition`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session
 
+from db.home import run_dir
 from db.models import (
     RETRYABLE_STATUSES,
     Artifact,
@@ -250,10 +252,70 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
     rows = [{"job_id": new.id, "depends_on_id": d} for d in deps]
     if rows:
         session.execute(insert(JobDependency), rows)
-    # Queued jobs still waiting for this one now wait for the new attempt; jobs already skipped
-    # because of it stay skipped (retry them too, as a person would in pueue).
+    # Queued jobs still waiting for this one now wait for (and read the outputs of) the new attempt;
+    # jobs already skipped because of it stay skipped unless `retry_with_dependents` brings them back.
     repoint_dependents(session, job_id, new.id)
     return new.id
+
+
+def retry_with_dependents(session: Session, job_id: int) -> dict[int, int]:
+    """Retry a job and every job skipped because of it, transitively: {old id: new id}.
+
+    What a pipeline user means by "retry this stage": the stages downstream of a failure were
+    skipped, and they come back queued behind the new attempt, reading its outputs. A skipped job
+    that also waits for another failed job is retried too, and is skipped again until that one is.
+    """
+    mapping = {job_id: retry(session, job_id)}
+    frontier = [job_id]
+    while frontier:
+        old = frontier.pop(0)
+        skipped = session.execute(
+            select(Job.id)
+            .join(JobDependency, JobDependency.job_id == Job.id)
+            .where(JobDependency.depends_on_id == old, Job.status == S.skipped.value)
+            .order_by(Job.id)
+        ).scalars().all()
+        for dep in skipped:
+            if dep not in mapping:
+                mapping[dep] = retry(session, dep)
+                frontier.append(dep)
+    for old, new in mapping.items():  # the new attempts wait for each other, not for the old ones
+        repoint_dependents(session, old, new)
+    return mapping
+
+
+def delete_jobs(session: Session, job_ids: Sequence[int]) -> list[int]:
+    """Delete finished jobs with their metrics, artifacts and dependency rows; returns the ids.
+
+    Refused (nothing deleted) for a job that is queued or running, or that a queued or running job
+    still depends on: cancel those first. Retries of a deleted job keep their own rows and lose only
+    the parent link. Empty experiments go too. The caller removes the run folders after commit.
+    """
+    ids = sorted(set(job_ids))
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all()
+    found = {i: JobStatus(st) for i, st in rows}
+    for i in ids:
+        if i not in found:
+            raise UnknownJob(f"job {i}: no such job")
+        if not found[i].is_terminal:
+            raise IllegalTransition(f"job {i}: a {found[i].value} job cannot be deleted; cancel it first")
+    waiting = session.execute(
+        select(JobDependency.job_id, JobDependency.depends_on_id)
+        .join(Job, Job.id == JobDependency.job_id)
+        .where(JobDependency.depends_on_id.in_(ids), Job.status.in_([S.queued.value, S.running.value]))
+    ).first()
+    if waiting is not None:
+        raise IllegalTransition(f"job {waiting[1]}: job {waiting[0]} still waits for it; cancel or delete that first")
+    experiments = set(session.execute(select(Job.experiment_id).where(Job.id.in_(ids))).scalars())
+    session.execute(update(Job).where(Job.parent_id.in_(ids)).values(parent_id=None))
+    session.execute(delete(Metric).where(Metric.job_id.in_(ids)))
+    session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
+    session.execute(delete(JobDependency).where(JobDependency.job_id.in_(ids) | JobDependency.depends_on_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+    still_used = set(session.execute(select(Job.experiment_id).where(Job.experiment_id.in_(experiments))).scalars())
+    if experiments - still_used:
+        session.execute(delete(Experiment).where(Experiment.id.in_(experiments - still_used)))
+    return ids
 
 
 def set_priority(session: Session, job_id: int, priority: int) -> None:
@@ -326,13 +388,28 @@ def set_queue_state(session: Session, state: str) -> None:
 def repoint_dependents(session: Session, old_id: int, new_id: int) -> int:
     """Make queued jobs that wait for `old_id` wait for its retry `new_id` instead; returns how many.
 
-    Used when a job is retried automatically in the same transaction that records its failure,
-    so a pipeline's downstream stages follow the new attempt instead of being skipped.
+    A pipeline stage's spec holds its upstream's output path (`runs/<id>/outputs/...`, resolved at
+    submit), so the spec is rewritten too: the dependent reads the new attempt's outputs, never the
+    failed attempt's leftovers. Used by a manual retry and when the worker retries a job
+    automatically in the same transaction that records its failure.
     """
     queued = select(Job.id).where(Job.status == S.queued.value)
-    result = session.execute(
+    waiting = session.execute(
+        select(JobDependency.job_id).where(JobDependency.depends_on_id == old_id, JobDependency.job_id.in_(queued))
+    ).scalars().all()
+    if not waiting:
+        return 0
+    session.execute(
         update(JobDependency)
-        .where(JobDependency.depends_on_id == old_id, JobDependency.job_id.in_(queued))
+        .where(JobDependency.depends_on_id == old_id, JobDependency.job_id.in_(waiting))
         .values(depends_on_id=new_id)
     )
-    return int(result.rowcount or 0)
+    home = session.info.get("home")
+    if home is not None:
+        old_dir, new_dir = json.dumps(str(run_dir(home, old_id)))[1:-1], json.dumps(str(run_dir(home, new_id)))[1:-1]
+        pattern = re.compile(re.escape(old_dir) + r'(?=["/])')
+        for job_id, spec in session.execute(select(Job.id, Job.spec).where(Job.id.in_(waiting))).all():
+            rewritten = pattern.sub(lambda _m: new_dir, spec)
+            if rewritten != spec:
+                session.execute(update(Job).where(Job.id == job_id).values(spec=rewritten))
+    return len(waiting)

@@ -81,14 +81,14 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction, started with BEGIN IMMEDIATE; commits on success."""
-        with Session(self.write_engine, expire_on_commit=False) as session:
+        with Session(self.write_engine, expire_on_commit=False, info={"home": self.home}) as session:
             with session.begin():
                 yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A short read transaction; nothing it does is committed."""
-        with Session(self.read_engine, expire_on_commit=False) as session:
+        with Session(self.read_engine, expire_on_commit=False, info={"home": self.home}) as session:
             try:
                 yield session
             finally:

@@ -66,7 +66,6 @@ from db.queue import (
     IllegalTransition,
     claim,
     get_setting,
-    repoint_dependents,
     retry,
     set_setting,
     skip_dependents_of_failed,
@@ -489,10 +488,8 @@ class WorkerDaemon:
             return
         log.info("job %d: %s%s", r.job_id, out.status.value, f" ({out.reason}: {out.detail})" if out.reason else "")
         if outcome.should_retry(out, r.retry_on, r.retry_max, r.attempt):
-            new_id = retry(s, r.job_id, reason=out.reason or "")
-            moved = repoint_dependents(s, r.job_id, new_id)
-            log.info("job %d: retry as job %d (attempt %d)%s", r.job_id, new_id, r.attempt + 1,
-                     f", {moved} dependent(s) now wait for it" if moved else "")
+            new_id = retry(s, r.job_id, reason=out.reason or "")  # queued dependents follow the new attempt
+            log.info("job %d: retry as job %d (attempt %d)", r.job_id, new_id, r.attempt + 1)
 
     # ------------------------------------------------------------------ scheduling
 

@@ -279,18 +279,51 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from db.queue import IllegalTransition, retry
+    from db.queue import IllegalTransition, retry, retry_with_dependents
 
     ids = _job_ids(args.jobs)
     store = _store(args)
     try:
         with store.write() as s:
             _require_jobs(s, ids)
-            new_ids = [retry(s, i) for i in ids]
+            mappings = [{i: retry(s, i)} if args.alone else retry_with_dependents(s, i) for i in ids]
     except IllegalTransition as e:
         raise UserError(str(e)) from None
-    for old, new in zip(ids, new_ids, strict=True):
-        print(f"{old} -> {new}")
+    for old, mapping in zip(ids, mappings, strict=True):
+        rest = [f"{o} -> {n}" for o, n in mapping.items() if o != old]
+        print(f"{old} -> {mapping[old]}" + (f" (skipped dependents: {', '.join(rest)})" if rest else ""))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete finished jobs (or a whole experiment's) with their rows and run folders."""
+    from db.queries import list_jobs
+    from db.queue import IllegalTransition, UnknownJob
+    from db.removal import delete_runs, folder_bytes, run_folders
+
+    ids = _job_ids(args.jobs)
+    store = _store(args)
+    if args.experiment:
+        with store.read() as s:
+            found = [j.id for j in list_jobs(s, experiment=args.experiment)]
+        if not found:
+            raise UserError(f"experiment {args.experiment!r}: no such experiment, or no jobs in it")
+        ids += found
+    if not ids:
+        raise UserError("rm: name jobs, or an experiment with -e")
+    folders = run_folders(store, ids)
+    what = f"{len(folders)} job(s) and their run folders ({folder_bytes(folders) / 1e6:.1f} MB)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    try:
+        delete_runs(store, ids)
+    except (IllegalTransition, UnknownJob) as e:
+        raise UserError(str(e)) from None
+    print(f"deleted {what}")
     return 0
 
 
@@ -505,8 +538,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cancel", cmd_cancel, "Cancel jobs: queued ones at once, running ones are stopped by the worker")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
 
-    sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped)")
+    sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped), "
+             "and of the jobs skipped because of them")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
+    sp.add_argument("--alone", action="store_true", help="retry only these jobs; their skipped dependents stay skipped")
+
+    sp = add("rm", cmd_rm, "Delete finished jobs with their metrics, artifacts and run folders")
+    sp.add_argument("jobs", nargs="*", metavar="JOB")
+    sp.add_argument("-e", "--experiment", help="every job of this experiment (all must have finished)")
+    sp.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
 
     sp = add("priority", cmd_priority, "Set the priority of queued jobs (higher runs first)")
     sp.add_argument("priority", type=int)

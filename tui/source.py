@@ -412,12 +412,23 @@ class Source:
         except UnknownJob as e:
             raise ActionError(str(e)) from None
 
-    def retry(self, job_ids: Sequence[int]) -> list[tuple[int, int]]:
-        from db.queue import IllegalTransition, UnknownJob, retry
+    def retry(self, job_ids: Sequence[int]) -> list[dict[int, int]]:
+        """Retry each job with the jobs skipped because of it: one {old: new} mapping per job."""
+        from db.queue import IllegalTransition, UnknownJob, retry_with_dependents
 
         try:
             with self.store.write() as s:
-                return [(i, retry(s, i)) for i in job_ids]
+                return [retry_with_dependents(s, i) for i in job_ids]
+        except (IllegalTransition, UnknownJob) as e:
+            raise ActionError(str(e)) from None
+
+    def delete(self, job_ids: Sequence[int]) -> list[int]:
+        """Delete finished jobs with their rows and run folders (all or none)."""
+        from db.queue import IllegalTransition, UnknownJob
+        from db.removal import delete_runs
+
+        try:
+            return delete_runs(self.store, job_ids)
         except (IllegalTransition, UnknownJob) as e:
             raise ActionError(str(e)) from None
 

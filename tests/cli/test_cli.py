@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from tui.cli import main
 
@@ -87,6 +88,62 @@ def test_cancel_and_retry(tmp_path, home, capsys) -> None:
     assert (d["status"], d["attempt"], d["parent_id"]) == ("queued", 2, job_id)
     code, _, err = run(capsys, "retry", str(new_id))
     assert code == 2 and "cannot be retried" in err
+
+
+def test_retry_brings_back_the_stages_skipped_by_a_failure(tmp_path, home, capsys) -> None:
+    pipeline = {"experiment": "p", "stages": [
+        {"name": "up", "kind": "command", "command": ["false"]},
+        {"name": "down", "kind": "command", "command": ["cat", "${stages.up.outputs}/x"]},
+    ]}
+    up, down = map(int, run(capsys, "submit", str(write(tmp_path, "p.yaml", pipeline)), "--no-worker")[1].split())
+    from db.models import Job, JobStatus
+    from db.queue import skip_dependents_of_failed
+    from db.session import open_store
+
+    store = open_store(home)
+    with store.write() as s:
+        s.get(Job, up).status = JobStatus.failed
+        skip_dependents_of_failed(s)
+    code, out, _ = run(capsys, "retry", str(up))
+    assert code == 0 and f"(skipped dependents: {down} -> " in out
+    new_down = int(out.rsplit("->", 1)[1].strip(" )\n"))
+    d = json.loads(run(capsys, "show", str(new_down), "--json")[1])
+    assert d["status"] == "queued" and f"/runs/{up + 2}/outputs/x" in json.dumps(d["spec"])
+    code, out, _ = run(capsys, "retry", str(down), "--alone")
+    assert code == 0 and "skipped dependents" not in out
+
+
+def test_rm_deletes_finished_jobs_with_their_rows_and_folders(tmp_path, home, capsys) -> None:
+    f = write(tmp_path, "c.yaml", SPECS["command"])
+    done, live = (int(run(capsys, "submit", str(f), "--no-worker")[1]) for _ in range(2))
+    run(capsys, "cancel", str(done))
+    folder = home / "runs" / str(done)
+    (folder / "outputs").mkdir(parents=True)
+    (folder / "outputs" / "model.safetensors").write_bytes(b"x" * 2_000_000)
+    from db.session import open_store
+
+    with open_store(home).write() as s:
+        s.execute(text("INSERT INTO metric (job_id, name, step, value, time) VALUES (:j, 'loss', NULL, 1.0, 0)"), {"j": done})
+
+    before = db_dump(home)
+    code, _, err = run(capsys, "rm", str(done))  # no terminal: refuses without --yes, says what it would do
+    assert code == 2 and "2.0 MB" in err and "--yes" in err
+    code, _, err = run(capsys, "rm", str(done), str(live), "--yes")
+    assert code == 2 and f"job {live}: a queued job cannot be deleted" in err
+    assert db_dump(home) == before and folder.is_dir(), "a refused rm changes nothing"
+
+    code, out, _ = run(capsys, "rm", str(done), "--yes")
+    assert code == 0 and "deleted 1 job(s)" in out
+    assert not folder.exists() and not list((home / "runs").glob(".deleted-*"))
+    code, _, err = run(capsys, "show", str(done))
+    assert code == 2 and "no such job" in err
+    with open_store(home).read() as s:
+        assert s.execute(text("SELECT count(*) FROM metric")).scalar_one() == 0
+    assert json.loads(run(capsys, "show", str(live), "--json")[1])["status"] == "queued"
+
+    run(capsys, "cancel", str(live))
+    code, out, _ = run(capsys, "rm", "-e", "hello", "-y")
+    assert code == 0 and json.loads(run(capsys, "ls", "--json")[1]) == []
 
 
 def test_sweep_submit_prints_every_id(tmp_path, home, capsys) -> None:

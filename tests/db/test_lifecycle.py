@@ -7,16 +7,19 @@ import itertools
 import pytest
 from sqlalchemy import select
 
-from db.models import Job, JobStatus
+from db.home import run_dir
+from db.models import Job, JobDependency, JobStatus
 from db.queue import (
     ALLOWED_FROM,
     IllegalTransition,
     JobDraft,
     UnknownJob,
     claim,
+    delete_jobs,
     enqueue,
     request_cancel,
     retry,
+    retry_with_dependents,
     skip_dependents_of_failed,
     transition,
 )
@@ -142,3 +145,63 @@ def test_failed_dependency_skips_the_whole_chain(store) -> None:
         jb = s.get(Job, b)
         assert jb.status is S.skipped and f"job {a} (a)" in jb.failure_detail
         assert s.get(Job, other).status is S.queued
+
+
+def _deps(s, job_id: int) -> list[int]:
+    return sorted(s.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars())
+
+
+def test_retry_with_dependents_brings_back_the_skipped_chain(store) -> None:
+    with store.write() as s:
+        a, b, c, other = enqueue(s, [_draft("a"), _draft("b", depends_on=(0,)), _draft("c", depends_on=(1,)), _draft("x")])
+        s.get(Job, a).status = S.failed
+        s.get(Job, other).status = S.failed
+    with store.write() as s:
+        skip_dependents_of_failed(s)
+    with store.write() as s:
+        mapping = retry_with_dependents(s, a)
+    assert list(mapping) == [a, b, c]
+    with store.read() as s:
+        assert all(s.get(Job, new).status is S.queued for new in mapping.values())
+        assert _deps(s, mapping[b]) == [mapping[a]] and _deps(s, mapping[c]) == [mapping[b]]
+        assert s.get(Job, b).status is S.skipped, "the old attempts stay as they ended"
+        assert s.get(Job, other).status is S.failed
+
+
+def test_a_retried_stage_dependents_read_the_new_attempts_outputs(store) -> None:
+    """A pipeline stage's spec holds its upstream's output path; after a retry it must point at the new run."""
+    home = store.home
+
+    def resolve(i: int, spec: dict, ids: list[int]) -> dict:
+        if i == 0:
+            return spec
+        up = run_dir(home, ids[0])
+        return {**spec, "records": f"{up}/outputs/records.jsonl", "folder": str(up), "near": f"{up}0/outputs"}
+
+    with store.write() as s:
+        up, down = enqueue(s, [_draft("up"), _draft("down", depends_on=(0,))], resolve=resolve)
+        s.get(Job, up).status = S.failed
+    with store.write() as s:
+        new = retry(s, up)
+    import json
+
+    with store.read() as s:
+        spec = json.loads(s.get(Job, down).spec)
+        assert _deps(s, down) == [new]
+    assert spec["records"] == f"{run_dir(home, new)}/outputs/records.jsonl"
+    assert spec["folder"] == str(run_dir(home, new))
+    assert spec["near"] == f"{run_dir(home, up)}0/outputs", "another job's folder that shares a prefix is left alone"
+
+
+def test_delete_refuses_a_job_that_a_queued_stage_still_needs(store) -> None:
+    with store.write() as s:
+        up, down, done = enqueue(s, [_draft("up"), _draft("down", depends_on=(0,)), _draft("done")])
+        s.get(Job, up).status = S.succeeded
+        s.get(Job, done).status = S.failed
+    with pytest.raises(IllegalTransition, match=f"job {up}: job {down} still waits for it"):
+        with store.write() as s:
+            delete_jobs(s, [up, done])
+    with store.write() as s:
+        assert delete_jobs(s, [done]) == [done]
+    with store.read() as s:
+        assert s.get(Job, up) is not None and s.get(Job, done) is None

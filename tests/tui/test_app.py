@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import make_app
 from sqlalchemy import update
 from textual.binding import Binding
-from tui_helpers import screen_text, settle, type_text
+from tui_helpers import palette_choose, screen_text, settle
 from tui_seed import FROZEN
 
 from db.models import Job
@@ -153,16 +153,12 @@ async def test_palette_runs_any_action_by_name(app, home_copy, ids) -> None:  # 
             await pilot.press("j")
         await pilot.press("ctrl+p")
         await settle(pilot)
-        await type_text(pilot, "retry")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await palette_choose(pilot, "retry")
         await settle(pilot)
         with store.read() as s:
             assert s.get(Job, 19).parent_id == ids["failed"]
         await pilot.press("ctrl+p")
-        await type_text(pilot, "status: failed")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await palette_choose(pilot, "status: failed")
         await settle(pilot)
         assert table.job_ids == [ids["failed"]]
     store.dispose()

@@ -103,6 +103,30 @@ async def test_retry_of_a_running_job_is_refused_with_a_notice(app, home_copy, s
         assert any("cannot be retried" in n.message for n in app._notifications)
 
 
+async def test_delete_asks_first_and_removes_a_finished_job_and_its_folder(app, home_copy, store_of, ids) -> None:  # noqa: ANN001
+    store = store_of(home_copy)
+    folder = home_copy / "runs" / str(ids["failed"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "log.txt").write_text("boom\n")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await settle(pilot)
+        await _cursor_to(pilot, ids["running"])
+        await pilot.press("ctrl+d", "y")  # a running job is refused, with the reason
+        await settle(pilot)
+        assert _job(store, ids["running"]).status == "running"
+        assert any("cannot be deleted; cancel it first" in n.message for n in app._notifications)
+        table = await _cursor_to(pilot, ids["failed"])
+        await pilot.press("ctrl+d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot, 3)
+        with store.read() as s:
+            assert s.execute(select(Job.id).where(Job.id == ids["failed"])).first() is None
+        assert not folder.exists()
+        assert str(ids["failed"]) not in [str(k.value) for k in table.rows]
+
+
 async def test_priority_up_and_down(app, home_copy, store_of, ids) -> None:  # noqa: ANN001
     store = store_of(home_copy)
     async with app.run_test(size=(80, 24)) as pilot:

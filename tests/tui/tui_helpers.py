@@ -33,3 +33,21 @@ async def type_text(pilot, text: str) -> None:  # noqa: ANN001
     from textual.keys import _character_to_key
 
     await pilot.press(*(_character_to_key(c) if not c.isalnum() else c for c in text))
+
+
+async def palette_choose(pilot, query: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+    """Type `query` into the open command palette and run the first match once the search has
+    listed it (the search is asynchronous: a fixed pause is too short on a loaded machine)."""
+    import time
+
+    from textual.command import CommandList
+
+    await type_text(pilot, query)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await pilot.pause(0.05)
+        found = pilot.app.screen.query(CommandList)
+        if found and found.first().option_count and found.first().highlighted is not None:
+            break
+        assert time.monotonic() < deadline, f"the palette listed nothing for {query!r}"
+    await pilot.press("enter")

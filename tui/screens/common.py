@@ -82,6 +82,23 @@ class JobActions:
             answered,
         )
 
+    def action_delete(self) -> None:
+        from tui.screens.dialogs import ConfirmScreen
+
+        ids = self._need_ids()
+        if not ids:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_write("delete", ids)
+
+        self.app.push_screen(  # type: ignore[attr-defined]
+            ConfirmScreen(f"Delete {ids_label(ids)}?",
+                          "Finished jobs only: their metrics, artifacts and run folders (checkpoints, outputs) are removed."),
+            answered,
+        )
+
     def action_retry(self) -> None:
         ids = self._need_ids()
         if ids:
@@ -107,9 +124,13 @@ class JobActions:
                 text = "; ".join(f"job {i} {words.get(st, 'already ' + st)}" for i, st in done)
                 msg = ActionDone(text)
             elif op == "retry":
-                pairs = source.retry(ids)
-                text = "; ".join(f"job {old} retried as job {new}" for old, new in pairs)
-                msg = ActionDone(text, select_id=pairs[-1][1])
+                mappings = source.retry(ids)
+                text = "; ".join(f"job {old} retried as job {m[old]}" + (f" with {len(m) - 1} skipped dependent(s)" if len(m) > 1 else "")
+                                 for old, m in zip(ids, mappings, strict=True))
+                msg = ActionDone(text, select_id=mappings[-1][ids[-1]])
+            elif op == "delete":
+                done = source.delete(ids)
+                msg = ActionDone(f"deleted {ids_label(done)}")
             elif op == "priority":
                 pairs = source.change_priority(ids, arg)
                 msg = ActionDone("; ".join(f"job {i} priority {p:+d}" for i, p in pairs))

@@ -32,6 +32,7 @@ class JobsScreen(JobActions, DataScreen):
         Binding("escape", "clear_filter", "Clear filter", show=False, id="jobs.clear_filter"),
         Binding("c", "cancel", "Cancel", id="jobs.cancel", tooltip="asks first"),
         Binding("r", "retry", "Retry", id="jobs.retry"),
+        Binding("ctrl+d", "delete", "Delete finished jobs", show=False, id="jobs.delete", tooltip="asks first"),
         Binding("d", "duplicate", "Duplicate & edit", show=False, id="jobs.duplicate"),
         Binding("plus", "priority(1)", "Priority up", show=False, id="jobs.priority_up"),
         Binding("minus", "priority(-1)", "Priority down", show=False, id="jobs.priority_down"),
