@@ -160,7 +160,7 @@ def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[
         "argv": argv,
         "cwd": str(cwd),
         "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
-        "env": {k: v for k, v in env.items() if k.startswith(("LABDECK_", "CUDA_", "PYTORCH_", "NCCL_", "HF_"))
+        "env": {k: v for k, v in env.items() if k.startswith(("LABDECK_", "CUDA_", "PYTORCH_", "NCCL_", "HF_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
                 and "TOKEN" not in k},
     }
 

@@ -281,12 +281,20 @@ def builtin_vars() -> dict[str, Any]:
     return {"python": sys.executable, "data": str(Path(__file__).parent / "data")}
 
 
-def _substitute_vars(data: Any, variables: dict[str, Any], source: str) -> Any:
-    """Replace `${vars.NAME}` and `${labdeck.NAME}` everywhere; a whole-string reference keeps the value's type."""
-    scopes = {"vars": variables, "labdeck": builtin_vars()}
+def _substitute_vars(data: Any, variables: dict[str, Any] | None, source: str) -> Any:
+    """Replace `${vars.NAME}` and `${labdeck.NAME}` everywhere; a whole-string reference keeps the value's type.
+
+    With `variables` None only `${labdeck.NAME}` is replaced, and `${vars.NAME}` is refused: that is how
+    variable values themselves are read (`instructions: ${labdeck.data}/demo_train.jsonl`).
+    """
+    scopes: dict[str, dict[str, Any]] = {"labdeck": builtin_vars()}
+    if variables is not None:
+        scopes["vars"] = variables
 
     def lookup(ref: str) -> tuple[bool, Any]:
         scope, _, name = ref.partition(".")
+        if scope == "vars" and variables is None:
+            raise _fail(source, f"${{{ref}}}", "a variable's value cannot refer to another variable")
         if scope not in scopes:
             return False, None
         if name not in scopes[scope]:
@@ -396,7 +404,9 @@ def expand(
     unknown = set(variables or {}) - set(declared)
     if unknown:
         raise _fail(source, "vars", f"--var {sorted(unknown)[0]}: the file declares no such variable")
-    merged = {**declared, **(variables or {})}
+    # a variable's value may name labdeck's own places (`${labdeck.data}/...`); other references in
+    # it (`${stages.build.outputs}/model`, `${matrix.AXIS}`) are resolved where the value lands
+    merged = {k: _substitute_vars(v, None, f"{source}: vars.{k}") for k, v in {**declared, **(variables or {})}.items()}
     data = {k: (v if k == "vars" else _substitute_vars(v, merged, source)) for k, v in data.items()}
     if "stages" in data:
         return _expand_pipeline(data, source)

@@ -176,21 +176,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge-prompt", action="store_true",
+                   help="also train the tokenizer on the AlpacaEval judge prompt, so a tiny judge reads it in few tokens")
     args = p.parse_args(argv)
     if not args.lm and not args.reward:
         p.error("name at least one --lm or --reward")
+    import os
+
     from transformers.utils import logging as hf_logging
 
+    from engine.events import ENV_EVENTS, Reporter
+
     hf_logging.disable_progress_bar()
+    texts = _texts_of(args.texts)
+    if args.judge_prompt:
+        from engine.jobs._scorers import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
+
+        texts += [ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER]
+    # run as a labdeck job (a recipe's build stage), each model is reported as an artifact
+    events = Reporter() if os.environ.get(ENV_EVENTS) else None
     tok_dir = args.out / "tokenizer"
-    build_tokenizer(tok_dir, _texts_of(args.texts), vocab_size=args.vocab)
+    tokenizer = build_tokenizer(tok_dir, texts, vocab_size=args.vocab)
     built = {"tokenizer": str(tok_dir)}
-    for i, (spec, builder) in enumerate([(s, build_causal_lm) for s in args.lm] + [(s, build_reward_model) for s in args.reward]):
+    jobs = [(s, build_causal_lm, "causal_lm") for s in args.lm] + [(s, build_reward_model, "reward_model") for s in args.reward]
+    for i, (spec, builder, what) in enumerate(jobs):
         name, _, arch = spec.partition(":")
         path = builder(args.out / name, tok_dir, arch=arch or "llama", hidden=args.hidden, layers=args.layers, seed=args.seed + i)
         built[name] = str(path)
         print(f"built {name} ({arch or 'llama'}) in {path}", flush=True)
+        if events:
+            events.artifact("model", path, name=name, type=what, arch=arch or "llama", hidden=args.hidden, layers=args.layers)
+            events.progress(i + 1, len(jobs), unit="models")
     (args.out / "models.json").write_text(json.dumps(built, indent=2), encoding="utf-8")
+    if events:
+        events.metric("models_built", len(jobs))
+        events.metric("vocab_size", len(tokenizer))
+        events.close()
     return 0
 
 

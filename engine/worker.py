@@ -168,9 +168,41 @@ class Running:
         return ingest.Feed(self.job_id, self.run_dir / EVENTS_FILE, self.offset, self.run_dir)
 
 
-def job_env(base: dict[str, str], job_id: int, run_dir: Path, gpus: tuple[int, ...], share_mb: float) -> dict[str, str]:
-    """The environment a job starts with: the worker's own, plus where to report and which GPUs."""
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a cgroup cpuset or `taskset`)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_job_threads(slots: int | None, cpus: int | None = None) -> int | None:
+    """Threads for each CPU-only job: the CPUs shared out among the CPU slots, at least 1.
+
+    torch (OpenMP/MKL) otherwise starts one thread per core in every job, and two CPU jobs on two
+    cores then fight over them (the tiny ExPO recipe on a quiet 2-core box: 72 s, 38 s with the
+    cap). None when the slots are unlimited: nothing to share out.
+    """
+    if not slots:
+        return None
+    return max(1, (cpus if cpus is not None else usable_cpus()) // slots)
+
+
+def job_env(base: dict[str, str], job_id: int, run_dir: Path, gpus: tuple[int, ...], share_mb: float,
+            cpu_threads: int | None = None) -> dict[str, str]:
+    """The environment a job starts with: the worker's own, plus where to report and which GPUs.
+
+    A CPU-only job also gets OMP_NUM_THREADS and MKL_NUM_THREADS = `cpu_threads`, unless the
+    worker's environment sets them (a command job's own `env` is applied later by the launcher and
+    wins over both).
+    """
     env = dict(base)
+    if not gpus and cpu_threads:
+        for var in THREAD_VARS:
+            env.setdefault(var, str(cpu_threads))
     env.update({
         "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),  # "" hides every GPU from a CPU job
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers cards as NVML does
@@ -239,6 +271,7 @@ class WorkerDaemon:
         self._waiting: dict[int, str] = {}
         self._waiting_for_gpus = False
         self._env_base = {k: v for k, v in os.environ.items() if k not in ("LABDECK_FAKE_GPUS",)}
+        self._cpu_threads = cpu_job_threads(config.cpu_slots)
         self._started = time.time()
 
     # ------------------------------------------------------------------ life cycle
@@ -609,7 +642,7 @@ class WorkerDaemon:
         for st, job in claimed:
             try:
                 rd = prepare_run_dir(self.home, job.id, job.spec)
-                env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb)
+                env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
                 log_fd = os.open(rd / LOG_FILE, os.O_WRONLY | os.O_APPEND)
                 try:
                     popen = process.spawn([sys.executable, "-m", "engine.launcher", str(rd)], cwd=rd, env=env,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,13 +86,16 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         required.update(sc.required_fields())
     check_fields(rows, required, "records", source)
 
-    from engine.jobs.generate import _quiet
+    if _model_free(spec) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        device = "cpu"  # string rules only (ASR, characters): loading torch would be most of the job's time
+    else:
+        from engine.jobs.generate import _quiet
 
-    _quiet()
-    state = process_state()
-    if not state.is_main_process:
-        return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
-    device = str(state.device)
+        _quiet()
+        state = process_state()
+        if not state.is_main_process:
+            return  # scoring runs in one process (one model at a time); extra ranks of a DP launch stand by
+        device = str(state.device)
     for sc in scorers:
         sc.device = device
     items = [Item(text_field(r, spec.instruction_field), text_field(r, spec.input_field),
@@ -148,18 +153,19 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
     ctx.events.artifact("records", "outputs/records.jsonl", records=n)
 
 
+def _model_free(spec: ScoreSpec) -> bool:
+    """Every scorer is a string rule: injection success, or length in characters (no tokenizer)."""
+    return all(s.type == "injection" or (s.type == "length" and not s.tokenizer) for s in spec.scorers)
+
+
 def _release(sc: Scorer) -> None:
     """Drop a scorer's model before the next one loads (one model in memory at a time)."""
     for attr in ("model", "rm"):
         if hasattr(sc, attr):
             delattr(sc, attr)
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # a model-free job never loaded it; importing it here would cost seconds
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _write_records(path: Any, rows: list[dict[str, Any]]) -> None:

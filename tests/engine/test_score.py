@@ -358,3 +358,17 @@ def test_a_finished_score_job_reruns_without_loading_models(tiny, records: Path,
     assert again.returncode == 0 and again.records() == before
     ready = [e for e in again.events if e["type"] == "info" and e["message"].endswith("ready")]
     assert len(ready) == 2  # both from the first run; the second loaded nothing
+
+
+def test_string_rule_scorers_never_load_torch(records: Path, tmp_path: Path, monkeypatch) -> None:
+    """An ASR job (injection, length in characters) is string rules over records: importing torch and
+    transformers would be most of its time (a recipe runs one per defense and base model)."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # every import statement of the job process, on its stderr
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # (as the worker starts jobs) so no line is lost at exit
+    res = run_job(tmp_path / "asr", score_spec(records, {"type": "injection"}, {"type": "length"}))
+    assert res.returncode == 0, res.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "engine.jobs._scorers" in imported  # (the job module itself comes through importlib, not listed)
+    assert not {"torch", "transformers", "accelerate"} & imported
+    m = res.summary()
+    assert m["n"] == 12 and "max_asr_opt_free" in m and "length_chars" in m

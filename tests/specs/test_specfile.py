@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,29 @@ def test_vars_and_builtin_variables() -> None:
         expand(doc, "v.yaml", {"nope": "1"})
     doc["stages"][0]["model"] = "${vars.teacher}"
     with pytest.raises(SpecError, match=r"v.yaml: \$\{vars.teacher\}: no such variable \(known: steps, student\)"):
+        expand(doc, "v.yaml")
+
+
+def test_var_values_may_name_labdeck_places_and_later_stages() -> None:
+    """`instructions: ${labdeck.data}/demo_train.jsonl` in `vars:` (or a --var) reaches the job as a real path;
+    a stage reference in a value still wires the dependency; a variable naming another is refused."""
+    doc = {
+        "experiment": "v",
+        "vars": {"data": "${labdeck.data}/demo_train.jsonl", "rm": "${stages.build.outputs}/reward", "py": "${labdeck.python}"},
+        "stages": [
+            {"name": "build", "kind": "command", "command": ["${vars.py}", "-m", "engine.tiny", "outputs", "--reward", "reward"]},
+            {"name": "gen", "kind": "generate", "model": "${vars.rm}", "dataset": "${vars.data}"},
+        ],
+    }
+    build, gen = expand(doc, "v.yaml").drafts
+    data = Path(__file__).parents[2] / "engine" / "data" / "demo_train.jsonl"
+    assert gen.spec["dataset"]["path"] == str(data) and data.is_file()
+    assert build.spec["command"][0] == sys.executable
+    assert gen.depends_on == (0,) and gen.spec["model"]["path"] == "${@0.outputs}/reward"
+    (_, gen) = expand(doc, "v.yaml", {"data": "${labdeck.data}/demo_eval.jsonl"}).drafts
+    assert gen.spec["dataset"]["path"] == str(data.with_name("demo_eval.jsonl"))
+    doc["vars"]["data"] = "${vars.py}/x"
+    with pytest.raises(SpecError, match=r"v.yaml: vars.data: \$\{vars.py\}: a variable's value cannot refer to another variable"):
         expand(doc, "v.yaml")
 
 

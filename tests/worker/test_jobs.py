@@ -332,3 +332,51 @@ def test_a_failing_job_never_takes_the_worker_down(tmp_path, store, home):
         b = submit(store, script=ok)
         wait_status(store, b, "succeeded")
         assert w.thread.is_alive()
+
+
+ENV_PROBE = """
+import json, os
+print(json.dumps({k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}))
+"""
+
+
+def _threads_seen(store, jid):
+    rd = job(store, jid).run_dir
+    seen = json.loads(open(os.path.join(rd, "log.txt")).read().splitlines()[0])
+    recorded = json.load(open(os.path.join(rd, "env.json")))["env"]
+    return seen, {k: recorded.get(k) for k in seen}
+
+
+def test_cpu_jobs_share_the_cpus_among_the_cpu_slots(tmp_path, store, home, monkeypatch):
+    """Two CPU jobs on two cores with torch's default (one thread per core each) oversubscribe the box
+    and run about twice as slowly; each CPU-only job gets CPUs / cpu slots threads instead, unless
+    the job's env or the worker's own environment says otherwise."""
+    from engine.worker import usable_cpus
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    script = write_script(tmp_path, "threads.py", ENV_PROBE)
+    capped = submit(store, script=script, name="capped")
+    own = submit(store, script=script, name="own", env={"OMP_NUM_THREADS": "3"})
+    want = str(max(1, usable_cpus() // 2))
+    with ThreadWorker(home, cpu_slots=2):
+        wait_status(store, capped, "succeeded")
+        wait_status(store, own, "succeeded")
+    assert _threads_seen(store, capped) == ({"OMP_NUM_THREADS": want, "MKL_NUM_THREADS": want},) * 2
+    assert _threads_seen(store, own)[0] == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": want}
+
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")  # the worker's environment wins over the share
+    later = submit(store, script=script, name="later")
+    with ThreadWorker(home, cpu_slots=2):
+        wait_status(store, later, "succeeded")
+    assert _threads_seen(store, later)[0] == {"OMP_NUM_THREADS": want, "MKL_NUM_THREADS": "7"}
+
+
+def test_thread_share_arithmetic_and_gpu_jobs_untouched(tmp_path):
+    from engine.worker import cpu_job_threads, job_env
+
+    assert [cpu_job_threads(s, 16) for s in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert cpu_job_threads(None, 16) is None  # no slot limit: nothing to share out
+    assert job_env({}, 1, tmp_path, (), 0, 4)["OMP_NUM_THREADS"] == "4"
+    assert "OMP_NUM_THREADS" not in job_env({}, 1, tmp_path, (0,), 0, 4)  # a GPU job keeps torch's default
+    assert "OMP_NUM_THREADS" not in job_env({}, 1, tmp_path, (), 0, None)
