@@ -12,8 +12,20 @@ built by the worker like any other job, with no network and no GPU. It writes, u
   the "students" that are fine-tuned on each teacher's responses;
 * `reward`: a sequence-classification reward model, trained for a few steps to score reference
   answers above shuffled ones (a stand-in for ArmoRM / Skywork);
-* `judge`: a causal LM used as the pairwise judge (teacher-a's architecture, trained a little longer
-  on the demo answers). It is too small to judge well: the demo's win rates sit near 50%.
+* `judge`: a second sequence-classification reward model, used by the judge stage as a reward-model
+  judge (P(student wins) = sigmoid(r(answer) - r(reference))). It is trained for JUDGE_STEPS pairwise
+  steps to rank the reference answer above corrupted or wrong answers (another instruction's answer,
+  shuffled, truncated, repeated, reversed or random words), on the training set AND on the held-out
+  eval references the students are judged against.
+
+Why the judge sees the eval references: it is a fixture standing in for a strong judge (a GPT-4-class
+annotator, or a large reward model, knows what a correct answer to "name the capital of Italy" is
+without having seen our eval set). A model this small cannot learn that from 48 examples, and a tiny
+causal LM asked AlpacaEval's m/M question (what the demo used before) is indifferent: its win rates sat
+near 50% whatever the student, so Spearman's rho against CAR meant nothing. Training the judge on the
+eval references makes it a reliable oracle of "close to the reference"; it does not leak anything to
+the students or teachers, which never see the eval set. Its win rates are "RM-judge" numbers, not
+AlpacaEval's: they show the pipeline working, not a finding.
 
 The teacher and reward training here is a fixture builder, not a user-facing trainer: a short
 hand loop keeps the demo self-contained and fast (seconds on two cores); real training goes through
@@ -32,7 +44,7 @@ TRAIN_FILE = DATA_DIR / "demo_train.jsonl"
 EVAL_FILE = DATA_DIR / "demo_eval.jsonl"
 
 TEACHER_STEPS = {"teacher-a": 120, "teacher-b": 30, "teacher-c": 0}
-JUDGE_STEPS = 160
+JUDGE_STEPS = 300
 
 
 def load_records(path: Path) -> list[dict[str, str]]:
@@ -71,8 +83,34 @@ def _train_lm(model, tokenizer, records: list[dict[str, str]], steps: int, seed:
     model.eval()
 
 
-def _train_reward(model, tokenizer, records: list[dict[str, str]], steps: int, seed: int) -> None:  # noqa: ANN001
-    """Pairwise (Bradley-Terry) steps: the reference answer above another record's answer."""
+def _reversed_other(rec: dict[str, str], records: list[dict[str, str]], rng: random.Random) -> str:
+    return rng.choice(records)["output"][::-1]
+
+
+def _judge_negative(rec: dict[str, str], records: list[dict[str, str]], rng: random.Random) -> str:
+    """A worse answer than the reference: wrong, scrambled, cut short, degenerate or noise."""
+    words = rec["output"].split()
+    kind = rng.randrange(6)
+    if kind == 0:  # fluent but answers another instruction
+        return rng.choice([r for r in records if r["output"] != rec["output"]])["output"]
+    if kind == 1 and len(words) > 1:  # the right words in the wrong order
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    if kind == 2 and len(words) > 1:  # cut short
+        return " ".join(words[: rng.randrange(1, len(words))])
+    if kind == 3:  # a tiny LM's favourite failure: repetition
+        return " ".join(words[: rng.randrange(1, 3)] * rng.randrange(3, 8))
+    if kind == 4:
+        return rec["output"][::-1]
+    vocab = [w for r in records for w in r["output"].split()]  # random words of the domain
+    return " ".join(rng.choice(vocab) for _ in range(rng.randrange(2, 12)))
+
+
+def _train_reward(model, tokenizer, records: list[dict[str, str]], steps: int, seed: int,  # noqa: ANN001
+                  negative=_reversed_other) -> None:  # noqa: ANN001
+    """Pairwise (Bradley-Terry) steps: the reference answer above `negative(record, records, rng)`."""
     import torch
 
     rng = random.Random(seed)
@@ -87,7 +125,7 @@ def _train_reward(model, tokenizer, records: list[dict[str, str]], steps: int, s
     for _ in range(steps):
         batch = rng.sample(records, 16)
         good = [encode(r, r["output"]) for r in batch]
-        bad = [encode(r, rng.choice(records)["output"][::-1]) for r in batch]
+        bad = [encode(r, negative(r, records, rng)) for r in batch]
         seqs = good + bad
         width = max(map(len, seqs))
         pad = tokenizer.pad_token_id
@@ -112,10 +150,8 @@ def build(out_dir: Path) -> dict[str, str]:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     out_dir.mkdir(parents=True, exist_ok=True)
     train = load_records(TRAIN_FILE)
-    from engine.jobs._scorers import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
 
     texts = [_prompt(r) + "\n" + r["output"] for r in train + load_records(EVAL_FILE)]
-    texts += [ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER]  # so the judge prompt stays short in tokens
     tok_dir = out_dir / "tokenizer"
     build_tokenizer(tok_dir, texts, vocab_size=768)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -141,9 +177,10 @@ def build(out_dir: Path) -> dict[str, str]:
     built["reward"] = str(rm_path)
     print("built reward model", flush=True)
 
-    judge_path = build_causal_lm(out_dir / "judge", tok_dir, arch="llama", hidden=96, layers=2, seed=10)
-    judge = AutoModelForCausalLM.from_pretrained(judge_path)
-    _train_lm(judge, tokenizer, train, JUDGE_STEPS, seed=41)
+    judge_path = build_reward_model(out_dir / "judge", tok_dir, hidden=96, seed=41)
+    judge = AutoModelForSequenceClassification.from_pretrained(judge_path)
+    # the eval references too: the judge stands in for a strong judge (see the module docstring)
+    _train_reward(judge, tokenizer, train + load_records(EVAL_FILE), JUDGE_STEPS, seed=41, negative=_judge_negative)
     judge.save_pretrained(judge_path, safe_serialization=True)
     built["judge"] = str(judge_path)
     print("built judge", flush=True)

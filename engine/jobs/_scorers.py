@@ -12,6 +12,7 @@ Conventions pinned here, each one a place where batched scoring silently goes wr
   invariant within float tolerance (tested). §2, practices.md (reward-bench #137).
 - Loss: prefix masking exactly as §0 (s = token count of P alone), right padding, natural log.
 - Judge and confidence: left padding, next-token logits at position −1 (§7.1, §10.2).
+- Reward-model judge: the reward conventions above, response and reference each scored alone (no order).
 """
 
 from __future__ import annotations
@@ -99,11 +100,12 @@ class RewardModel:
         return {**model_record(self.ref, self.model, self.device), "padding_side": "left",
                 "scored_position": "last token", "max_length": self.max_length, "template": "reward model's own"}
 
-    def encode(self, user: str, response: str, messages: list[dict[str, str]] | None = None) -> list[int]:
+    def encode(self, user: str, response: str, messages: list[dict[str, str]] | None = None,
+               truncate: bool = True) -> list[int]:
         conv = [*(messages or [{"role": "user", "content": user}]), {"role": "assistant", "content": response}]
         text = apply_chat(self.tok, conv, add_generation_prompt=False)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_length:
+        if truncate and len(ids) > self.max_length:
             self.truncated += 1
             ids = ids[: self.max_length]
         return ids
@@ -409,9 +411,21 @@ def judge_messages(instruction: str, reference: str, response: str, switched: bo
     return [{"role": "system", "content": ALPACA_EVAL_SYSTEM}, {"role": "user", "content": user}]
 
 
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
 class JudgeScorer(Scorer):
+    """AE2-style pairwise judge (§7.1) from a local LM's or an endpoint's logprobs of 'm'/'M'; or a reward-model
+    judge, P(model wins) = sigmoid((r(response) - r(reference)) / T), a local stand-in that is not AE2."""
+
     def __post_init__(self) -> None:
         self.fields = ("judge_preference", "judge_p_model_wins", "judge_switched", "judge_lp_m", "judge_lp_M")
+        if self.spec.reward_model is not None:
+            self.fields += ("judge_reward_response", "judge_reward_reference")
 
     def required_fields(self) -> dict[str, str | None]:
         return {"scorers[judge].reference_field": self.spec.reference_field}
@@ -423,6 +437,9 @@ class JudgeScorer(Scorer):
         self.refs = [str(it.record.get(s.reference_field) or "") for it in items]
         self.switched = [alpaca_is_switched(t, s.seed) for t in self.instr]
         self.too_long = 0
+        if s.reward_model is not None:
+            self._prepare_reward_model(items)
+            return
         if s.model is not None:
             import torch
 
@@ -447,10 +464,41 @@ class JudgeScorer(Scorer):
                      "switched": int(sum(self.switched)),
                      "label": f"AE2-style (judge {s.model.path if s.model else s.endpoint_model})"}
 
+    def _prepare_reward_model(self, items: list[Item]) -> None:
+        """Each item is two reward-model sequences, (user, response) and (user, reference), scored alone."""
+        s = self.spec
+        self.switched = [False] * len(items)  # no order: the reward model never sees the two outputs together
+        self.rm = RewardModel(s.reward_model, self.device, s.max_length, s.batch_size, join=self.join)
+        self.stats = self.rm.stats
+        self.pairs = [(self.rm.encode(t, it.response, truncate=False), self.rm.encode(t, ref, truncate=False))
+                      for it, t, ref in zip(items, self.instr, self.refs, strict=True)]
+        self.ids = None
+        self.info = {"judge": self.rm.describe(), "judge_kind": "reward model", "temperature": s.temperature,
+                     "preference": "sigmoid((r(response) - r(reference)) / temperature)", "switched": 0,
+                     "label": f"RM-judge win rate (reward model {s.reward_model.path}; not AE2)"}
+
     def lengths(self, idxs: list[int]) -> list[int]:
+        if self.spec.reward_model is not None:
+            return [len(self.pairs[i][0]) + len(self.pairs[i][1]) for i in idxs]
         if self.ids is None:
             return [1] * len(idxs)
         return [len(self.ids[i]) for i in idxs]
+
+    def _score_reward_model(self, idxs: list[int]) -> list[dict[str, Any]]:
+        T = self.spec.temperature
+        ok = [i for i in idxs if max(map(len, self.pairs[i])) <= self.spec.max_length]
+        self.too_long += len(idxs) - len(ok)
+        values = self.rm.score_ids([seq for i in ok for seq in self.pairs[i]])
+        rewards = {i: (values[2 * k], values[2 * k + 1]) for k, i in enumerate(ok)}
+        out = []
+        for i in idxs:
+            r_resp, r_ref = rewards.get(i, (NAN, NAN))
+            p = _sigmoid((r_resp - r_ref) / T) if math.isfinite(r_resp - r_ref) else NAN
+            out.append({"judge_preference": _finite(1.0 + p), "judge_p_model_wins": _finite(p),
+                        "judge_switched": False, "judge_lp_m": None, "judge_lp_M": None,
+                        "judge_reward_response": _finite(r_resp), "judge_reward_reference": _finite(r_ref)})
+        self.info["too_long"] = self.too_long
+        return out
 
     def _row(self, i: int, lp_m: float | None, lp_M: float | None) -> dict[str, Any]:
         from engine.metrics import alpaca_preference_from_logprobs
@@ -461,6 +509,8 @@ class JudgeScorer(Scorer):
                 "judge_lp_M": _finite(lp_M) if lp_M is not None else None}
 
     def score(self, idxs: list[int]) -> list[dict[str, Any]]:
+        if self.spec.reward_model is not None:
+            return self._score_reward_model(idxs)
         if self.ids is None:
             return [self._row(i, *self._http(i)) for i in idxs]
         torch = self.torch

@@ -70,6 +70,8 @@ def _check_models(spec: ScoreSpec) -> None:
             from engine.jobs._uncertainty import read_estimator_info
 
             read_estimator_info(s.estimator, "scorers[confidence].estimator")
+        if s.type == "judge" and s.reward_model is not None:
+            check_model_path(s.reward_model, "judge reward model")
         if s.type == "length" and s.tokenizer:
             check_model_path(ModelRef(path=s.tokenizer), "tokenizer")
 

@@ -78,15 +78,22 @@ class InjectionScorer(StrictModel):
 
 
 class JudgeScorer(StrictModel):
-    """Pairwise preference against a reference output (§7.1): local judge logprobs or an HTTP endpoint."""
+    """Pairwise preference against a reference output (§7.1): local judge logprobs, an HTTP endpoint, or a reward
+    model."""
 
     type: Literal["judge"] = "judge"
     model: ModelRef | None = None
-    """Local judge model (a causal LM with a chat template); or set `endpoint`."""
+    """Local judge model (a causal LM with a chat template); or set `endpoint` or `reward_model`."""
     endpoint: str | None = None
     """OpenAI-compatible base URL (e.g. http://localhost:8000/v1); POST {endpoint}/chat/completions."""
     endpoint_model: str | None = None
     """Model name sent to the endpoint."""
+    reward_model: ModelRef | None = None
+    """A reward model as the judge (a local stand-in for an LLM judge, NOT AlpacaEval's annotator; label its win
+    rates so): P(model wins) = sigmoid((r(response) - r(reference)) / temperature), with r scored as the `reward`
+    scorer does. No order randomisation (the RM sees each output alone); same win-rate metrics."""
+    temperature: float = Field(1.0, gt=0)
+    """Scale of the reward difference for `reward_model` (only used there): larger is a softer judge."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (never put the key in a spec)."""
     reference_field: str = "reference"
@@ -104,8 +111,12 @@ class JudgeScorer(StrictModel):
 
     @model_validator(mode="after")
     def _one_judge(self) -> JudgeScorer:
-        if (self.model is None) == (self.endpoint is None):
-            raise ValueError("judge: give exactly one of `model` (local) or `endpoint` (HTTP)")
+        given = [k for k in ("model", "endpoint", "reward_model") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("judge: give exactly one of `model` (local LM), `endpoint` (HTTP) or `reward_model`"
+                             + (f", not {' and '.join(given)}" if given else ""))
+        if self.reward_model is None and self.temperature != 1.0:
+            raise ValueError("temperature: only used with `reward_model`")
         if self.endpoint is not None:
             if not self.endpoint.startswith(("http://", "https://")):
                 raise ValueError("endpoint: must be an http:// or https:// URL")

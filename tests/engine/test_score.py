@@ -201,6 +201,64 @@ def test_local_judge_reads_logprobs_of_m_and_M(tiny, tmp_path: Path) -> None:
     assert out["judge_lp_M"] == pytest.approx(lp[tok.convert_tokens_to_ids("M")].item(), abs=1e-4)
 
 
+def test_reward_model_judge_is_sigmoid_of_the_reward_difference_checked_by_hand(tiny, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from engine.metrics import discrete_win_rate, win_rate
+
+    rows = scored_rows(6)
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+    res = run_inprocess(tmp_path / "run", score_spec(data, {"type": "judge", "reward_model": str(tiny.reward),
+                                                            "temperature": 0.5, "batch_size": 2}))
+    assert res.returncode == 0, res.errors()
+    out = res.records()
+    tok = AutoTokenizer.from_pretrained(tiny.reward)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny.reward).eval()
+
+    def reward(user: str, answer: str) -> float:
+        conv = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        ids = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            return rm(torch.tensor([ids])).logits[0][0].item()
+
+    for row, o in zip(rows, out, strict=True):
+        user = row["instruction"] + ("\n\n" + row["input"] if row["input"] else "")
+        r_resp, r_ref = reward(user, row["response"]), reward(user, row["reference"])
+        p = 1 / (1 + math.exp(-(r_resp - r_ref) / 0.5))
+        assert o["judge_reward_response"] == pytest.approx(r_resp, abs=1e-5)
+        assert o["judge_reward_reference"] == pytest.approx(r_ref, abs=1e-5)
+        assert o["judge_p_model_wins"] == pytest.approx(p, abs=1e-5)
+        assert o["judge_preference"] == pytest.approx(1 + p, abs=1e-5)
+        assert o["judge_switched"] is False and o["judge_lp_m"] is None
+    assert len({round(o["judge_p_model_wins"], 6) for o in out}) > 1  # the random RM is not indifferent
+    p_win = [o["judge_p_model_wins"] for o in out]
+    m = res.summary()
+    assert m["win_rate"] == pytest.approx(win_rate(p_win)) and m["discrete_win_rate"] == pytest.approx(discrete_win_rate(p_win))
+    assert "lc_win_rate" in m
+    rec = json.loads((res.outputs / "summary.json").read_text())["recorded"]["judge"]
+    assert rec["temperature"] == 0.5 and "not AE2" in rec["label"]
+
+
+@pytest.mark.parametrize("judge, expect", [
+    ({"model": "m", "reward_model": "rm"}, "give exactly one of `model` (local LM), `endpoint` (HTTP) or `reward_model`, "
+                                           "not model and reward_model"),
+    ({"endpoint": "http://x/v1", "endpoint_model": "j", "reward_model": "rm"}, "not endpoint and reward_model"),
+    ({}, "give exactly one of"),
+    ({"model": "m", "temperature": 2.0}, "temperature: only used with `reward_model`"),
+    ({"reward_model": "rm", "temperature": 0}, "temperature: Input should be greater than 0"),
+])
+def test_judge_spec_takes_exactly_one_judge_refused_in_one_line(judge: dict, expect: str) -> None:
+    from engine.specfile import SpecError, validate_one
+
+    doc = {"experiment": "e", "name": "n", "kind": "score", "records": "r.jsonl", "scorers": [{"type": "judge", **judge}]}
+    with pytest.raises(SpecError) as e:
+        validate_one(doc, "f.yaml")
+    assert str(e.value).startswith("f.yaml: scorers[0].judge") and expect in str(e.value) and "\n" not in str(e.value)
+    ok = validate_one({**doc, "scorers": [{"type": "judge", "reward_model": "rm", "temperature": 0.5}]}, "f.yaml")
+    assert ok["scorers"][0]["reward_model"]["path"] == "rm" and ok["scorers"][0]["temperature"] == 0.5
+
+
 def test_confidence_is_p_ii_of_the_uncertainty_query(tiny, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,9 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
     for name in ("teacher-a", "teacher-b", "teacher-c", "student-llama", "student-qwen"):
         assert name in out
     assert "Spearman rho of CAR against win rate" in out and "average" in out
+    # the judge discriminates: rho is a number for each student (a constant win rate would make it NaN)
+    rhos = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(student-\w+)\s+n=3\s+rho=(\S+)$", out, re.M)}
+    assert set(rhos) == {"student-llama", "student-qwen"} and all(math.isfinite(v) for v in rhos.values()), out
 
     from db.queries import experiment_metric, list_jobs
     from db.session import open_store
@@ -48,8 +53,13 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
         assert {"car", "reward", "loss", "loss_ifd"} <= {m for m, vals in metrics.items() if job_id in vals}
     for job_id in by_stage["sft"]:
         assert job_id in metrics["loss"] and job_id in metrics["learning_rate"]
-    for job_id in by_stage["judge"]:
-        assert 0.0 <= metrics["win_rate"][job_id] <= 100.0
+    win = {}
+    for j in jobs:
+        if j.params["stage"] == "judge":
+            assert 0.0 <= metrics["win_rate"][j.id] <= 100.0
+            win[j.params["student"], j.params["teacher"]] = metrics["win_rate"][j.id]
+    for student in ("student-llama", "student-qwen"):  # a student taught by the best teacher beats one taught by noise
+        assert win[student, "teacher-a"] > win[student, "teacher-c"], win
     # running it again reopens the same results instead of queueing more jobs
     r2 = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--no-tui", "--home", str(demo_home)],
                         capture_output=True, text=True, timeout=300, env=env)
