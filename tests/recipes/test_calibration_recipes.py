@@ -6,7 +6,11 @@ import json
 import math
 from collections import Counter
 
+import pytest
+
 from db.queries import experiment_metric
+
+pytestmark = pytest.mark.timeout(1200)  # whole pipelines of real jobs
 
 SUBJECTS = {"high_school_us_history", "machine_learning", "nutrition", "virology"}
 

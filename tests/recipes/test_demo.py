@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# A whole pipeline of real jobs: generous, because a shared or busy machine can be several times slower.
+pytestmark = pytest.mark.timeout(1200)
+
 
 @pytest.fixture
 def demo_home(tmp_path: Path):  # noqa: ANN201

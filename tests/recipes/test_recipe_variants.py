@@ -18,7 +18,7 @@ import pytest
 
 from db.queries import JobDetail, job_detail
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1200)
 
 
 def details(run, stage: str) -> dict[str, JobDetail]:

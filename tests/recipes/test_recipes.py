@@ -60,6 +60,10 @@ def test_car_recipe_shape() -> None:
         by_stage.setdefault(d.params["stage"], []).append(d)
     teachers, students = 6, 5
     assert len(by_stage["generate"]) == teachers
+    # a 70B/72B teacher's bf16 weights (~140 GB) fit no single 80 GB card: vLLM shards them over 4
+    big = {d.name: d.gpus_requested for d in by_stage["generate"] if "70b" in d.name or "72b" in d.name}
+    assert set(big.values()) == {4} and len(big) == 2
+    assert {d.spec["backend"] for d in by_stage["generate"]} == {"vllm"}
     for stage in ("compat", "sft", "answer", "judge"):
         assert len(by_stage[stage]) == teachers * students
     sft = by_stage["sft"][0].spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import make_app
 from textual.widgets import DataTable
 from tui_helpers import screen_text, settle, type_text
 
@@ -148,8 +149,6 @@ async def test_export_the_pivot_to_csv_markdown_and_latex(read_app, seeded_dir, 
 
 async def test_results_of_a_calibration_recipe_show_the_subject_heatmap(tmp_path: Path) -> None:
     """A metric family ('auroc/*', one metric per MMLU subject) pivots as subjects x (model, method)."""
-    from conftest import make_app
-
     from db.models import JobStatus
     from db.queue import claim, enqueue, record_metrics, transition
     from engine.specfile import expand_file
