@@ -77,6 +77,15 @@ class InjectionScorer(StrictModel):
     """Record field naming the attack (a generate job writes it), for ASR per attack and Max ASR per family."""
 
 
+def _check_endpoint(endpoint: str | None, endpoint_model: str | None) -> None:
+    """The judge and correctness scorers' shared rule for an OpenAI-compatible endpoint."""
+    if endpoint is not None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint: must be an http:// or https:// URL")
+        if not endpoint_model:
+            raise ValueError("endpoint_model: name the model the endpoint should use")
+
+
 class JudgeScorer(StrictModel):
     """Pairwise preference against a reference output (§7.1): local judge logprobs, an HTTP endpoint, or a reward
     model."""
@@ -117,11 +126,7 @@ class JudgeScorer(StrictModel):
                              + (f", not {' and '.join(given)}" if given else ""))
         if self.reward_model is None and self.temperature != 1.0:
             raise ValueError("temperature: only used with `reward_model`")
-        if self.endpoint is not None:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise ValueError("endpoint: must be an http:// or https:// URL")
-            if not self.endpoint_model:
-                raise ValueError("endpoint_model: name the model the endpoint should use")
+        _check_endpoint(self.endpoint, self.endpoint_model)
         return self
 
 
@@ -207,11 +212,7 @@ class CorrectnessScorer(_Batched):
             return self
         if (self.model is None) == (self.endpoint is None):
             raise ValueError("mode judge: give exactly one of `model` (local) or `endpoint` (HTTP)")
-        if self.endpoint is not None:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise ValueError("endpoint: must be an http:// or https:// URL")
-            if not self.endpoint_model:
-                raise ValueError("endpoint_model: name the model the endpoint should use")
+        _check_endpoint(self.endpoint, self.endpoint_model)
         if self.judge_prompt is not None:
             for key in ("{question}", "{target}", "{answer}"):
                 if key not in self.judge_prompt:

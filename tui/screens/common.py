@@ -66,23 +66,15 @@ class JobActions:
         return ids
 
     def action_cancel(self) -> None:
-        from tui.screens.dialogs import ConfirmScreen
-
-        ids = self._need_ids()
-        if not ids:
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.run_write("cancel", ids)
-
-        self.app.push_screen(  # type: ignore[attr-defined]
-            ConfirmScreen(f"Cancel {ids_label(ids)}?",
-                          "A queued job never starts; a running one is stopped by the worker (SIGTERM, then SIGKILL)."),
-            answered,
-        )
+        self._confirm_then("cancel", "Cancel",
+                           "A queued job never starts; a running one is stopped by the worker (SIGTERM, then SIGKILL).")
 
     def action_delete(self) -> None:
+        self._confirm_then("delete", "Delete",
+                           "Finished jobs only: their metrics, artifacts and run folders (checkpoints, outputs) are removed.")
+
+    def _confirm_then(self, op: str, verb: str, consequence: str) -> None:
+        """Ask before a write that cannot be undone, then run it on the selected jobs."""
         from tui.screens.dialogs import ConfirmScreen
 
         ids = self._need_ids()
@@ -91,13 +83,9 @@ class JobActions:
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.run_write("delete", ids)
+                self.run_write(op, ids)
 
-        self.app.push_screen(  # type: ignore[attr-defined]
-            ConfirmScreen(f"Delete {ids_label(ids)}?",
-                          "Finished jobs only: their metrics, artifacts and run folders (checkpoints, outputs) are removed."),
-            answered,
-        )
+        self.app.push_screen(ConfirmScreen(f"{verb} {ids_label(ids)}?", consequence), answered)  # type: ignore[attr-defined]
 
     def action_retry(self) -> None:
         ids = self._need_ids()
