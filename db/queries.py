@@ -209,40 +209,52 @@ def experiment_metric(session: Session, experiment: str, metric: str, reduce: st
     metrics of a score job with a `group_field` pivot as rows `group`. Jobs with no match give one
     row without a value (counted as missing).
     """
+    exp_id = _experiment_id(session, experiment)
     if is_metric_pattern(metric):
-        return _experiment_metric_family(session, experiment, metric, reduce)
-    agg = {
-        "min": func.min(Metric.value),
-        "max": func.max(Metric.value),
-        "mean": func.avg(Metric.value),
-        "last": func.max(Metric.id),
-    }.get(reduce)
-    if agg is None:
-        raise ValueError(f"--reduce: {reduce!r} is not one of last, min, max, mean")
+        return _experiment_metric_family(session, exp_id, metric, reduce)
+    values = _reduced_metrics(session, exp_id, Metric.name == metric, reduce)
+    return [_result_row(job, values.get((job[0], metric))) for job in _experiment_jobs(session, exp_id)]
+
+
+_REDUCERS = {"min": func.min(Metric.value), "max": func.max(Metric.value), "mean": func.avg(Metric.value),
+             "last": func.max(Metric.id)}
+
+
+def _experiment_id(session: Session, experiment: str) -> int:
     exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
     if exp is None:
         raise LookupError(f"experiment {experiment!r}: no such experiment")
-    sub = (
-        select(Metric.job_id, agg.label("v"))
+    return int(exp[0])
+
+
+def _reduced_metrics(session: Session, exp_id: int, name_filter: Any, reduce: str) -> dict[tuple[int, str], float | None]:
+    """{(job id, metric name): value} over the experiment's metrics matching `name_filter`, reduced in SQL."""
+    agg = _REDUCERS.get(reduce)
+    if agg is None:
+        raise ValueError(f"--reduce: {reduce!r} is not one of last, min, max, mean")
+    rows = session.execute(
+        select(Metric.job_id, Metric.name, agg)
         .join(Job, Job.id == Metric.job_id)
-        .where(Job.experiment_id == exp[0], Metric.name == metric)
-        .group_by(Metric.job_id)
-        .subquery()
-    )
-    value_col = sub.c.v
-    q = select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec, value_col).join(
-        sub, sub.c.job_id == Job.id, isouter=True
-    ).where(Job.experiment_id == exp[0]).order_by(Job.id)
-    rows = session.execute(q).all()
-    out = []
-    if reduce == "last":
-        ids = [v for *_, v in rows if v is not None]
-        values = dict(session.execute(select(Metric.id, Metric.value).where(Metric.id.in_(ids))).all()) if ids else {}
-    for jid, name, kind, status, params, spec, v in rows:
-        value = values.get(v) if reduce == "last" and v is not None else v
-        out.append(ResultRow(jid, name, kind, status.value if isinstance(status, JobStatus) else status,
-                             json.loads(params or "{}"), json.loads(spec), value))
-    return out
+        .where(Job.experiment_id == exp_id, name_filter)
+        .group_by(Metric.job_id, Metric.name)
+    ).all()
+    if reduce != "last":
+        return {(j, n): v for j, n, v in rows}
+    ids = [v for *_, v in rows]
+    last = dict(session.execute(select(Metric.id, Metric.value).where(Metric.id.in_(ids))).all()) if ids else {}
+    return {(j, n): last.get(v) for j, n, v in rows}
+
+
+def _experiment_jobs(session: Session, exp_id: int) -> list[Any]:
+    return session.execute(
+        select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec).where(Job.experiment_id == exp_id).order_by(Job.id)
+    ).all()
+
+
+def _result_row(job: Any, value: float | None, extra: dict[str, Any] | None = None) -> ResultRow:
+    jid, name, kind, status, params, spec = job
+    return ResultRow(jid, name, kind, status.value if isinstance(status, JobStatus) else status,
+                     {**json.loads(params or "{}"), **(extra or {})}, json.loads(spec), value)
 
 
 def worker_state(session: Session, now: float | None = None) -> WorkerState:
@@ -375,47 +387,24 @@ def recent_specs(session: Session, limit: int = 300) -> list[dict[str, Any]]:
     return [json.loads(s) for s in session.execute(select(Job.spec).order_by(Job.id.desc()).limit(limit)).scalars()]
 
 
-def _experiment_metric_family(session: Session, experiment: str, pattern: str, reduce: str) -> list[ResultRow]:
-    if reduce not in ("last", "min", "max", "mean"):
-        raise ValueError(f"--reduce: {reduce!r} is not one of last, min, max, mean")
-    exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
-    if exp is None:
-        raise LookupError(f"experiment {experiment!r}: no such experiment")
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _experiment_metric_family(session: Session, exp_id: int, pattern: str, reduce: str) -> list[ResultRow]:
     prefix, _, suffix = pattern.partition("*")
-    like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" + \
-        suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    found = session.execute(
-        select(Metric.job_id, Metric.name, Metric.value, Metric.id)
-        .join(Job, Job.id == Metric.job_id)
-        .where(Job.experiment_id == exp[0], Metric.name.like(like, escape="\\"))
-        .order_by(Metric.id)
-    ).all()
-    values: dict[tuple[int, str], list[float]] = {}
-    for job_id, name, value, _ in found:
-        if len(name) >= len(prefix) + len(suffix) and name.startswith(prefix) and name.endswith(suffix):
-            values.setdefault((job_id, name), []).append(value)
-    jobs = session.execute(
-        select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec).where(Job.experiment_id == exp[0]).order_by(Job.id)
-    ).all()
+    like = _like_literal(prefix) + "%" + _like_literal(suffix)
+    values = _reduced_metrics(session, exp_id, Metric.name.like(like, escape="\\"), reduce)
     by_job: dict[int, list[tuple[str, float | None]]] = {}
-    for (job_id, name), vs in values.items():
-        clean = [v for v in vs if v is not None]
-        if reduce == "last":
-            v = vs[-1]
-        elif not clean:
-            v = None
-        else:
-            v = min(clean) if reduce == "min" else max(clean) if reduce == "max" else sum(clean) / len(clean)
-        by_job.setdefault(job_id, []).append((name, v))
+    for (job_id, name), v in sorted(values.items()):
+        if len(name) >= len(prefix) + len(suffix):  # LIKE's '%' may also match an overlap of prefix and suffix
+            by_job.setdefault(job_id, []).append((name, v))
     out = []
-    for jid, name, kind, status, params, spec in jobs:
-        p = json.loads(params or "{}")
-        st = status.value if isinstance(status, JobStatus) else status
-        sp = json.loads(spec)
-        matches = sorted(by_job.get(jid, []))
+    for job in _experiment_jobs(session, exp_id):
+        matches = by_job.get(job[0], [])
         if not matches:
-            out.append(ResultRow(jid, name, kind, st, p, sp, None))
+            out.append(_result_row(job, None))
         for metric_name, v in matches:
             group = metric_name[len(prefix): len(metric_name) - len(suffix)]
-            out.append(ResultRow(jid, name, kind, st, {**p, GROUP_PARAM: group, "metric": metric_name}, sp, v))
+            out.append(_result_row(job, v, {GROUP_PARAM: group, "metric": metric_name}))
     return out
