@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from db.models import Experiment, Job, JobStatus
 from db.queries import latest_metrics
+from db.redact import redact_json
 
 
 def export_rows(session: Session, experiment: str) -> list[dict[str, Any]]:
@@ -32,7 +33,7 @@ def export_rows(session: Session, experiment: str) -> list[dict[str, Any]]:
             "id": j.id, "experiment": experiment, "name": j.name, "kind": j.kind,
             "status": j.status.value if isinstance(j.status, JobStatus) else j.status,
             "attempt": j.attempt, "queued_at": j.queued_at, "started_at": j.started_at,
-            "finished_at": j.finished_at, "failure_reason": j.failure_reason, "spec": j.spec,
+            "finished_at": j.finished_at, "failure_reason": j.failure_reason, "spec": redact_json(j.spec),
         }
         row |= {f"param.{k}": v for k, v in json.loads(j.params or "{}").items()}
         row |= {f"metric.{k}": v for k, v in sorted(metrics.get(j.id or 0, {}).items())}

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from db.models import Artifact, Experiment, Job, JobDependency, JobStatus, Metric, Worker
 from db.queue import QUEUE_STATE_KEY, UnknownJob, get_setting
+from db.redact import redact
 from db.rows import GpuInfo, JobRow, WorkerState, parse_gpu_snapshot
 
 
@@ -133,7 +134,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail:
     deps = list(session.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars())
     arts = session.execute(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)).scalars()
     return JobDetail(
-        row=_row(r), spec=json.loads(job.spec), run_dir=job.run_dir, pid=job.pid, host=job.host,
+        row=_row(r), spec=redact(json.loads(job.spec)), run_dir=job.run_dir, pid=job.pid, host=job.host,
         exit_code=job.exit_code, exit_signal=job.exit_signal, failure_detail=job.failure_detail,
         log_tail=job.log_tail, heartbeat_at=job.heartbeat_at, cancel_requested=job.cancel_requested,
         parent_id=job.parent_id, depends_on=sorted(deps), metrics=latest_metrics(session, [job_id]).get(job_id, {}),
@@ -254,7 +255,7 @@ def _experiment_jobs(session: Session, exp_id: int) -> list[Any]:
 def _result_row(job: Any, value: float | None, extra: dict[str, Any] | None = None) -> ResultRow:
     jid, name, kind, status, params, spec = job
     return ResultRow(jid, name, kind, status.value if isinstance(status, JobStatus) else status,
-                     {**json.loads(params or "{}"), **(extra or {})}, json.loads(spec), value)
+                     {**json.loads(params or "{}"), **(extra or {})}, redact(json.loads(spec)), value)
 
 
 def worker_state(session: Session, now: float | None = None) -> WorkerState:

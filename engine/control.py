@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOCK_NAME = "worker.lock"
+from db.home import WORKER_LOCK as LOCK_NAME
+
 LOG_NAME = "worker.log"
 STOP_KEY = "worker_stop"
 GPUS_KEY = "worker_gpus"  # the --gpus of the last `labdeck worker start`, reused by automatic starts
+OPTIONS_KEY = "worker_options"  # every option of the last explicit start (JSON), reused likewise
 
 
 def lock_path(home: Path) -> Path:
@@ -60,8 +62,11 @@ class WorkerLock:
                     return False
                 time.sleep(0.05)
         self.fd = fd
+        from db.migrations import SCHEMA_VERSION
+
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # The schema this worker's labdeck speaks: a newer labdeck will not migrate under it.
+        os.write(fd, f"{os.getpid()}\nschema {SCHEMA_VERSION}\n".encode())
         return True
 
     def release(self) -> None:

@@ -1,16 +1,22 @@
-"""The worker's hot reads, as plain SQL on its one long-lived sqlite3 connection.
+"""The worker's own reads and routine writes, kept beside the schema so a column change is made once.
 
-They run after every commit by anyone (the worker's own ingestion included), so they skip the
-ORM: with thousands of queued jobs an ORM round costs ~100 ms on a small box, these a few. Kept
-here, beside the schema, so a column change is made in one package.
+The hot reads run as plain SQL on the worker's one long-lived sqlite3 connection: they run after
+every commit by anyone (the worker's own ingestion included), so they skip the ORM (with
+thousands of queued jobs an ORM round costs ~100 ms on a small box, these a few). The writes
+(registering, heartbeats) take the caller's session and transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass, field
 
-from db.models import JobStatus
+from sqlalchemy import and_, update
+from sqlmodel import Session
+
+from db.models import Job, JobStatus, Worker
+from db.queue import get_setting, set_setting
 
 BAD_DEP_STATUSES = (JobStatus.failed.value, JobStatus.cancelled.value, JobStatus.interrupted.value,
                     JobStatus.skipped.value)
@@ -47,10 +53,11 @@ class QueueView:
 
 
 def read_queue(db: sqlite3.Connection) -> QueueView:
-    """Every runnable queued job, highest priority first."""
+    """Every runnable queued job in queue order: priority, then id (ids only grow; a wall-clock
+    timestamp can step back)."""
     rows = db.execute(
         "SELECT id, priority, queued_at, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign FROM job "
-        "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id"
+        "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, id"
     ).fetchall()
     view = QueueView(rows)
     if not rows:
@@ -67,3 +74,27 @@ def read_queue(db: sqlite3.Connection) -> QueueView:
         elif dep_status in BAD_DEP_STATUSES:
             view.any_bad_dependency = True
     return view
+
+
+def register(s: Session, *, host: str, pid: int, start: float, gpus: str, stop_key: str) -> int:
+    """The worker's row; any older row still marked alive belongs to a dead worker (the caller holds
+    the home's lock). A stop request addressed to an earlier worker is void."""
+    now = time.time()
+    s.execute(update(Worker).where(Worker.stopped_at.is_(None)).values(stopped_at=now, state="stopped"))
+    w = Worker(host=host, pid=pid, pid_start_time=start, started_at=now, heartbeat_at=now, state="running", gpus=gpus)
+    s.add(w)
+    s.flush()
+    assert w.id is not None
+    if get_setting(s, stop_key, ""):
+        set_setting(s, stop_key, "")
+    return w.id
+
+
+def heartbeat(s: Session, worker_id: int | None, running: list[int], tails: dict[int, str], now: float) -> None:
+    """The worker's and its running jobs' heartbeats, and the log tails that changed."""
+    s.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now))
+    if running:
+        s.execute(update(Job).where(and_(Job.id.in_(running), Job.status == JobStatus.running.value))
+                  .values(heartbeat_at=now))
+    for jid, tail in tails.items():
+        s.execute(update(Job).where(Job.id == jid).values(log_tail=tail))
