@@ -46,6 +46,8 @@ class JobDetail:
     depends_on: list[int]
     metrics: dict[str, float]  # latest value of every metric
     artifacts: list[ArtifactRow] = field(default_factory=list)
+    events_skipped: int = 0  # event lines ingestion could not use
+    events_note: str = ""  # why the last of them were skipped
 
     def as_dict(self) -> dict[str, Any]:
         d = self.row.as_dict()
@@ -55,7 +57,7 @@ class JobDetail:
             pid=self.pid, host=self.host, exit_code=self.exit_code, exit_signal=self.exit_signal,
             failure_detail=self.failure_detail, log_tail=self.log_tail, heartbeat_at=self.heartbeat_at,
             cancel_requested=self.cancel_requested, parent_id=self.parent_id, depends_on=self.depends_on,
-            metrics=self.metrics,
+            metrics=self.metrics, events_skipped=self.events_skipped, events_note=self.events_note,
             artifacts=[{"kind": a.kind, "path": a.path, "meta": a.meta, "created_at": a.created_at} for a in self.artifacts],
             timestamps={"queued": self.row.queued_at, "started": self.row.started_at,
                         "finished": self.row.finished_at, "heartbeat": self.heartbeat_at},
@@ -139,6 +141,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail:
         log_tail=job.log_tail, heartbeat_at=job.heartbeat_at, cancel_requested=job.cancel_requested,
         parent_id=job.parent_id, depends_on=sorted(deps), metrics=latest_metrics(session, [job_id]).get(job_id, {}),
         artifacts=[ArtifactRow(a.kind, a.path, json.loads(a.meta or "{}"), a.created_at) for a in arts],
+        events_skipped=job.events_skipped, events_note=job.events_note,
     )
 
 

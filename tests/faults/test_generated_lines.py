@@ -47,17 +47,30 @@ def _good(i: int) -> bytes:
     return _dump({"type": "metric", "name": "good", "value": float(i), "step": i, "t": 1.0})
 
 
+class World:
+    """One store for every example, with jobs queued in bulk (a job per example keeps them apart)."""
+
+    def __init__(self, root) -> None:  # noqa: ANN001
+        self.root = root
+        self.store = Store(root / "home")
+        self.free: list[int] = []
+
+    def job(self) -> int:
+        if not self.free:
+            with self.store.write() as s:
+                self.free = enqueue(s, [JobDraft(experiment="gen", name="g", kind="command", spec={"kind": "command"})
+                                        for _ in range(1000)])
+        return self.free.pop()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    store = Store(root / "home")
-    return root, store
+    return World(tmp_path_factory.mktemp("gen"))
 
 
-def _check(world, lines: list[bytes], tail: bytes) -> None:
-    root, store = world
-    with store.write() as s:
-        (jid,) = enqueue(s, [JobDraft(experiment="gen", name="g", kind="command", spec={"kind": "command"})])
+def _check(world: World, lines: list[bytes], tail: bytes) -> None:
+    root, store = world.root, world.store
+    jid = world.job()
     path = root / f"{jid}.jsonl"
     body = b"".join(_good(i) + line for i, line in enumerate(lines)) + tail
     path.write_bytes(body)
@@ -74,13 +87,10 @@ def _check(world, lines: list[bytes], tail: bytes) -> None:
         assert s.get(Job, jid).events_offset == len(body)
         good = s.execute(select(Metric.step).where(Metric.job_id == jid, Metric.name == "good")).scalars().all()
         assert sorted(good) == list(range(len(lines))), "a valid line was lost or doubled"
-    raw = sqlite3.connect(store.path)
-    try:  # everything stored reads back (no lone surrogates, no out-of-range integers)
-        raw.execute("SELECT * FROM metric WHERE job_id = ?", (jid,)).fetchall()
-        raw.execute("SELECT * FROM artifact WHERE job_id = ?", (jid,)).fetchall()
-        raw.execute("SELECT * FROM job WHERE id = ?", (jid,)).fetchall()
-    finally:
-        raw.close()
+        conn = s.connection()  # everything stored reads back (no lone surrogates, no out-of-range integers)
+        conn.exec_driver_sql("SELECT * FROM metric WHERE job_id = ?", (jid,)).fetchall()
+        conn.exec_driver_sql("SELECT * FROM artifact WHERE job_id = ?", (jid,)).fetchall()
+        conn.exec_driver_sql("SELECT * FROM job WHERE id = ?", (jid,)).fetchall()
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
@@ -97,6 +107,5 @@ def test_generated_event_lines_10k(world, lines: list[bytes], tail: bytes) -> No
 
 
 def test_the_store_is_intact_after_the_generated_lines(world) -> None:
-    _root, store = world
-    raw = sqlite3.connect(store.path)
+    raw = sqlite3.connect(world.store.path)
     assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -144,6 +144,13 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False, fault: str | N
         os.kill(w, signal.SIGTERM)
         reap(w)
 
+    # The restarted worker's own start (registration), not the moment we asked for it: starting an
+    # interpreter on a loaded machine can take seconds, which says nothing about reconciling.
+    from db.models import Worker
+
+    with store.read() as s:
+        t_restart = max(t_restart, s.execute(select(func.max(Worker.started_at))).scalar_one() or 0.0)
+
     # ---- invariants
     raw = sqlite3.connect(home / "labdeck.db")
     assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from worker_helpers import PY, ThreadWorker, child_env, job, submit, wait_status
 
 from db.models import JobStatus
