@@ -96,8 +96,8 @@ def main() -> None:
         return rm.stats, scores
 
     # the loss scorer's own code path (LossScorer._nll), unsorted vs its sorted batches
-    from engine.jobs.scorers.likelihood import LossScorer
     from engine.jobs.scorers.base import Item
+    from engine.jobs.scorers.likelihood import LossScorer
 
     spec = {"experiment": "bench", "name": "score", "kind": "score", "records": str(data),
             "scorers": [{"type": "loss", "model": str(lm_dir), "batch_size": args.batch,
