@@ -7,6 +7,7 @@ conventions of `reward.py`, response and reference each scored alone (no order).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
