@@ -100,6 +100,7 @@ def test_generated_event_lines(world, lines: list[bytes], tail: bytes) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)
 @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(lines=st.lists(LINE, max_size=8), tail=st.one_of(st.just(b""), LINE.map(lambda b: b.rstrip(b"\n"))))
 def test_generated_event_lines_10k(world, lines: list[bytes], tail: bytes) -> None:
