@@ -59,7 +59,7 @@ async def test_keys_cross_page_boundaries_and_the_table_never_holds_more_than_a_
 
 async def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor(app, home_copy, ids) -> None:  # noqa: ANN001
     store = Store(home_copy)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(160, 30)) as pilot:  # wide enough for the ETA column next to full names
         await settle(pilot)
         table = app.screen.query_one(JobsTable)
         while table.cursor_job_id != ids["running"]:
