@@ -21,8 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tui.source_experiments import ExperimentSource
+from tui.source_results import (  # noqa: F401 - re-exported: screens and tests import them from here
+    ResultsData,
+    ResultsSource,
+    family_fields,
+    flatten,
+    metric_families,
+    varying_fields,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
-    from db.queries import GpuInfo, JobDetail, JobRow, ResultRow, WorkerState
+    from db.queries import GpuInfo, JobDetail, JobRow, WorkerState
     from db.session import Store
 
 Clock = Callable[[], float]
@@ -97,6 +107,7 @@ class JobsPage:
     rows: tuple[JobRow, ...]
     total: int
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # queued job id -> why it waits (tui.waiting)
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,7 @@ class DetailData:
     gpus: tuple[GpuInfo, ...]  # the job's assigned GPUs, from the worker's latest snapshot
     metric_names: tuple[str, ...]
     job_names: dict[int, str] = field(default_factory=dict)
+    waiting: str | None = None  # why it has not started, while queued
 
 
 @dataclass(frozen=True)
@@ -124,16 +136,6 @@ class LogChunk:
     lines: tuple[str, ...]
     offset: int
     reset: bool = False  # the file shrank or was replaced: clear what is shown
-
-
-@dataclass(frozen=True)
-class ResultsData:
-    experiment: str
-    metric: str | None
-    reduce: str
-    metric_names: tuple[str, ...]
-    fields: tuple[str, ...]  # what rows and columns can be grouped by
-    rows: tuple[ResultRow, ...]
 
 
 @dataclass(frozen=True)
@@ -150,56 +152,13 @@ class ActionError(Exception):
 # -------------------------------------------------------------------------------- helpers
 
 
-def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values. A model reference shows as its path."""
-    out: dict[str, Any] = {}
-    if isinstance(spec, dict):
-        for k, v in spec.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    else:
-        out[prefix] = spec
-    return out
-
-
-def varying_fields(rows: Sequence[ResultRow]) -> list[str]:
-    """Pivot field candidates: sweep parameters first, then spec fields whose value differs between jobs."""
-    params: list[str] = []
-    for r in rows:
-        params += [k for k in r.params if k not in params]
-    seen: dict[str, set[str]] = {}
-    for r in rows:
-        for k, v in flatten(r.spec).items():
-            seen.setdefault(k, set()).add(repr(v))
-    spec_fields = [k for k, vals in seen.items() if len(vals) > 1 and k not in params and k != "name"]
-    return params + spec_fields + ["kind", "status", "name"]
-
-
-def metric_families(names: Sequence[str]) -> list[str]:
-    """'auroc/*' for every 'auroc/<group>' metric (a score job's per-group values, e.g. per MMLU subject)."""
-    return sorted({n.split("/", 1)[0] + "/*" for n in names if "/" in n and n.split("/", 1)[0]})
-
-
-def family_fields(rows: Sequence[ResultRow], fields: list[str]) -> list[str]:
-    """Pivot fields for a metric family: 'group' first, then the varying axes (joined: 'model,method')."""
-    axes = []
-    for k in fields:
-        if k in ("stage", "group", "metric", "kind", "status", "name") or "." in k:
-            continue
-        if len({repr(r.params.get(k)) for r in rows}) > 1 and k in {p for r in rows for p in r.params}:
-            axes.append(k)
-    second = [",".join(axes)] if axes else []  # the columns: every varying axis, joined
-    return ["group", *second, *[f for f in fields if f not in ("group", *second)]]
-
-
 # -------------------------------------------------------------------------------- the source
 
 
-class Source:
-    """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks."""
+class Source(ExperimentSource, ResultsSource):
+    """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks.
+
+    Whole-experiment reads and writes (experiments list, pipeline) live in `tui.source_experiments`."""
 
     def __init__(self, home: Path | str | None = None, *, store: Store | None = None, clock: Clock = time.time) -> None:
         self._home = home
@@ -295,7 +254,8 @@ class Source:
                     text=query.text or None, sort=query.sort, offset=offset, limit=limit,
                 )
             metrics = Q.latest_metrics(s, [r.id for r in rows])
-        return JobsPage(query, offset, tuple(rows), total, metrics)
+            reasons = self.waiting_reasons(s, [r.id for r in rows if r.status == "queued"])
+        return JobsPage(query, offset, tuple(rows), total, metrics, reasons)
 
     def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
         """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""
@@ -319,11 +279,12 @@ class Source:
                 d = Q.job_detail(s, job_id)
                 _, gpus = Q.gpu_snapshot(s)
                 names = Q.metric_names(s, job_id)
+                waiting = self.waiting_reasons(s, [job_id]).get(job_id) if d.row.status == "queued" else None
         except UnknownJob as e:
             raise ActionError(str(e)) from None
         assigned = {int(g) for g in d.row.assigned_gpus.split(",") if g.strip().isdigit()}
         mine = tuple(g for g in gpus if g.index in assigned)
-        return DetailData(d, mine, tuple(names))
+        return DetailData(d, mine, tuple(names), waiting=waiting)
 
     def series(self, job_id: int, names: Sequence[str], limit: int = 2000) -> dict[str, list[tuple[int, float]]]:
         from db import queries as Q
@@ -404,24 +365,6 @@ class Source:
                 datasets.append(d["path"])
         return {"model": models, "dataset": datasets, "experiment": exps}
 
-    def results(self, experiment: str, metric: str | None = None, reduce: str = "last") -> ResultsData:
-        from db import queries as Q
-
-        with self.store.read() as s:
-            plain = Q.experiment_metric_names(s, experiment)
-            names = tuple(sorted(set(plain) | set(metric_families(plain))))
-            if metric not in names:  # default: a final score if any job reported one
-                summaries = Q.experiment_metric_names(s, experiment, summaries_only=True) if names else []
-                metric = summaries[0] if summaries else (names[0] if names else None)
-            if metric is None:
-                rows: list[ResultRow] = []
-            else:
-                rows = Q.experiment_metric(s, experiment, metric, reduce)
-        fields = varying_fields(rows)
-        if metric is not None and Q.is_metric_pattern(metric):
-            fields = family_fields(rows, fields)
-        return ResultsData(experiment, metric, reduce, names, tuple(fields), tuple(rows))
-
     # ---------------------------------------------------------------- writes
 
     def cancel(self, job_ids: Sequence[int]) -> list[tuple[int, str]]:
@@ -491,7 +434,12 @@ class Source:
             raise ActionError(str(e)) from None
         try:
             with self.store.write() as s:
-                return enqueue(s, exp.drafts, resolve=exp.resolver(self.home))
+                ids = enqueue(s, exp.drafts, resolve=exp.resolver(self.home))
+                if isinstance(data.get("description"), str) and isinstance(data.get("experiment"), str):
+                    from db.experiments import describe
+
+                    describe(s, data["experiment"], data["description"])
+                return ids
         except UnknownJob as e:
             raise ActionError(f"after: {e}") from None
 
