@@ -59,6 +59,8 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
     if d.cancel_requested and status == "running":
         head.append("  cancel requested", style=st("yellow"))
     grid.add_row("status", head)
+    if status == "queued" and getattr(data, "waiting", None):
+        grid.add_row(Text("waiting", style=st("bold yellow")), Text(data.waiting, style=st("yellow")))
     grid.add_row("queued", Text(timestamp(r.queued_at)))
     started = Text(timestamp(r.started_at))
     if r.started_at is not None:
@@ -150,6 +152,7 @@ class JobDetailScreen(JobActions, DataScreen):
         Binding("g", "tab('metrics')", "Charts", id="detail.charts"),
         Binding("s", "tab('spec')", "Spec", id="detail.spec"),
         Binding("a", "tab('artifacts')", "Artifacts", show=False, id="detail.artifacts"),
+        Binding("m", "smooth", "Smoothing (EMA)", show=False, id="detail.smooth"),
         Binding("c", "cancel", "Cancel", id="detail.cancel"),
         Binding("r", "retry", "Retry", show=False, id="detail.retry"),
         Binding("d", "duplicate", "Duplicate", show=False, id="detail.duplicate"),
@@ -162,6 +165,7 @@ class JobDetailScreen(JobActions, DataScreen):
         self.job_id = job_id
         self.data = None  # tui.source.DetailData
         self._series_version = -1
+        self.smoothing = 0.0
         self._log_busy = False
 
     def compose(self) -> ComposeResult:
@@ -294,12 +298,22 @@ class JobDetailScreen(JobActions, DataScreen):
         if not get_current_worker().is_cancelled:
             self.post_message(SeriesLoaded(job_id, series))
 
+    def action_smooth(self) -> None:
+        """Cycle the charts' EMA smoothing: off, 0.6, 0.9, 0.99."""
+        from tui.widgets.charts import SMOOTHING
+
+        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        for chart in self.query(MetricChart):
+            chart.set_smoothing(self.smoothing)
+        self.notify(f"Chart smoothing: {'off' if not self.smoothing else f'EMA {self.smoothing:g}'}", timeout=1.5)
+
     def on_series_loaded(self, message: SeriesLoaded) -> None:
         charts = list(self.query(MetricChart))
         items = list(message.series.items())
         for i, chart in enumerate(charts):
             if i < len(items):
                 chart.remove_class("hidden")
+                chart.smoothing = self.smoothing
                 chart.show(dict([items[i]]))
             else:
                 chart.add_class("hidden")
