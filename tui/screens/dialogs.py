@@ -79,16 +79,17 @@ class PromptScreen(Dialog, ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
 
-    def __init__(self, title: str, value: str = "", detail: str = "") -> None:
+    def __init__(self, title: str, value: str = "", detail: str = "", suggester=None) -> None:  # noqa: ANN001
         super().__init__()
         self.title_text = title
         self.value = value
         self.detail = detail
+        self.suggester = suggester  # a textual.suggester.Suggester: completion as you type (right arrow takes it)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
-            yield Input(self.value, id="prompt-input", compact=True, select_on_focus=False)
+            yield Input(self.value, id="prompt-input", compact=True, select_on_focus=False, suggester=self.suggester)
             yield Static(self.detail or "[b]enter[/b] save    [b]escape[/b] cancel", classes="dialog-keys")
 
     def on_mount(self) -> None:
