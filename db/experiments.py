@@ -141,36 +141,70 @@ def _summary_columns() -> list[Any]:
             func.coalesce(last, Experiment.created_at).label("last_activity")]
 
 
-def experiment_rows(
-    session: Session, *, text: str | None = None, statuses: tuple[str, ...] = (), names: tuple[str, ...] = (),
-    offset: int = 0, limit: int = 100,
-) -> tuple[list[ExperimentRow], int]:
-    """A page of experiments with their jobs aggregated in one SQL pass, most recently active first,
-    and how many match. `text` matches name or description; `statuses` keeps experiments having a
-    job in one of them (`status:failed`: the ones that need a look)."""
-    from sqlalchemy import literal_column, or_
+def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], offset: int, limit: int
+                ) -> tuple[list[int], int]:
+    """Experiment ids of one page, most recently active first, and how many match.
 
-    q = select(*_summary_columns()).select_from(Experiment).join(Job, Job.experiment_id == Experiment.id, isouter=True)
+    Activity order without aggregating every job: experiments with a running job first (the
+    status index), then by their newest job (walking job ids downwards until the page is full, a
+    few thousand index entries at most), then those without jobs. With a filter, the matching
+    experiments are ordered by their newest job through the experiment_id index.
+    """
+    from sqlalchemy import or_
+
+    running = list(dict.fromkeys(session.execute(
+        select(Job.experiment_id).where(Job.status == "running").order_by(Job.id.desc())).scalars()))
+    if not text and not statuses:
+        total = int(session.execute(select(func.count()).select_from(Experiment)).scalar_one())
+        order = list(running)
+        seen = set(order)
+        want = offset + limit
+        if len(order) < want:
+            for (eid,) in session.execute(select(Job.experiment_id).order_by(Job.id.desc())).yield_per(2000):
+                if eid not in seen:
+                    seen.add(eid)
+                    order.append(eid)
+                    if len(order) >= want:
+                        break
+        if len(order) < want:  # experiments without jobs, newest first
+            order += [e for e in session.execute(select(Experiment.id).order_by(Experiment.id.desc())).scalars()
+                      if e not in seen][: want - len(order)]
+        return order[offset:want], total
+    cands = select(Experiment.id)
     if text:
         like = f"%{text}%"
-        q = q.where(or_(Experiment.name.like(like), Experiment.description.like(like)))
-    if names:
-        q = q.where(Experiment.name.in_(list(names)))
-    q = q.group_by(Experiment.id)
+        cands = cands.where(or_(Experiment.name.like(like), Experiment.description.like(like)))
     if statuses:
-        from sqlalchemy import case
+        cands = cands.where(Experiment.id.in_(select(Job.experiment_id).where(Job.status.in_(list(statuses)))))
+    newest = dict(session.execute(
+        select(Job.experiment_id, func.max(Job.id)).where(Job.experiment_id.in_(cands)).group_by(Job.experiment_id)
+    ).all())
+    ids = list(session.execute(cands).scalars())
+    rank = {e: i for i, e in enumerate(running)}
+    ids.sort(key=lambda e: (rank.get(e, len(rank)), -newest.get(e, 0), -e))
+    return ids[offset:offset + limit], len(ids)
 
-        q = q.having(func.sum(case((Job.status.in_(list(statuses)), 1), else_=0)) > 0)
-    total = int(session.execute(select(func.count()).select_from(q.subquery())).scalar_one())
-    q = q.order_by(literal_column("last_activity").desc(), Experiment.id.desc()).offset(max(0, offset)).limit(limit)
-    out = []
-    for r in session.execute(q).all():
+
+def experiment_rows(
+    session: Session, *, text: str | None = None, statuses: tuple[str, ...] = (),
+    offset: int = 0, limit: int = 100,
+) -> tuple[list[ExperimentRow], int]:
+    """A page of experiments (most recently active first, see `_page_order`) with their jobs
+    aggregated in SQL for that page only, and how many match. `text` matches name or description;
+    `statuses` keeps experiments having a job in one of them (`status:failed`: the ones to look at)."""
+    page, total = _page_order(session, text, statuses, offset, limit)
+    if not page:
+        return [], total
+    q = (select(*_summary_columns()).select_from(Experiment)
+         .join(Job, Job.experiment_id == Experiment.id, isouter=True)
+         .where(Experiment.id.in_(page)).group_by(Experiment.id))
+    found = {}
+    for r in session.execute(q.add_columns(Experiment.id)).all():
         name, desc, created, n = r[0], r[1], r[2], int(r[3])
         counts = {s: int(c) for s, c in zip(STATUS_ORDER, r[4:4 + len(STATUS_ORDER)], strict=True) if c}
-        done, gpus, last = r[4 + len(STATUS_ORDER):]
-        out.append(ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0),
-                                 last))
-    return out, total
+        done, gpus, last, eid = r[4 + len(STATUS_ORDER):]
+        found[eid] = ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0), last)
+    return [found[e] for e in page if e in found], total
 
 
 def run_dirs(session: Session, experiments: list[str]) -> dict[str, list[str]]:
