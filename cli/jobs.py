@@ -20,7 +20,8 @@ from cli.common import require_jobs as _require_jobs
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from db.queue import UnknownJob, enqueue
-    from engine.specfile import SpecError, expand_file
+    from db.experiments import describe
+    from engine.specfile import SpecError, expand_file, load_file
 
     variables = {}
     for item in args.var or ():
@@ -29,17 +30,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UserError(f"--var {item!r}: write NAME=VALUE")
         variables[name] = value
     expansions = []
+    descriptions = []  # a file's `description:` becomes its experiment's (the experiments list shows it)
     for f in args.files:
         try:
-            expansions.append(expand_file(resolve_spec_file(f), variables, args.variant))
+            path = resolve_spec_file(f)
+            expansions.append(expand_file(path, variables, args.variant))
+            descriptions.append(load_file(path).get("description"))
         except SpecError as e:
             raise UserError(str(e)) from None
     store = _store(args)
     all_ids: list[int] = []
     try:
         with store.write() as s:  # one transaction: every file's jobs land, or none do
-            for exp in expansions:
+            for exp, description in zip(expansions, descriptions, strict=True):
                 all_ids += enqueue(s, exp.drafts, resolve=exp.resolver(store.home))
+                if exp.drafts and isinstance(description, str):
+                    describe(s, exp.drafts[0].experiment, description)
     except UnknownJob as e:
         raise UserError(f"{args.files[0]}: after: {e}") from None
     if args.json:

@@ -8,6 +8,7 @@ app and `labdeck demo` open the results there instead of on whichever metric sor
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +206,27 @@ def experiment_rows(
         done, gpus, last, eid = r[4 + len(STATUS_ORDER):]
         found[eid] = ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0), last)
     return [found[e] for e in page if e in found], total
+
+
+def folder_bytes(path: str) -> int:
+    """Bytes of the files in a run folder (apparent size, as `du --apparent-size`), 0 if it is gone."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += st.st_size
+        except OSError:
+            continue
+    return total
 
 
 def run_dirs(session: Session, experiments: list[str]) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ only, returning frozen values from `db.experiments`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,27 +25,6 @@ class ExperimentsPage:
     offset: int
     rows: tuple[ExperimentRow, ...]
     total: int
-
-
-def folder_bytes(path: str) -> int:
-    """Bytes of the files in a run folder (apparent size, as `du --apparent-size`), 0 if it is gone."""
-    total = 0
-    stack = [path]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        total += st.st_size
-        except OSError:
-            continue
-    return total
 
 
 class ExperimentSource:
@@ -73,7 +51,7 @@ class ExperimentSource:
 
     def disk_usage(self, experiments: Sequence[str]) -> dict[str, int]:
         """Bytes the run folders of each experiment take (walks the files: call after the first paint)."""
-        from db.experiments import run_dirs
+        from db.experiments import folder_bytes, run_dirs
 
         with self.store.read() as s:
             folders = run_dirs(s, list(experiments))
