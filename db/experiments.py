@@ -345,3 +345,24 @@ def describe(session: Session, experiment: str, description: str) -> None:
     if description:
         session.execute(update(Experiment).where(Experiment.name == experiment, Experiment.description == "")
                         .values(description=description))
+
+
+@dataclass(frozen=True)
+class Linked:
+    id: int
+    name: str
+    status: str
+
+
+def lineage(session: Session, job_id: int) -> tuple[list[Linked], list[Linked]]:
+    """(the jobs `job_id` read from, the jobs that read its outputs): its dependencies both ways."""
+    from db.models import JobDependency
+
+    def linked(where: Any, other: Any) -> list[Linked]:
+        rows = session.execute(
+            select(Job.id, Job.name, Job.status).join(JobDependency, other == Job.id).where(where).order_by(Job.id)
+        ).all()
+        return [Linked(i, n, getattr(s, "value", s)) for i, n, s in rows]
+
+    return (linked(JobDependency.job_id == job_id, JobDependency.depends_on_id),
+            linked(JobDependency.depends_on_id == job_id, JobDependency.job_id))

@@ -128,6 +128,8 @@ class DetailData:
     metric_names: tuple[str, ...]
     job_names: dict[int, str] = field(default_factory=dict)
     waiting: str | None = None  # why it has not started, while queued
+    upstream: tuple = ()  # db.experiments.Linked: the jobs it read from
+    downstream: tuple = ()  # the jobs that read its outputs
 
 
 @dataclass(frozen=True)
@@ -280,11 +282,14 @@ class Source(ExperimentSource, ResultsSource):
                 _, gpus = Q.gpu_snapshot(s)
                 names = Q.metric_names(s, job_id)
                 waiting = self.waiting_reasons(s, [job_id]).get(job_id) if d.row.status == "queued" else None
+                from db.experiments import lineage
+
+                up, down = lineage(s, job_id)
         except UnknownJob as e:
             raise ActionError(str(e)) from None
         assigned = {int(g) for g in d.row.assigned_gpus.split(",") if g.strip().isdigit()}
         mine = tuple(g for g in gpus if g.index in assigned)
-        return DetailData(d, mine, tuple(names), waiting=waiting)
+        return DetailData(d, mine, tuple(names), waiting=waiting, upstream=tuple(up), downstream=tuple(down))
 
     def series(self, job_id: int, names: Sequence[str], limit: int = 2000) -> dict[str, list[tuple[int, float]]]:
         from db import queries as Q

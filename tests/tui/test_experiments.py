@@ -170,3 +170,26 @@ async def test_a_paused_queue_and_a_missing_dependency_are_reasons(pipeline_copy
                       if r.name == "answer[teacher=teacher-b,student=student-llama]")
         assert reasons[answer.id].startswith("queue paused; waiting for job ")
         assert "(sft[teacher=teacher-b,student=student-llama], queued)" in reasons[answer.id]
+
+
+async def test_lineage_jumps_to_the_jobs_a_job_read_from_and_fed(pipeline_dir) -> None:  # noqa: ANN001
+    app = make_app(pipeline_dir[0])
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        sft = next(r for r in app.screen.query_one("#jobs-table").page.rows
+                   if r.name == "sft[teacher=teacher-a,student=student-llama]")
+        app.open_job(sft.id)
+        await settle(pilot)
+        text = screen_text(app)
+        assert "reads from" in text and "generate[teacher=teacher-a]" in text
+        assert "read by" in text and "answer[teacher=teacher-a,student=student-llama]" in text
+        await pilot.press("L")
+        await settle(pilot)
+        await pilot.press("end", "enter")  # the last: the job that read its model
+        await settle(pilot)
+        assert isinstance(app.screen, JobDetailScreen) and app.screen.job_id == sft.id + 6
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("E")  # evaluate this checkpoint: a generate job on its model, in the composer
+        await settle(pilot)
+        assert "Evaluate job" in screen_text(app) and "generate" in screen_text(app)
