@@ -45,15 +45,20 @@ class QueueView:
     queued: tuple[QueuedJob, ...]
     running: tuple[RunningJob, ...]
     dependencies: dict[int, tuple[str, str]]  # upstream job id -> (name, status)
+    truncated: bool = False  # more jobs are queued than `queued` holds (the head of the queue)
 
 
-def queue_view(session: Session, now: float) -> QueueView:
-    """Every queued job (not being cancelled) with what decides whether it can start."""
+HEAD_OF_QUEUE = 5000  # planned in full; a job further back is "behind" them, whatever else holds it
+
+
+def queue_view(session: Session, now: float, limit: int = HEAD_OF_QUEUE) -> QueueView:
+    """The head of the queue (the first `limit` queued jobs in start order, not being cancelled)
+    with what decides whether each can start: a page's reasons cost the same at any queue length."""
     rows = session.execute(
         select(Job.id, Job.name, Job.priority, Job.queued_at, Job.gpus_requested, Job.min_free_mem_mb,
                Job.gpu_mem_mb, Job.allow_foreign)
         .where(Job.status == "queued", Job.cancel_requested.is_(False))
-        .order_by(Job.priority.desc(), Job.queued_at, Job.id)
+        .order_by(Job.priority.desc(), Job.queued_at, Job.id).limit(limit)
     ).all()
     up = Job.__table__.alias("up")
     q = Job.__table__.alias("q")
@@ -62,7 +67,7 @@ def queue_view(session: Session, now: float) -> QueueView:
     for jid, dep_id, dep_name, dep_status in session.execute(
         select(JobDependency.job_id, JobDependency.depends_on_id, up.c.name, up.c.status)
         .join(q, q.c.id == JobDependency.job_id).join(up, up.c.id == JobDependency.depends_on_id)
-        .where(q.c.status == "queued")
+        .where(q.c.status == "queued", q.c.id.in_([r[0] for r in rows]))
     ).all():
         deps.setdefault(jid, []).append(dep_id)
         upstream[dep_id] = (dep_name, getattr(dep_status, "value", dep_status))
@@ -78,4 +83,5 @@ def queue_view(session: Session, now: float) -> QueueView:
         running=tuple(RunningJob(r[0], tuple(int(g) for g in r[1].split(",") if g.strip().isdigit()), float(r[2]))
                       for r in running),
         dependencies=upstream,
+        truncated=len(rows) >= limit,
     )

@@ -60,7 +60,7 @@ def reasons(view, ids: Iterable[int] | None = None) -> dict[int, str]:  # noqa: 
     """{queued job id: why it has not started}, for `ids` (every queued job if None)."""
     want = None if ids is None else set(ids)
     queued = view.queued
-    if want is not None and not any(q.id in want for q in queued):
+    if want is not None and not any(q.id in want for q in queued) and not view.truncated:
         return {}
     by_id = {q.id: q for q in queued}
     allowed = [int(g) for g in view.worker.gpus.split(",") if g.strip().isdigit()] or None
@@ -79,6 +79,9 @@ def reasons(view, ids: Iterable[int] | None = None) -> dict[int, str]:  # noqa: 
     usable = len([g for g in view.gpus if allowed is None or g.index in allowed])
     head = _queue_word(view)
     out: dict[int, str] = {}
+    if want is not None and view.truncated:  # the page's jobs further back than the planned head
+        back = want - set(by_id)
+        out.update({i: f"{head + '; ' if head else ''}behind {len(queued):,}+ queued jobs" for i in back})
     for q in queued:
         if want is not None and q.id not in want:
             continue

@@ -193,3 +193,20 @@ async def test_lineage_jumps_to_the_jobs_a_job_read_from_and_fed(pipeline_dir) -
         await pilot.press("E")  # evaluate this checkpoint: a generate job on its model, in the composer
         await settle(pilot)
         assert "Evaluate job" in screen_text(app) and "generate" in screen_text(app)
+
+
+def test_jobs_behind_the_planned_head_of_a_long_queue_say_so(pipeline_dir) -> None:  # noqa: ANN001
+    from db.waiting import queue_view
+    from tui.waiting import reasons
+
+    store = Store(pipeline_dir[0])
+    try:
+        with store.read() as s:
+            full = queue_view(s, 1_750_000_000.0)
+            head = queue_view(s, 1_750_000_000.0, limit=3)
+    finally:
+        store.dispose()
+    assert not full.truncated and head.truncated and len(head.queued) == 3
+    last = full.queued[-1].id
+    assert reasons(head, [last]) == {last: "no worker running; behind 3+ queued jobs"}
+    assert reasons(full, [last])[last].startswith("no worker running; waiting for job ")
