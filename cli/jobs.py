@@ -217,7 +217,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     ids = _job_ids(args.jobs)
     with _refusals():
         results = _client(args).cancel(ids)
-    _emit(args, [{"id": i, "was": st} for i, st in results],
+    _emit(args, [{"id": i, "status": st} for i, st in results],
           [f"{i}: {CANCEL_WORDS.get(st, f'already {st}')}" for i, st in results])
     return 0
 
@@ -331,7 +331,7 @@ def register(add: AddCommand) -> None:
 
     sp = add("cancel", cmd_cancel, "Cancel jobs: queued ones at once, running ones are stopped by the worker")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
-    sp.add_argument("--json", action="store_true", help="print [{\"id\": ..., \"was\": STATUS}]")
+    sp.add_argument("--json", action="store_true", help="print [{\"id\": ..., \"status\": STATUS}] (running: the worker stops it)")
 
     sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped), "
              "and of the jobs skipped because of them")

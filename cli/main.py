@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import demo, jobs, results, worker
+from cli import complete, demo, jobs, results, wait, worker
 from cli.common import EXIT_USAGE, UserError
 
 
@@ -24,6 +24,25 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return run_app(home=args.home)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), without importing anything heavy."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("labdeck")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata is not free at start-up)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"labdeck {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="labdeck",
@@ -31,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With no command, opens the terminal app.",
     )
     p.add_argument("--home", default=None, help="labdeck's folder (default $LABDECK_HOME or ~/.local/share/labdeck)")
+    p.add_argument("--version", action=_Version, nargs=0, help="print labdeck's version and exit")
     p.set_defaults(func=cmd_tui)
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -44,15 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     jobs.register(add)
+    wait.register(add)
     results.register(add)
     worker.register(add)
     demo.register(add)
+    complete.register(add)
     add("tui", cmd_tui, "Open the terminal app (the same as no command)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    complete.autocomplete(parser)  # returns at once unless the shell is asking for completions
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

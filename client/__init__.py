@@ -72,11 +72,10 @@ def resolve_spec_file(name: str) -> str:
     from engine.recipes import recipe_path
 
     looks_like_path = os.sep in name or "/" in name or name.endswith((".yaml", ".yml", ".json"))
-    if not looks_like_path:
-        shipped = recipe_path(name)
-        if shipped is not None:
-            return str(shipped)
-    return name
+    if looks_like_path and Path(name).exists():
+        return name
+    shipped = recipe_path(name)  # a name, or a path that names no file (`expo.yaml` anywhere)
+    return str(shipped) if shipped is not None else name
 
 
 def plan(expansions: Sequence[Expansion]) -> list[PlannedJob]:
@@ -162,7 +161,7 @@ class Client:
             raise ClientError(f"job {missing[0]}: no such job")
 
     def cancel(self, ids: Sequence[int]) -> list[tuple[int, str]]:
-        """Cancel jobs: queued ones at once, running ones by the worker. (id, status before) each."""
+        """Cancel jobs: queued ones at once, running ones by the worker. (id, status now: cancelled, running or final) each."""
         from db.queue import request_cancel
 
         with self.store.write() as s:

@@ -386,3 +386,24 @@ def fingerprint(path: Path) -> tuple[int, ...]:
         except FileNotFoundError:
             out += [0, 0]
     return tuple(out)
+
+
+def latest_attempts(c: Any, job_ids: Sequence[int]) -> dict[int, tuple[int, str, str]]:
+    """For each job, its newest attempt (a retry's retry...): {id: (newest id, its status, its name)}."""
+    con = as_connection(c)
+    newest_child: dict[int, int] = {}
+    for child, parent in con.execute("SELECT id, parent_id FROM job WHERE parent_id IS NOT NULL"):
+        newest_child[parent] = max(child, newest_child.get(parent, 0))
+    newest = {}
+    for i in job_ids:
+        current = i
+        while current in newest_child:
+            current = newest_child[current]
+        newest[i] = current
+    wanted = sorted(set(newest.values()))
+    info: dict[int, tuple[str, str]] = {}
+    for k in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
+        part = wanted[k: k + 500]
+        info.update({i: (st, n) for i, st, n in con.execute(
+            f"SELECT id, status, name FROM job WHERE id IN ({_marks(part)})", part)})
+    return {i: (n, *info[n]) for i, n in newest.items() if n in info}
