@@ -74,6 +74,22 @@ def job_id(value: str | int) -> int:
     return i
 
 
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse `type` for an integer in [lo, hi]: a one-line usage error outside it, never an overflow."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({lo} to {hi})")
+        return n
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def job_ids(values: Sequence[str]) -> list[int]:
     return [job_id(v) for v in values]
 

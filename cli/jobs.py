@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli.common import KINDS, STATUSES, AddCommand, UserError, fmt_duration, reader
+from cli.common import KINDS, MAX_ID, STATUSES, AddCommand, UserError, bounded_int, fmt_duration, reader
 from cli.common import job_ids as _job_ids
+
+PRIORITY_RANGE = (-1000, 1000)  # client.PRIORITY_RANGE; repeated so --help imports nothing
 
 
 def _client(args: argparse.Namespace):  # noqa: ANN202 - client.Client, imported lazily
@@ -318,7 +320,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("-k", "--kind", action="append", metavar="KIND", help=f"only these kinds ({', '.join(KINDS)}); repeatable")
     sp.add_argument("-f", "--filter", metavar="TEXT", help="only jobs whose name, experiment, kind or status contains TEXT")
     sp.add_argument("-m", "--metric", metavar="NAME", help="add a column with the latest value of this metric")
-    sp.add_argument("-n", "--limit", type=int, default=None, help="at most this many jobs")
+    sp.add_argument("-n", "--limit", type=bounded_int(1, MAX_ID), default=None, help="at most this many jobs")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
 
     sp = add("show", cmd_show, "Show one job: spec, status and timestamps, GPUs, metrics, artifacts, failure")
@@ -346,7 +348,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("--json", action="store_true", help="print {\"deleted\": [ids]}")
 
     sp = add("priority", cmd_priority, "Set the priority of queued jobs (higher runs first)")
-    sp.add_argument("priority", type=int)
+    sp.add_argument("priority", type=bounded_int(*PRIORITY_RANGE), help="from -1000 to 1000")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
     sp.add_argument("--json", action="store_true", help="print [{\"id\": ..., \"priority\": ...}]")
 

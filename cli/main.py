@@ -88,12 +88,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback, for known store errors
-        from db.migrations import SchemaTooNew
+        line = known_store_error(e)
+        if line is None:
+            raise
+        print(f"labdeck: {line}", file=sys.stderr)
+        return EXIT_USAGE
 
-        if isinstance(e, SchemaTooNew):
-            print(f"labdeck: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+
+def known_store_error(e: BaseException) -> str | None:
+    """One line for the store errors a person can act on, else None (a bug: let it show its traceback)."""
+    from db.migrations import SchemaTooNew
+
+    if isinstance(e, SchemaTooNew):
+        return str(e)
+    if isinstance(e, OverflowError):  # a number SQLite cannot hold (ids and values are 64-bit)
+        return f"a number is too large for the store (at most {2**63 - 1}): {e}"
+    text = str(getattr(e, "orig", None) or e)
+    if "database is locked" in text or "database table is locked" in text:  # sqlite3 or SQLAlchemy's wrapper
+        return ("the database is locked: another labdeck process kept it busy past the 10 s timeout; "
+                "try again (labdeck worker status shows whether the worker is stuck)")
+    return None
 
 
 def entry() -> None:  # pragma: no cover - the console script

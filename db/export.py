@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from db.files import write_atomic, write_text_atomic
 from db.reads import as_connection, latest_metrics
 
 
@@ -53,8 +54,8 @@ def _scalar(v: Any) -> Any:
 def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None) -> None:
     """Write rows as csv, json or parquet to `output` (stdout when None, text formats only).
 
-    The file is written to a temporary name and renamed, so a failed export never leaves a
-    half-written file behind.
+    The file is written through `db.files.write_atomic` (an unpredictable O_EXCL temporary file
+    beside it, then renamed), so a failed export never leaves a half-written file behind.
     """
     cols = _columns(rows)
     if fmt == "parquet":
@@ -63,9 +64,7 @@ def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None
 
         table = pa.Table.from_pylist([{c: _scalar(r.get(c)) for c in cols} for r in rows])
         assert output is not None
-        tmp = Path(f"{output}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(output)
+        write_atomic(output, lambda fh: pq.write_table(table, fh))
         return
     if fmt == "json":
         text = json.dumps(rows, indent=2) + "\n"
@@ -81,6 +80,4 @@ def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None
     if output is None:
         sys.stdout.write(text)
         return
-    tmp = Path(f"{output}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
+    write_text_atomic(output, text)

@@ -433,17 +433,17 @@ class Source:
         return self.client.submit(data=data, source=source)
 
     def write_text(self, path: str, text: str) -> str:
-        """Write a file atomically (temporary name, then rename); the absolute path written."""
+        """Write a file atomically (`db.files`: an unpredictable temporary name, then rename); the path written."""
         target = Path(path).expanduser()
         if not target.is_absolute():
             target = Path.cwd() / target
         if target.is_dir():
             raise ActionError(f"{target}: is a folder")
         try:
+            from db.files import write_text_atomic
+
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+            write_text_atomic(target, text)
         except OSError as e:
             raise ActionError(f"{target}: {e.strerror or e}") from None
         return str(target)
