@@ -162,3 +162,20 @@ def test_the_app_and_the_cli_refuse_a_spec_alike(tmp_path, home, capsys) -> None
         Source(home).submit(bad, source="s.yaml")
     code, _, err = run(capsys, "submit", spec(tmp_path, bad), "--no-worker")
     assert code == 2 and err == f"labdeck: {e.value}\n".replace("s.yaml", str(tmp_path / "s.yaml"))
+
+
+def test_after_the_demo_labdeck_says_where_its_home_is_and_how_to_stop_its_worker(tmp_path, capsys) -> None:  # noqa: ANN001
+    import re
+    import shlex
+
+    from cli.demo import _claim_home, where_the_demo_lives
+
+    demo = tmp_path / "demo"
+    _claim_home(demo, explicit=True)
+    text = where_the_demo_lives(demo)
+    assert f"The demo's home is {demo}" in text
+    stop = next(c for c in re.findall(r"`([^`]*)`", text) if c.endswith("worker stop"))
+    argv = shlex.split(stop)
+    assert argv[:3] == ["labdeck", "--home", str(demo)]
+    code, out, _ = run(capsys, *argv[1:])  # the advertised command runs as printed
+    assert code == 0 and "no worker is running" in out
