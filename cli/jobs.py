@@ -183,10 +183,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if not args.follow:
             print(f"job {job_id} has no log yet ({d.row.status})", file=sys.stderr)
             return 0
+    import codecs
+
     from cli.text import is_terminal, safe_log
 
     out = sys.stdout
     on_tty = is_terminal(out)  # a pipe or a file gets the log's bytes as they are
+    raw = getattr(out, "buffer", None) if not on_tty else None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads stays whole
     offset = 0
     while True:
         if path is None:
@@ -197,9 +201,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 fh.seek(offset)
                 data = fh.read()
             offset += len(data)
-            text = data.decode("utf-8", errors="replace")
-            out.write(safe_log(text) if on_tty else text)
-            out.flush()
+            if raw is not None:
+                out.flush()
+                raw.write(data)
+                raw.flush()
+            else:
+                text = decoder.decode(data)
+                out.write(safe_log(text) if on_tty else text)
+                out.flush()
         if not args.follow:
             return 0
         status = _detail(args, job_id).row.status
@@ -252,7 +261,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if not ids:
         raise UserError("rm: name jobs, or an experiment with -e")
     client = _client(args)
-    folders = run_folders(client.store, ids)
+    with _refusals():
+        folders = run_folders(client.existing_store(), ids)
     what = f"{len(folders)} job(s) and their run folders ({folder_bytes(folders) / 1e6:.1f} MB)"
     if not args.yes:
         if not sys.stdin.isatty():

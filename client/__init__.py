@@ -153,6 +153,16 @@ class Client:
 
     # ------------------------------------------------------------------ control
 
+    def existing_store(self) -> Store:
+        """The store of a home that exists: a request about jobs never creates a home (a typo in --home)."""
+        if self._store is None:
+            from db.home import DB_NAME, default_home
+
+            home = Path(self._home).expanduser() if self._home else default_home()
+            if not (home / DB_NAME).is_file():
+                raise ClientError(f"{home.absolute()}: no labdeck home there (no {DB_NAME}); `labdeck submit` creates one")
+        return self.store
+
     def _require(self, s: Any, ids: Sequence[int]) -> None:
         from db.reads import job_ids_exist
 
@@ -164,7 +174,7 @@ class Client:
         """Cancel jobs: queued ones at once, running ones by the worker. (id, status now: cancelled, running or final) each."""
         from db.queue import request_cancel
 
-        with self.store.write() as s:
+        with self.existing_store().write() as s:
             self._require(s, ids)
             return [(i, request_cancel(s, i).value) for i in ids]
 
@@ -173,7 +183,7 @@ class Client:
         from db.queue import IllegalTransition, retry, retry_with_dependents
 
         try:
-            with self.store.write() as s:
+            with self.existing_store().write() as s:
                 self._require(s, ids)
                 return [{i: retry(s, i)} if alone else retry_with_dependents(s, i) for i in ids]
         except IllegalTransition as e:
@@ -185,7 +195,7 @@ class Client:
         from db.removal import delete_runs
 
         try:
-            return delete_runs(self.store, ids)
+            return delete_runs(self.existing_store(), ids)
         except (IllegalTransition, UnknownJob) as e:
             raise ClientError(str(e)) from None
 
@@ -197,7 +207,7 @@ class Client:
         lo, hi = PRIORITY_RANGE
         out = []
         try:
-            with self.store.write() as s:
+            with self.existing_store().write() as s:
                 self._require(s, ids)
                 current = job_priorities(s, ids)
                 for i in ids:

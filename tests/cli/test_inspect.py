@@ -48,6 +48,15 @@ def test_a_missing_home_is_one_line_exit_2_and_is_not_created(tmp_path, capsys, 
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("argv", [["cancel", "1"], ["retry", "1"], ["rm", "1", "--yes"], ["priority", "3", "1"]],
+                         ids=lambda a: a[0])
+def test_a_request_about_jobs_never_creates_a_home(tmp_path, capsys, argv) -> None:  # noqa: ANN001
+    typo = tmp_path / "typo"
+    code, out, err = run(capsys, "--home", str(typo), *argv)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "no labdeck home there" in err
+    assert not typo.exists()
+
+
 def test_a_folder_without_a_database_is_no_home(tmp_path, capsys) -> None:  # noqa: ANN001
     code, _, err = run(capsys, "--home", str(tmp_path), "ls")
     assert code == 2 and "no labdeck home there" in err
