@@ -67,19 +67,22 @@ complete_experiments = _safe(_experiments)
 complete_recipes = _safe(_recipes)
 
 
-def attach(parser: argparse.ArgumentParser) -> None:
-    """Give every JOB, experiment and spec-file argument of the parser tree its completer."""
-    for action in parser._actions:  # argparse keeps them there; argcomplete reads `.completer`
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                attach(sub)
-            continue
-        if action.metavar == "JOB":
-            action.completer = complete_jobs  # type: ignore[attr-defined]
-        elif action.dest in ("experiment",):
-            action.completer = complete_experiments  # type: ignore[attr-defined]
-        elif action.dest == "files":
-            action.completer = _recipes_and_files  # type: ignore[attr-defined]
+def attach(action: argparse.Action) -> argparse.Action:
+    """Give a JOB, experiment or spec-file argument its completer (argcomplete reads `.completer`)."""
+    if action.metavar == "JOB":
+        action.completer = complete_jobs  # type: ignore[attr-defined]
+    elif action.dest == "experiment":
+        action.completer = complete_experiments  # type: ignore[attr-defined]
+    elif action.dest == "files":
+        action.completer = _recipes_and_files  # type: ignore[attr-defined]
+    return action
+
+
+class CompletingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose arguments carry their completers from the moment they are added."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        return attach(super().add_argument(*args, **kwargs))
 
 
 def _recipes_and_files(prefix: str = "", parsed_args: argparse.Namespace | None = None, **kw: Any) -> list[str]:
@@ -94,7 +97,6 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
         return
     import argcomplete
 
-    attach(parser)
     argcomplete.autocomplete(parser)
 
 

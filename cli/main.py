@@ -44,7 +44,7 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = complete.CompletingParser(
         prog="labdeck",
         description="Queue, watch and review LLM fine-tuning and evaluation jobs on this box's GPUs. "
         "With no command, opens the terminal app.",
