@@ -8,12 +8,15 @@ sqlite3, read-only, no SQLAlchemy import, and no home created where none is.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from db.schema import STATUS_WORDS as STATUSES  # noqa: F401 - stdlib only, cheap to import
+
+if TYPE_CHECKING:  # pragma: no cover
+    import sqlite3
 
 EXIT_USAGE = 2
 KINDS = ("command", "generate", "score", "finetune", "merge")  # engine.specs.KINDS, without importing it
