@@ -10,8 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import instruction_rows
-from helpers import collect, run_inprocess, run_job, start_job, write_jsonl, write_run_dir
+from job_harness import (
+    collect,
+    instruction_rows,
+    run_inprocess,
+    run_job,
+    start_job,
+    write_jsonl,
+    write_run_dir,
+)
 
 
 def gen_spec(tiny, data: Path, **kw) -> dict:  # noqa: ANN001
@@ -199,7 +206,7 @@ def test_data_parallel_launch_splits_the_records_and_merges_them_in_order(tiny, 
     import subprocess
     import sys
 
-    from helpers import job_env
+    from job_harness import job_env
 
     spec = gen_spec(tiny, prompts, temperature=0.9, seed=5, max_new_tokens=4, batch_size=2)
     single = run_inprocess(tmp_path / "one", spec)
