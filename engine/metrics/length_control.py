@@ -1,4 +1,4 @@
-"""AlpacaEval 2 length-controlled win rate (science.md §7.2).
+"""AlpacaEval 2 length-controlled win rate (docs/science.md §7.2).
 
 A logistic GLM predicts the judge's soft preference from a length term (and, in the full form,
 an instruction-difficulty term) plus a model-identity term; LC is the mean prediction with the
