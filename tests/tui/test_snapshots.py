@@ -7,9 +7,8 @@ then look at the SVGs under `__snapshots__/` before committing them.
 from __future__ import annotations
 
 import pytest
-from conftest import make_app
 from textual.widgets import Input
-from tui_helpers import settle
+from tui_helpers import make_app, settle
 
 from tui.widgets.jobs_table import JobsTable
 
