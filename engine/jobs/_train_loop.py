@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs import _checkpoint
-from engine.jobs._common import JobInputError, is_cuda_oom
+from engine.jobs._common import JobInputError, hold_point, is_cuda_oom
 from engine.jobs._train_data import Plan, micro_batches
 from engine.specs import FinetuneSpec
 
@@ -208,6 +208,7 @@ class TrainLoop:
                 self.save_checkpoint()
             if self.delay:
                 time.sleep(self.delay)
+            hold_point(st.step)
         return st
 
     def save_checkpoint(self) -> Path:

@@ -165,7 +165,8 @@ def test_kill_and_resume_continues_at_the_checkpoint_step_with_the_same_data_ord
 
     run = tmp_path / "killed"
     write_run_dir(run, spec)
-    proc = start_job(run, env={"LABDECK_STEP_DELAY_S": "0.4"})
+    # the job holds after step 4 (its checkpoint written; the hold file never appears), so the kill lands mid-run
+    proc = start_job(run, env={"LABDECK_HOLD_AFTER": f"4:{tmp_path / 'never'}"})
     deadline = time.time() + 120
     while time.time() < deadline:
         if any(e.get("step") == 4 and "checkpoint" in e.get("message", "") for e in read_events(run)):
@@ -178,7 +179,7 @@ def test_kill_and_resume_continues_at_the_checkpoint_step_with_the_same_data_ord
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "step-0000004" in ckpts and not (run / "outputs" / "model").exists()
     last = max(int(n.split("-")[1]) for n in ckpts if n.startswith("step-"))
-    assert last < 10
+    assert last == 4  # held right after step 4
 
     resumed = run_inprocess(run)  # resume_from: auto
     assert resumed.returncode == 0, resumed.errors()
