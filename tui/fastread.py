@@ -51,7 +51,7 @@ def first_page(path: Path, limit: int) -> tuple[list[JobRow], int, dict[int, dic
             "ORDER BY job.id DESC LIMIT ? OFFSET 0", (limit,)
         ).fetchall()
         total = con.execute("SELECT count(*) FROM job").fetchone()[0]
-        rows = [JobRow(*r[:16], json.loads(r[16] or "{}")) for r in raw]
+        rows = [JobRow(*r[:16], json.loads(r[16] or "{}")) for r in raw]  # type: ignore[call-arg]  # 16 columns + params
         metrics: dict[int, dict[str, float]] = {}
         if rows:
             ids = [r.id for r in rows]
