@@ -241,14 +241,14 @@ def _reduced_metrics(session: Session, exp_id: int, name_filter: Any, reduce: st
     if reduce != "last":
         return {(j, n): v for j, n, v in rows}
     ids = [v for *_, v in rows]
-    last = dict(session.execute(select(Metric.id, Metric.value).where(Metric.id.in_(ids))).all()) if ids else {}
+    last: dict[int, float] = dict(session.execute(select(Metric.id, Metric.value).where(Metric.id.in_(ids))).all()) if ids else {}
     return {(j, n): last.get(v) for j, n, v in rows}
 
 
 def _experiment_jobs(session: Session, exp_id: int) -> list[Any]:
-    return session.execute(
+    return list(session.execute(
         select(Job.id, Job.name, Job.kind, Job.status, Job.params, Job.spec).where(Job.experiment_id == exp_id).order_by(Job.id)
-    ).all()
+    ).all())
 
 
 def _result_row(job: Any, value: float | None, extra: dict[str, Any] | None = None) -> ResultRow:

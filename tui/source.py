@@ -370,7 +370,7 @@ class Source:
         with self.store.read() as s:
             t, gpus = Q.gpu_snapshot(s)
             ids = {p.job_id for g in gpus for p in g.processes if p.job_id is not None}
-            names = dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all()) if ids else {}
+            names: dict[int, str] = dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all()) if ids else {}
         return GpuData(t, tuple(gpus), names)
 
     def specs(self, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
