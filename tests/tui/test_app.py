@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_app
 from sqlalchemy import update
 from textual.binding import Binding
-from tui_helpers import palette_choose, screen_text, settle
+from tui_helpers import make_app, palette_choose, screen_text, settle
 from tui_seed import FROZEN
 
 from db.models import Job
