@@ -25,13 +25,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	./.ci/deps
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff check db engine tui cli tests bench
+	$(VENV)/bin/ruff check db engine tui cli client tests bench
 	$(PY) -m pytest -n auto --maxprocesses 4
 
 check: test lint types
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check db engine tui cli tests bench
+	$(VENV)/bin/ruff check db engine tui cli client tests bench
 
 # mypy on the store, the worker side of the engine, the app and the CLI (config in pyproject.toml);
 # the job processes (engine/jobs) are left to their tests.
