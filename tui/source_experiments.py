@@ -86,21 +86,4 @@ class ExperimentSource:
 
     def submit_file(self, path: Any, variables: dict[str, str], variant: str | None) -> list[int]:
         """Queue a spec file or recipe as `labdeck submit PATH --var ... --variant ...` does; the new ids."""
-        from db.experiments import describe
-        from db.queue import UnknownJob, enqueue
-        from engine.specfile import SpecError, expand, load_file
-        from tui.source import ActionError
-
-        try:
-            data = load_file(path)
-            exp = expand(data, str(path), variables or None, variant)
-        except (SpecError, OSError) as e:
-            raise ActionError(str(e)) from None
-        try:
-            with self.store.write() as s:
-                ids = enqueue(s, exp.drafts, resolve=exp.resolver(self.store.home))
-                if exp.drafts and isinstance(data.get("description"), str):
-                    describe(s, exp.drafts[0].experiment, data["description"])
-                return ids
-        except UnknownJob as e:
-            raise ActionError(f"after: {e}") from None
+        return self.client.submit([str(path)], variables or None, variant)  # type: ignore[attr-defined]
