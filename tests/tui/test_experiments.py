@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import make_app
 from sqlalchemy import select
 from textual.widgets import DataTable
-from tui_helpers import screen_text, settle, type_text
+from tui_helpers import make_app, screen_text, settle, type_text
 
 from db.experiments import experiment_rows, pipeline
 from db.models import Job, JobStatus

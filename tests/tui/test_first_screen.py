@@ -3,10 +3,9 @@ whose columns follow what it shows (full pipeline job names at 120 columns)."""
 
 from __future__ import annotations
 
-from conftest import make_app
 from sqlalchemy import delete, select
 from textual.widgets import Select
-from tui_helpers import screen_text, settle
+from tui_helpers import make_app, screen_text, settle
 from tui_seed_pipeline import finish_judges
 
 from db.experiments import main_view, pick_axes, pick_metric

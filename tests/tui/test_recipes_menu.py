@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_app
 from sqlalchemy import select
 from textual.widgets import Input, OptionList
-from tui_helpers import screen_text, settle, type_text
+from tui_helpers import make_app, screen_text, settle, type_text
 
 from db.models import Experiment, Job
 from db.session import Store

@@ -8,8 +8,8 @@ Regenerate after an intended change with `--snapshot-update`, then look at the S
 from __future__ import annotations
 
 import pytest
-from conftest import make_app
 from test_snapshots import _steps
+from tui_helpers import make_app
 
 SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 
