@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cli import demo, jobs, results, worker
+from cli import secrets as secrets_cmd
 from cli.common import EXIT_USAGE, UserError
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.register(add)
     worker.register(add)
     demo.register(add)
+    secrets_cmd.register(add)
     add("tui", cmd_tui, "Open the terminal app (the same as no command)")
     return p
 
