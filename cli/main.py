@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import demo, jobs, results, worker
+from cli import demo, jobs, prefetch, results, worker
 from cli import secrets as secrets_cmd
 from cli.common import EXIT_USAGE, UserError
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.register(add)
     demo.register(add)
     secrets_cmd.register(add)
+    prefetch.register(add)
     add("tui", cmd_tui, "Open the terminal app (the same as no command)")
     return p
 

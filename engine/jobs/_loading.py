@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.hub import offline_problem
 from engine.jobs._common import JobInputError
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def check_model_path(ref: ModelRef, what: str = "model") -> str:
         return path
     if not _HUB_ID.match(ref.path) or ref.path.startswith((".", "~")):
         raise JobInputError(f"{what} {ref.path}: no such folder")
+    if why := offline_problem(ref.path, ref.revision):  # offline and not cached: say so before loading anything
+        raise JobInputError(f"{what} {ref.path}: {why}")
     return ref.path
 
 
@@ -235,6 +238,8 @@ def read_records(paths: str | Sequence[str], label: str = "dataset", split: str 
             rows.extend(_read_datasets(str(p), label, split, config, from_disk=True))
         elif p.suffix.lower() in LOCAL_RECORD_SUFFIXES or item.startswith(("/", ".", "~")) or not _HUB_ID.match(item):
             raise JobInputError(f"{label} {item}: no such file")
+        elif why := offline_problem(item, repo_type="dataset"):
+            raise JobInputError(f"{label} {item}: {why}")
         else:
             rows.extend(_read_datasets(item, label, split, config, from_disk=False))
     return rows
