@@ -82,7 +82,7 @@ def _open_private(path: Path) -> int | None:
         problem = f"is readable or writable by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
     if problem:
         os.close(fd)
-        raise SecretsError(f"{path}: {problem}; its secrets are not used")
+        raise SecretsError(f"{path}: {problem}; refused")
     return fd
 
 
@@ -163,6 +163,28 @@ def unset_secret(home: Path | str, key: str) -> bool:
         return False
     _write_private(path, "\n".join(_lines_without(path, key)) + "\n")
     return True
+
+
+def job_environment(home: Path | str) -> dict[str, str]:
+    """What the worker adds to a job's environment: the secrets and, in LABDECK_SECRET_NAMES, their names.
+
+    Read afresh for every job, so a key set after the worker started reaches the next job. LABDECK_
+    names are dropped (the worker's own variables always win). SecretsError when the file is refused.
+    """
+    values = {k: v for k, v in load(home).items() if not k.startswith("LABDECK_")}
+    if values:
+        values[ENV_SECRET_NAMES] = ",".join(sorted(values))
+    return values
+
+
+def values_for_redaction(home: Path | str) -> list[str]:
+    """The secret values to mask in what labdeck stores or sends, even from a file refused for its mode
+    (masking is always safe); [] when there is nothing readable."""
+    try:
+        text = secrets_path(home).read_text(encoding="utf-8")
+        return list(parse(text).values())
+    except (OSError, UnicodeDecodeError, SecretsError):
+        return []
 
 
 def redact(text: str, values: dict[str, str] | list[str]) -> str:

@@ -56,7 +56,7 @@ from db.queue import (
     transition,
 )
 from db.session import Store
-from engine import attribution, ingest, outcome, process, scheduler
+from engine import attribution, ingest, outcome, process, scheduler, secrets
 from engine.control import STOP_KEY
 from engine.executors import Executor, Launch, local
 from engine.gpus import Gpu, Inventory, SnapshotMeta, open_inventory, snapshot_json
@@ -381,11 +381,13 @@ class WorkerDaemon:
         for st, job in claimed:
             try:
                 rd = prepare_run_dir(self.home, job.id, job.spec)
-                env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
+                base = {**self._env_base, **secrets.job_environment(self.home)}  # read per job: new keys reach new jobs
+                env = job_env(base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
                 handle = self.executor.start(Launch(job_id=job.id, run_dir=rd, env=env, gpus=st.gpus))
             except Exception as e:  # noqa: BLE001 - this job could not start; the others still do
                 log.error("job %d: could not start: %s", job.id, traceback.format_exc())
-                failures.append((job.id, f"could not start the launcher: {type(e).__name__}: {e}"))
+                failures.append((job.id, str(e) if isinstance(e, secrets.SecretsError)  # refused secrets.env: its one line
+                                 else f"could not start the launcher: {type(e).__name__}: {e}"))
                 continue
             spawned.append(Running.of(job, handle, rd, st.gpus))
         try:
