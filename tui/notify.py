@@ -78,6 +78,13 @@ class EndWatch:
         self._done: set[tuple[str, int, int]] = set()
 
     def check(self, store: Any) -> list[Notice]:
+        """New notices; [] when the store cannot be read now (the poll reports that itself)."""
+        try:
+            return self._check(store)
+        except Exception:  # noqa: BLE001 - a notice is never worth failing the app's poll
+            return []
+
+    def _check(self, store: Any) -> list[Notice]:
         from sqlalchemy import text
 
         notices = []
