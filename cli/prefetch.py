@@ -69,6 +69,10 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
         print(f"labdeck: warning: {w} {p} (job {j}): no such file or folder here, and not a hub id", file=sys.stderr)
     if args.list or not listing.hub:
         return 0
+    try:
+        import huggingface_hub  # noqa: F401 - the base install has no hub client
+    except ImportError:
+        raise UserError("prefetch: needs huggingface_hub, which this install lacks: pip install 'labdeck[hub]'") from None
     token = _token(ensure_home(args.home))
     failed = 0
     for n, item in enumerate(listing.hub, 1):
