@@ -111,3 +111,31 @@ def test_redact_masks_values_longest_first_and_leaves_short_ones() -> None:
     vals = {"A": VALUE, "B": VALUE[:8], "C": "ab"}
     text = f"key={VALUE} prefix={VALUE[:8]} tab ab"
     assert secrets.redact(text, vals) == "key=*** prefix=*** tab ab"
+
+
+def test_on_a_terminal_the_value_is_asked_for_without_echo(home) -> None:
+    import pty
+    import subprocess
+    import time
+    from pathlib import Path
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "secrets", "set", "TTY_KEY"],
+                         stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"TTY_KEY: " not in out:  # the prompt
+        assert time.monotonic() < deadline and p.poll() is None, out
+        out += os.read(master, 1024)
+    os.write(master, VALUE.encode() + b"\n")
+    assert p.wait(60) == 0
+    try:
+        while chunk := os.read(master, 1024):
+            out += chunk
+    except OSError:  # the other end closed
+        pass
+    os.close(master)
+    assert secrets.load(home) == {"TTY_KEY": VALUE}
+    assert VALUE.encode() not in out and b"TTY_KEY set" in out
