@@ -33,23 +33,15 @@ def _token(home) -> str | None:  # noqa: ANN001 - Path
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    from cli.jobs import resolve_spec_file
+    from client import Client, ClientError, parse_vars
     from db.home import ensure_home
     from engine import hub
-    from engine.specfile import SpecError, expand_file
 
-    variables = {}
-    for item in args.var or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UserError(f"--var {item!r}: write NAME=VALUE")
-        variables[name] = value
-    specs = []
-    for f in args.files:
-        try:
-            specs += [d.spec for d in expand_file(resolve_spec_file(f), variables, args.variant).drafts]
-        except SpecError as e:
-            raise UserError(str(e)) from None
+    try:  # expanded and validated exactly as submit does; nothing stored
+        expansions = Client.expand(args.files, parse_vars(args.var or ()), args.variant)
+    except ClientError as e:
+        raise UserError(str(e)) from None
+    specs = [d.spec for exp in expansions for d in exp.drafts]
     listing = hub.list_refs(specs)
     if args.json:
         print(json.dumps({

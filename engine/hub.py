@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,12 @@ _RECORD_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 MODEL_IGNORE = ["*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.gguf", "*.tflite", "*.mlmodel"]
 
 
-def is_offline(env: dict[str, str] | None = None) -> bool:
+def is_offline(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def cache_dir(env: dict[str, str] | None = None) -> Path:
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where huggingface_hub keeps its cache under `env` (read now, not when the library was imported)."""
     env = os.environ if env is None else env
     if env.get("HF_HUB_CACHE"):
