@@ -44,7 +44,7 @@ def test_set_from_stdin_creates_a_private_file_and_ls_lists_names_only(home, cap
 
 
 def test_rewriting_keeps_comments_and_other_keys(home) -> None:
-    home.mkdir(mode=0o700)
+    home.mkdir(mode=0o700, exist_ok=True)
     path = home / "secrets.env"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, b"# my keys\nexport A_KEY='alpha value'\n\nB_KEY = \"beta\"\n")
@@ -78,7 +78,7 @@ def test_a_file_owned_by_someone_else_is_refused(home) -> None:
 
 
 def test_a_link_is_refused(home, tmp_path) -> None:
-    home.mkdir(mode=0o700)
+    home.mkdir(mode=0o700, exist_ok=True)
     target = tmp_path / "elsewhere.env"
     target.write_text("A=b\n")
     os.chmod(target, 0o600)
@@ -88,7 +88,7 @@ def test_a_link_is_refused(home, tmp_path) -> None:
 
 
 def test_a_malformed_line_names_the_line_not_its_value(home) -> None:
-    home.mkdir(mode=0o700)
+    home.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(home / "secrets.env", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, f"GOOD=1\n{VALUE}\n".encode())
     os.close(fd)
