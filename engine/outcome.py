@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from db.models import FailureReason, JobStatus
+from engine import secrets
 
 R = FailureReason
 ENGINE_KINDS = ("generate", "score", "finetune", "merge")
@@ -133,6 +134,9 @@ def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> 
 
     Opened non-blocking and read only if it is a regular file: a job may replace its log with a
     FIFO, which a plain open would wait on forever.
+
+    Secret values of the home holding the run folder (`HOME/runs/<id>/log.txt`) are masked: the tail
+    is stored in the database and shown by `show`, the app and notification hooks.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -156,4 +160,8 @@ def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> 
         redraws = [seg for seg in line.split("\r") if seg.strip()]
         if redraws:
             out.append(redraws[-1])
-    return "\n".join(out[-lines:])
+    tail = "\n".join(out[-lines:])
+    run_dir = Path(path).absolute().parent
+    if run_dir.parent.name == "runs" and tail:
+        tail = secrets.redact(tail, secrets.values_for_redaction(run_dir.parent.parent))
+    return tail

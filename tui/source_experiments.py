@@ -63,7 +63,7 @@ class ExperimentSource:
         with self.store.read() as s:
             found = pipeline(s, experiment)
         if found is None:
-            from tui.source import ActionError
+            from client import ClientError as ActionError
 
             raise ActionError(f"experiment {experiment!r}: no such experiment")
         return found
@@ -71,7 +71,7 @@ class ExperimentSource:
     def retry_stage(self, experiment: str, stage: str | None) -> list[dict[int, int]]:
         """Retry the failed, cancelled and interrupted jobs of one stage, each with the jobs its
         failure skipped (db.queue.retry_with_dependents); skipped ones come back with their cause."""
-        from tui.source import ActionError
+        from client import ClientError as ActionError
 
         p = self.pipeline(experiment)
         ids = [j.id for j in p.jobs.get(stage, []) if j.status in ("failed", "cancelled", "interrupted")]
