@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/labdeck demo
 
 test: $(VENV)/.installed
+	bash .ci/slurm-deps
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n auto --maxprocesses 4
 

@@ -22,6 +22,8 @@ class JobStatus(str, enum.Enum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    node_fail = "node_fail"  # Slurm lost the job's node (NODE_FAIL, BOOT_FAIL): not the job's fault
+    preempted = "preempted"  # Slurm preempted it for a higher-priority job
     interrupted = "interrupted"
     skipped = "skipped"
 
@@ -100,6 +102,10 @@ class Job(SQLModel, table=True):
     progress_done: float | None = None
     progress_total: float | None = None
     eta_s: float | None = None
+    slurm_job_id: str | None = None  # set once sbatch accepted the job (`--executor slurm`)
+    slurm_nodes: str = ""  # Slurm's node list, e.g. gpu[01-02]
+    slurm_state: str = ""  # Slurm's state as squeue says it: PENDING, RUNNING, COMPLETED, NODE_FAIL...
+    slurm_reason: str = ""  # why Slurm keeps it pending (Resources, Priority, QOSMaxGpu...) or ended it
 
 
 class JobDependency(SQLModel, table=True):
