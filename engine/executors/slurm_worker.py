@@ -45,6 +45,9 @@ from engine.worker import BAD_DEP_STATUSES, Config, Running, WorkerDaemon, _priv
 log = logging.getLogger("labdeck.worker")
 
 PARTITIONS_KEY = "slurm_partitions"  # sinfo's partitions with idle/total GPUs, for the GPUs screen
+# Slurm counts time limits in whole minutes and checks them about every 30 s: labdeck's own scancel
+# comes only after that, in case Slurm did not (a limit it was never told, an OverTimeLimit).
+BACKSTOP_S = 120.0
 INFRA_REASONS = ("node_fail", "preempted")  # not the job's fault: retried at least once
 
 @dataclass
@@ -240,7 +243,7 @@ class SlurmWorker(WorkerDaemon):
                     r.ended = True
                     ended.append(r)
             elif (r.time_limit_s is not None and r.stop_reason is None and t.state == "RUNNING"
-                  and now - r.started_at > r.time_limit_s + 60.0):
+                  and now - r.started_at > -(-r.time_limit_s // 60) * 60 + BACKSTOP_S):
                 self._stop(r, "time_limit")  # backstop: Slurm should have ended it already
         if changed:
             with self.store.write() as s:
