@@ -22,8 +22,6 @@ class JobStatus(str, enum.Enum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
-    node_fail = "node_fail"  # Slurm lost the job's node (NODE_FAIL, BOOT_FAIL): not the job's fault
-    preempted = "preempted"  # Slurm preempted it for a higher-priority job
     interrupted = "interrupted"
     skipped = "skipped"
 
@@ -52,6 +50,8 @@ class FailureReason(str, enum.Enum):
     worker_lost = "worker_lost"
     dependency = "dependency"
     cancelled = "cancelled"
+    node_fail = "node_fail"  # Slurm lost the job's node (NODE_FAIL, BOOT_FAIL): not the job's fault
+    preempted = "preempted"  # Slurm preempted it for a higher-priority job
 
 
 class Experiment(SQLModel, table=True):

@@ -312,7 +312,8 @@ class WorkerDaemon:
             records.append((r, tail, self.executor.exit_record(r.handle)))
         with self.store.write() as s:
             for r, tail, rec in records:
-                record_end(s, r, tail, rec, died_while_away=False)
+                record_end(s, r, tail, rec, died_while_away=False,
+                           ended_by=self.executor.ended_by(r.handle, r.stop_reason))
             skipped = skip_dependents_of_failed(s)
         for r in ended:
             self.running.pop(r.job_id, None)
@@ -450,7 +451,8 @@ class WorkerDaemon:
                 tail = outcome.read_log_tail(r.run_dir / LOG_FILE)
                 if not r.handle.external_id:
                     rec = {"started": False, "detail": "the worker stopped before the job's process was started"}
-                record_end(s, r, tail, rec, died_while_away=True)
+                record_end(s, r, tail, rec, died_while_away=True,
+                           ended_by=self.executor.ended_by(r.handle, r.stop_reason))
             skip_dependents_of_failed(s)
         for r, _ in gone:
             self.running.pop(r.job_id, None)

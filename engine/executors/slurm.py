@@ -64,6 +64,7 @@ class SlurmJob:
     reason: str = ""
     nodes: str = ""
     name: str = ""
+    ended_at: float | None = None  # monotonic time a terminal state was first seen (by the executor)
 
 
 @dataclass

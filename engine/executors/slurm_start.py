@@ -77,7 +77,7 @@ def refusal(home: Path, env_path: str | None = None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.worker import build_parser as local_parser
+    from engine.daemon import build_parser as local_parser
 
     p = local_parser()
     p.prog = "python -m engine.executors.slurm_worker"
@@ -119,7 +119,7 @@ def slurm_config(opts: dict[str, Any]) -> SlurmConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.worker import _daemonize, _setup_logging, _tell
+    from engine.daemon import _daemonize, _setup_logging, _tell
 
     args = build_parser().parse_args(argv)
     home = ensure_home(args.home)

@@ -14,9 +14,12 @@ from sqlalchemy import select
 from worker_helpers import PY, job, submit, wait_for, wait_status, write_script
 
 from db.models import Job
+from db.queue import claim
 from db.session import Store
+from engine.executors import Launch
 from engine.executors import slurm as sl
 from engine.executors.slurm_worker import SlurmConfig, SlurmWorker
+from engine.rundir import job_env, prepare_run_dir
 from engine.worker import Config
 
 ONCE = """
@@ -69,18 +72,15 @@ def test_crash_between_sbatch_and_commit_finds_the_job_by_name(cluster, tmp_path
     jid = submit(store, [PY, str(script), str(starts), "2", "0.2"])
     # The first worker claims and submits, then "dies" before the Slurm id is committed.
     first = SlurmWorker(Config(home=home), SlurmConfig())
-    first.register()
     with first.store.write() as s:
-        from db.queue import claim
-
         assert claim(s, jid, host="slurm", run_dir=str(first.run_dir(jid)))
-    row = job(store, jid)
-    _, tracked = first._sbatch(row)
-    assert job(store, jid).slurm_job_id is None
+    rd = prepare_run_dir(home, jid, job(store, jid).spec)
+    handle = first.executor.start(Launch(job_id=jid, run_dir=rd, env=job_env({}, jid, rd, (), 0)))
+    assert job(store, jid).external_id == ""
     first._watch.close()
     with ThreadSlurmWorker(home):
         assert wait_status(store, jid, timeout=60) == "succeeded"
-    assert job(store, jid).slurm_job_id == tracked.slurm_id
+    assert job(store, jid).slurm_job_id == handle.external_id == job(store, jid).external_id
     assert starts.read_text().split() == [str(jid)]
 
 
