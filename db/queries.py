@@ -65,7 +65,8 @@ class JobDetail:
 _ROW_COLUMNS = (
     Job.id, Experiment.name, Job.name, Job.kind, Job.status, Job.priority, Job.gpus_requested,
     Job.assigned_gpus, Job.attempt, Job.queued_at, Job.started_at, Job.finished_at, Job.progress_done,
-    Job.progress_total, Job.eta_s, Job.failure_reason, Job.params,
+    Job.progress_total, Job.eta_s, Job.failure_reason, Job.params, Job.slurm_job_id, Job.slurm_state,
+    Job.slurm_reason, Job.slurm_nodes,
 )
 
 

@@ -98,8 +98,10 @@ def _worker_argv(home: Path, gpus: str | None, options: dict[str, Any]) -> list[
     if gpus is not None:
         argv += ["--gpus", gpus]
     for key, value in options.items():
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is not None:
+                argv.append(f"--{key.replace('_', '-')}={v}")  # one argument: a value may start with '-'
     return argv
 
 

@@ -35,11 +35,32 @@ def parse_gpus(text: str | None) -> frozenset[int] | None:
 
 
 def cpu_slots(option: int | None) -> int | None:
-    """CPU-only jobs at once: by default one per CPU, so a sweep of CPU jobs cannot swamp the box
-    (GPU jobs are bounded by the GPUs); 0 lifts the limit."""
+    """CPU-only jobs at once: by default one per CPU this process may use (its affinity: a Slurm
+    allocation, a cgroup cpuset, `taskset`), so a sweep of CPU jobs cannot swamp the box (GPU jobs
+    are bounded by the GPUs); 0 lifts the limit."""
     if option is None:
-        return os.cpu_count() or 1
+        from engine.rundir import usable_cpus
+
+        return usable_cpus()
     return None if option <= 0 else option
+
+
+def allocated_gpus(env: dict[str, str] | None = None) -> frozenset[int] | None:
+    """Pilot mode: inside a Slurm allocation (or with CUDA_VISIBLE_DEVICES set) only those GPUs.
+
+    A worker started by `salloc` or inside an `sbatch` script must not place jobs on cards that
+    belong to other people's allocations. SLURM_JOB_GPUS (NVML indices) is preferred; else
+    CUDA_VISIBLE_DEVICES when it lists indices. None: no restriction (every GPU found).
+    """
+    env = os.environ if env is None else env
+    for var in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        text = env.get(var)
+        if text is None:
+            continue
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if all(x.isdigit() for x in items):
+            return frozenset(int(x) for x in items)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-slots", type=int, default=None,
                    help="at most this many CPU-only jobs at once (default: the number of CPUs; 0: no limit)")
     p.add_argument("--backfill", action="store_true", help="let GPU jobs overtake a waiting bigger one")
+    p.add_argument("--executor", choices=("local", "slurm"), default=None,
+                   help="where jobs run: this box (default) or a Slurm cluster; remembered")
+    g = p.add_argument_group("Slurm (--executor slurm; remembered)")
+    g.add_argument("--partition", default=None, help="default partition (a spec's slurm: block overrides it)")
+    g.add_argument("--account", default=None, help="default account")
+    g.add_argument("--qos", default=None, help="default quality of service")
+    g.add_argument("--sbatch-arg", action="append", default=None, help="one more sbatch option (repeatable)")
+    g.add_argument("--runs-dir", default=None, help="run folders on storage every node sees")
+    g.add_argument("--slurm-poll", type=float, default=None, help="seconds between squeue calls (default 2)")
     return p
 
 
@@ -123,6 +153,10 @@ def _tell(fd: int | None, line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     home = ensure_home(args.home)
+    from engine.executors import slurm_start
+
+    if slurm_start.chosen(home, args.executor):
+        return slurm_start.run(args, home)
     try:
         gpus = parse_gpus(args.gpus)
     except ValueError as e:
@@ -142,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         elif gpus is None:
             with store.read() as s:
                 gpus = parse_gpus(get_setting(s, GPUS_KEY, "") or None)
+        if gpus is None:
+            gpus = allocated_gpus()  # pilot mode: only the allocation's cards
         from engine.worker import Config, WorkerDaemon
 
         cfg = Config(home=home, gpus=gpus, poll_s=args.poll, heartbeat_s=args.heartbeat,

@@ -60,9 +60,9 @@ def network_fs(path: Path, f_type: int | None = None) -> str | None:
     return NETWORK_FS.get(kind) if kind is not None else None
 
 
-def refusal(home: Path, env_path: str | None = None) -> str | None:
+def refusal(home: Path) -> str | None:
     """Why a Slurm worker must not start here (one line), or None."""
-    why = sl.SlurmClient.available() if env_path is None else None
+    why = sl.SlurmClient.available()
     if why:
         return why
     fs = network_fs(home)
@@ -72,27 +72,27 @@ def refusal(home: Path, env_path: str | None = None) -> str | None:
     return None
 
 
-
 # ---------------------------------------------------------------------- entry point
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.daemon import build_parser as local_parser
-
-    p = local_parser()
-    p.prog = "python -m engine.executors.slurm_worker"
-    add_slurm_options(p)
-    return p
-
-
-def add_slurm_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Slurm")
-    g.add_argument("--partition", default=None, help="default partition (a spec's slurm: block overrides it)")
-    g.add_argument("--account", default=None, help="default account")
-    g.add_argument("--qos", default=None, help="default quality of service")
-    g.add_argument("--sbatch-arg", action="append", default=None, help="one more sbatch option (repeatable)")
-    g.add_argument("--runs-dir", default=None, help="run folders on storage every node sees (remembered)")
-    g.add_argument("--slurm-poll", type=float, default=None, help="seconds between squeue calls (default 2)")
+def chosen(home: Path, executor: str | None) -> bool:
+    """Whether this start runs on Slurm: `--executor slurm`, or a remembered one when none is given.
+    `--executor local` forgets a remembered Slurm executor."""
+    if executor == "slurm":
+        return True
+    if not (home / "labdeck.db").exists():
+        return False
+    store = Store(home)
+    try:
+        if executor == "local":
+            with store.write() as s:
+                set_setting(s, EXECUTOR_KEY, "")
+            return False
+        with store.read() as s:
+            remembered = json.loads(get_setting(s, EXECUTOR_KEY, "") or "{}")
+    finally:
+        store.dispose()
+    return remembered.get("executor") == "slurm"
 
 
 def resolve_options(store: Store, args: argparse.Namespace) -> dict[str, Any]:
@@ -118,11 +118,10 @@ def slurm_config(opts: dict[str, Any]) -> SlurmConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace, home: Path) -> int:
+    """Start the Slurm worker with parsed `engine.daemon` arguments (refusing first, in one line)."""
     from engine.daemon import _daemonize, _setup_logging, _tell
 
-    args = build_parser().parse_args(argv)
-    home = ensure_home(args.home)
     why = refusal(home)
     if why:
         print(f"labdeck: {why}", file=sys.stderr)
@@ -149,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         return daemon.run()
     finally:
         lock.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.daemon import build_parser
+
+    args = build_parser().parse_args(argv)
+    return run(args, ensure_home(args.home))
 
 
 if __name__ == "__main__":
