@@ -278,6 +278,20 @@ def gpu_snapshot(session: Session) -> tuple[float | None, list[GpuInfo]]:
     return parse_gpu_snapshot(get_setting(session, GPU_SNAPSHOT_KEY, ""))
 
 
+SLURM_PARTITIONS_KEY = "slurm_partitions"  # written by a Slurm worker (engine.executors.slurm_worker)
+
+
+def slurm_partitions(session: Session) -> list[dict[str, Any]]:
+    """The cluster's partitions as the Slurm worker last saw them (`sinfo`): name, nodes, idle and
+    total GPUs, node states. Empty without a Slurm worker."""
+    try:
+        data = json.loads(get_setting(session, SLURM_PARTITIONS_KEY, "") or "{}")
+    except ValueError:
+        return []
+    parts = data.get("partitions") if isinstance(data, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+
+
 # ----------------------------------------------------------------------------- paged job lists (the TUI)
 
 # Sort orders a job list can take; each ends with `id` so pages never overlap or skip a row.

@@ -141,6 +141,7 @@ class GpuData:
     at: float | None
     gpus: tuple[GpuInfo, ...]
     job_names: dict[int, str]
+    partitions: tuple[dict[str, Any], ...] = ()  # a Slurm worker's `sinfo` (empty on one box)
 
 
 class ActionError(Exception):
@@ -371,7 +372,8 @@ class Source:
             t, gpus = Q.gpu_snapshot(s)
             ids = {p.job_id for g in gpus for p in g.processes if p.job_id is not None}
             names = dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all()) if ids else {}
-        return GpuData(t, tuple(gpus), names)
+            parts = Q.slurm_partitions(s)
+        return GpuData(t, tuple(gpus), names, tuple(parts))
 
     def specs(self, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
         from db import queries as Q

@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from db import worker_reads
 from db.home import run_dir as run_dir_of
 from db.models import Job, JobStatus
+from db.queries import SLURM_PARTITIONS_KEY as PARTITIONS_KEY  # sinfo's partitions, for the GPUs screen
 from db.queue import set_setting, skip_dependents_of_failed
 from db.session import Store
 from engine import scheduler
@@ -42,7 +43,7 @@ from engine.worker import Config, WorkerDaemon
 
 log = logging.getLogger("labdeck.worker")
 
-PARTITIONS_KEY = "slurm_partitions"  # sinfo's partitions with idle/total GPUs, for the GPUs screen
+
 BACKSTOP_S = 120.0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from slurm_helpers import ThreadSlurmWorker
 from worker_helpers import PY, job, metrics, wait_status, write_script
 
+from db.queries import slurm_partitions
 from db.queue import enqueue
 from db.session import Store
 from engine.specfile import expand
@@ -55,6 +56,10 @@ def test_three_stage_pipeline_runs_through_slurm(cluster, tmp_path: Path) -> Non
     script_text = (Path(rows[2].run_dir) / "job.sbatch").read_text()
     assert "#SBATCH --partition=other" in script_text and "--job-name=labdeck-" in script_text
     assert "#SBATCH --gres=gpu:1" in (Path(rows[1].run_dir) / "job.sbatch").read_text()
+    # The GPUs screen's partitions, from sinfo: the cluster's two fake GPUs on both partitions.
+    with store.read() as s:
+        parts = {p["partition"]: p for p in slurm_partitions(s)}
+    assert set(parts) == {"debug", "other"} and parts["debug"]["gpus_total"] == 2
     # Tracking is one scheduler call per poll for all jobs, never one per job.
     calls = w.daemon.client.calls
     assert calls.get("squeue", 0) <= w.daemon.polls + 1 and calls.get("sbatch") == 3
