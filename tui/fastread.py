@@ -20,12 +20,12 @@ from pathlib import Path
 
 from db.rows import GpuInfo, JobRow, WorkerState, parse_gpu_snapshot
 
-SCHEMA_VERSION = 3  # db.migrations.SCHEMA_VERSION when this was written
+SCHEMA_VERSION = 4  # db.migrations.SCHEMA_VERSION when this was written
 
 _COLUMNS = (
     "job.id, experiment.name, job.name, job.kind, job.status, job.priority, job.gpus_requested, job.assigned_gpus, "
     "job.attempt, job.queued_at, job.started_at, job.finished_at, job.progress_done, job.progress_total, job.eta_s, "
-    "job.failure_reason, job.params"
+    "job.failure_reason, job.params, job.slurm_job_id, job.slurm_state, job.slurm_reason, job.slurm_nodes"
 )
 
 
@@ -51,7 +51,7 @@ def first_page(path: Path, limit: int) -> tuple[list[JobRow], int, dict[int, dic
             "ORDER BY job.id DESC LIMIT ? OFFSET 0", (limit,)
         ).fetchall()
         total = con.execute("SELECT count(*) FROM job").fetchone()[0]
-        rows = [JobRow(*r[:16], json.loads(r[16] or "{}")) for r in raw]
+        rows = [JobRow(*r[:16], json.loads(r[16] or "{}"), *r[17:]) for r in raw]
         metrics: dict[int, dict[str, float]] = {}
         if rows:
             ids = [r.id for r in rows]
