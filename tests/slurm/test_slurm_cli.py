@@ -65,9 +65,10 @@ def test_worker_start_executor_slurm_show_cancel_and_adopt_after_kill_9(cluster,
         r = labdeck(home, "worker", "start")  # no options: the remembered executor and options apply
         assert r.returncode == 0 and "Slurm" in r.stdout, r.stdout + r.stderr
         wait_status(store, a, "cancelled", timeout=60)
-        assert show(home, a)["slurm_state"] == "CANCELLED"
+        assert job(store, a).slurm_state == "CANCELLED"
         wait_status(store, b, "succeeded", timeout=60)
-        assert show(home, b)["slurm_job_id"] == d["slurm_job_id"] or show(home, b)["slurm_job_id"]
+        db = show(home, b)
+        assert db["status"] == "succeeded" and db["slurm_state"] == "COMPLETED" and db["slurm_job_id"] != d["slurm_job_id"]
         log = (home / "worker.log").read_text()
         assert "adopted" in log
     finally:
