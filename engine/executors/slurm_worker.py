@@ -52,7 +52,7 @@ class SlurmConfig:
     defaults: sl.Defaults = sl.Defaults()
     slurm_poll_s: float = 2.0  # one squeue per this many seconds, whatever the number of jobs
     exit_wait_s: float = 15.0  # how long a finished job's exit.json may take to show (NFS)
-    max_submit: int = 500  # submissions per round, so a huge sweep does not stall the loop
+    max_submit: int = 32  # sbatch calls per round (~0.1 s each), so a big sweep never stalls cancels and ingestion
     partitions_every_s: float = 30.0
 
 

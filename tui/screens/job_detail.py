@@ -81,6 +81,13 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
         grid.add_row("GPUs", Text(f"{r.assigned_gpus or '—'}  ({r.gpus_requested} requested)"))
     else:
         grid.add_row("GPUs", Text("none: runs on the CPU"))
+    if r.slurm_job_id:  # run by a Slurm worker: Slurm's own view of the job
+        sl = Text(f"job {r.slurm_job_id}  {r.slurm_state or '?'}")
+        if r.slurm_reason:
+            sl.append(f" ({r.slurm_reason})", style="dim")
+        if r.slurm_nodes:
+            sl.append(f"  on {r.slurm_nodes}")
+        grid.add_row("slurm", sl)
     if d.depends_on:
         grid.add_row("after", Text(", ".join(f"#{i}" for i in d.depends_on)))
     if d.parent_id:
