@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+from rich.console import Console
 from slurm_helpers import ThreadSlurmWorker
 from worker_helpers import PY, job, metrics, wait_status, write_script
 
-from db.queries import slurm_partitions
+from db.queries import job_detail, slurm_partitions
 from db.queue import enqueue
 from db.session import Store
 from engine.specfile import expand
+from tui.screens.gpus import partitions_table
+from tui.screens.job_detail import overview_renderable
+from tui.source import DetailData
 
 STAGE = """
 import json, os, sys
@@ -60,6 +65,15 @@ def test_three_stage_pipeline_runs_through_slurm(cluster, tmp_path: Path) -> Non
     with store.read() as s:
         parts = {p["partition"]: p for p in slurm_partitions(s)}
     assert set(parts) == {"debug", "other"} and parts["debug"]["gpus_total"] == 2
+    # The app's job detail and GPUs screen show the Slurm side.
+    console = Console(width=120, record=True)
+    with store.read() as s:
+        detail = job_detail(s, ids[1])
+    console.print(overview_renderable(DetailData(detail, (), ()), time.time()))
+    console.print(partitions_table(tuple(parts.values())))
+    text = console.export_text()
+    assert f"job {rows[1].slurm_job_id}  COMPLETED" in text and f"on {cluster.host}" in text
+    assert "debug" in text and ("0/2" in text or "2/2" in text)
     # Tracking is one scheduler call per poll for all jobs, never one per job.
     calls = w.daemon.client.calls
     assert calls.get("squeue", 0) <= w.daemon.polls + 1 and calls.get("sbatch") == 3
