@@ -11,6 +11,7 @@ mode as the database).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -54,12 +55,15 @@ def runs_root(home: Path) -> Path:
 
 
 def set_runs_dir(home: Path, folder: Path | str | None) -> Path:
-    """Remember `folder` (made absolute, created 0700) as the home's runs_dir; None goes back to HOME/runs."""
+    """Remember `folder/labdeck-<home tag>` (absolute, created 0700) as the home's runs_dir; None goes
+    back to HOME/runs. The tag (a hash of the home's path) keeps two homes that share one scratch
+    folder from ever sharing a run folder (both number their jobs from 1)."""
     setting = Path(home) / RUNS_DIR_FILE
     if folder is None:
         setting.unlink(missing_ok=True)
         return runs_root(home)
-    path = Path(folder).expanduser().absolute()
+    tag = hashlib.sha1(str(Path(home).absolute()).encode()).hexdigest()[:6]
+    path = Path(folder).expanduser().absolute() / f"labdeck-{tag}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = setting.with_name(f".{RUNS_DIR_FILE}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

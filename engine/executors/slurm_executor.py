@@ -102,7 +102,7 @@ class SlurmExecutor(Executor):
             if (got.state, got.reason, got.nodes) != (old.state, old.reason, old.nodes):
                 values = {"slurm_job_id": sid, "slurm_state": got.state, "slurm_reason": got.reason,
                           "slurm_nodes": got.nodes or old.nodes}
-                if got.state == "RUNNING" and old.state != "RUNNING":
+                if got.state == "RUNNING" and old.state not in ("", "RUNNING"):  # seen starting (not adopted)
                     values["running_since"] = str(time.time())
                 self.changed[h.job_id] = values
                 got.nodes = got.nodes or old.nodes

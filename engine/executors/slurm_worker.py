@@ -108,8 +108,9 @@ class SlurmWorker(WorkerDaemon):
     def _watch_jobs(self, now: float) -> list[Any]:
         for jid, r in self.running.items():
             if jid not in self._limits:  # Slurm enforces the limit; labdeck's backstop waits for RUNNING
-                self._limits[jid] = r.time_limit_s
-                r.time_limit_s = None
+                self._limits[jid] = limit = r.time_limit_s
+                # An adopted job keeps its stored start (Slurm's, or the claim if it never ran).
+                r.time_limit_s = -(-limit // 60) * 60 + BACKSTOP_S if limit and r.handle.adopted else None
         ended = super()._watch_jobs(now)
         if self.sx.changed:
             changed, self.sx.changed = self.sx.changed, {}

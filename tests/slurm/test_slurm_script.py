@@ -63,3 +63,15 @@ def test_squeue_and_scontrol_parsing() -> None:
     assert (jobs["42"].state, jobs["42"].nodes) == ("RUNNING", "gpu[01-02]")
     one = sl.parse_scontrol("JobId=43 JobName=labdeck-x-3 JobState=NODE_FAIL Reason=NodeDown NodeList=gpu07 X=1")
     assert one is not None and (one.state, one.reason, one.nodes) == ("NODE_FAIL", "NodeDown", "gpu07")
+
+
+def test_two_homes_sharing_one_runs_dir_never_share_a_run_folder(tmp_path: Path) -> None:
+    from db.home import ensure_home, run_dir, set_runs_dir
+
+    shared = tmp_path / "scratch"
+    a, b = ensure_home(tmp_path / "a"), ensure_home(tmp_path / "b")
+    set_runs_dir(a, shared)
+    set_runs_dir(b, shared)
+    assert run_dir(a, 1).parent.parent == run_dir(b, 1).parent.parent == shared and run_dir(a, 1) != run_dir(b, 1)
+    set_runs_dir(a, None)
+    assert run_dir(a, 1) == a / "runs" / "1"
