@@ -9,49 +9,15 @@ Timestamps are Unix seconds (float, UTC): cheap to compare, sort and subtract, a
 
 from __future__ import annotations
 
-import enum
-
 from sqlmodel import Field, SQLModel
 
-
-class JobStatus(str, enum.Enum):
-    """Where a job is in its life. Every change between these goes through `db.queue`."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    interrupted = "interrupted"
-    skipped = "skipped"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted, JobStatus.skipped}
+# The status words and failure reasons live in `db.schema` (no SQLAlchemy there), re-exported here.
+from db.schema import (  # noqa: F401
+    RETRYABLE_STATUSES,
+    TERMINAL_STATUSES,
+    FailureReason,
+    JobStatus,
 )
-
-# A retry makes a new job from one of these (pueue's "restart", Slurm's requeue).
-RETRYABLE_STATUSES = frozenset({JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted, JobStatus.skipped})
-
-
-class FailureReason(str, enum.Enum):
-    """Why a job did not succeed, classified so that retry policies and filters can name it."""
-
-    nonzero_exit = "nonzero_exit"
-    signal = "signal"
-    time_limit = "time_limit"
-    cuda_oom = "cuda_oom"
-    spawn_error = "spawn_error"
-    bad_input = "bad_input"
-    worker_lost = "worker_lost"
-    dependency = "dependency"
-    cancelled = "cancelled"
-    node_fail = "node_fail"  # Slurm lost the job's node (NODE_FAIL, BOOT_FAIL): not the job's fault
-    preempted = "preempted"  # Slurm preempted it for a higher-priority job
 
 
 class Experiment(SQLModel, table=True):
@@ -85,6 +51,10 @@ class Job(SQLModel, table=True):
     pid: int | None = None
     pid_start_time: float | None = None
     external_id: str = ""  # the executor's handle on the job's processes (engine.executors)
+    slurm_job_id: str | None = None  # set once sbatch accepted the job (`--executor slurm`)
+    slurm_nodes: str = ""  # Slurm's node list, e.g. gpu[01-02]
+    slurm_state: str = ""  # Slurm's state as squeue says it: PENDING, RUNNING, COMPLETED, NODE_FAIL...
+    slurm_reason: str = ""  # why Slurm keeps it pending (Resources, Priority, QOSMaxGpu...) or ended it
     host: str = ""
     run_dir: str = ""
     attempt: int = 1
@@ -103,10 +73,6 @@ class Job(SQLModel, table=True):
     progress_done: float | None = None
     progress_total: float | None = None
     eta_s: float | None = None
-    slurm_job_id: str | None = None  # set once sbatch accepted the job (`--executor slurm`)
-    slurm_nodes: str = ""  # Slurm's node list, e.g. gpu[01-02]
-    slurm_state: str = ""  # Slurm's state as squeue says it: PENDING, RUNNING, COMPLETED, NODE_FAIL...
-    slurm_reason: str = ""  # why Slurm keeps it pending (Resources, Priority, QOSMaxGpu...) or ended it
 
 
 class JobDependency(SQLModel, table=True):

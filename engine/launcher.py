@@ -229,8 +229,8 @@ def main(argv: list[str]) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    for forwarded in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(forwarded, forward)
 
     def warn_limit(_signum: int, _frame: object) -> None:
         # Slurm's warning before the time limit (sbatch --signal=B:USR1@N). Not passed on: a job
