@@ -84,6 +84,9 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+ROW_WIDTH = JOB_ROW_COLUMNS.count(",") + 1  # columns of a JobRow (the Slurm side included)
+
+
 def _row(r: Sequence[Any]) -> JobRow:
     return JobRow(*r[:16], json.loads(r[16] or "{}"), *r[17:])
 
@@ -219,11 +222,11 @@ def job_detail(c: Any, job_id: int) -> JobDetail:
                     (job_id,)).fetchone()
     if r is None:
         raise UnknownJob(f"job {job_id}: no such job")
-    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent = r[17:]
+    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent = r[ROW_WIDTH:]
     deps = sorted(d for (d,) in con.execute("SELECT depends_on_id FROM jobdependency WHERE job_id = ?", (job_id,)))
     arts = con.execute("SELECT kind, path, meta, created_at FROM artifact WHERE job_id = ? ORDER BY id", (job_id,))
     return JobDetail(
-        row=_row(r[:17]), spec=json.loads(spec), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
+        row=_row(r[:ROW_WIDTH]), spec=json.loads(spec), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
         exit_signal=exit_signal, failure_detail=detail, log_tail=tail, heartbeat_at=heartbeat,
         cancel_requested=bool(cancel), parent_id=parent, depends_on=deps,
         metrics=latest_metrics(con, [job_id]).get(job_id, {}),
