@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cli.common import AddCommand
 
@@ -92,7 +93,7 @@ def _start(args: argparse.Namespace) -> int:
     return 0 if ok else (2 if message.startswith("labdeck:") else 1)
 
 
-def _slurm_options(args: argparse.Namespace) -> dict[str, object]:
+def _slurm_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("executor", "partition", "account", "qos", "sbatch_arg", "runs_dir")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 

@@ -88,7 +88,9 @@ ROW_WIDTH = JOB_ROW_COLUMNS.count(",") + 1  # columns of a JobRow (the Slurm sid
 
 
 def _row(r: Sequence[Any]) -> JobRow:
-    return JobRow(*r[:16], json.loads(r[16] or "{}"), *r[17:])
+    values = list(r[:ROW_WIDTH])
+    values[16] = json.loads(values[16] or "{}")
+    return JobRow(*values)
 
 
 # ----------------------------------------------------------------------------- job lists

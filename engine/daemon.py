@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,16 @@ def cpu_slots(option: int | None) -> int | None:
     return None if option <= 0 else option
 
 
-def allocated_gpus(env: dict[str, str] | None = None) -> frozenset[int] | None:
+def allocated_gpus(env: Mapping[str, str] | None = None) -> frozenset[int] | None:
     """Pilot mode: inside a Slurm allocation (or with CUDA_VISIBLE_DEVICES set) only those GPUs.
 
     A worker started by `salloc` or inside an `sbatch` script must not place jobs on cards that
     belong to other people's allocations. SLURM_JOB_GPUS (NVML indices) is preferred; else
     CUDA_VISIBLE_DEVICES when it lists indices. None: no restriction (every GPU found).
     """
-    env = os.environ if env is None else env
+    source: Mapping[str, str] = os.environ if env is None else env
     for var in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
-        text = env.get(var)
+        text = source.get(var)
         if text is None:
             continue
         items = [x.strip() for x in text.split(",") if x.strip()]
