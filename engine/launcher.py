@@ -22,7 +22,8 @@ What it runs:
 
 Standard library only (plus nothing): the launcher must start fast and never load torch itself.
 It records `env.json` (python, platform, package versions read by `importlib.metadata`, git commits,
-CUDA_VISIBLE_DEVICES, host) after the command has started, so that costs no start-up latency.
+CUDA_VISIBLE_DEVICES, host) after the command has started, so that costs no start-up latency; the
+variables named in LABDECK_SECRET_NAMES (from the home's secrets.env) are never recorded.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from engine.secrets import ENV_SECRET_NAMES
 
 EXIT_FILE = "exit.json"
 ENV_FILE = "env.json"
@@ -163,6 +166,7 @@ def _versions() -> dict[str, str]:
 def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
     """What `env.json` holds: enough to tell later which code and which packages produced a result."""
     labdeck_src = Path(__file__).resolve().parent.parent
+    secret_names = set(env.get(ENV_SECRET_NAMES, "").split(","))  # from secrets.env: never recorded
     return {
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
@@ -175,7 +179,7 @@ def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[
         "cwd": str(cwd),
         "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
         "env": {k: v for k, v in env.items() if k.startswith(("LABDECK_", "CUDA_", "PYTORCH_", "NCCL_", "HF_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-                and "TOKEN" not in k},
+                and "TOKEN" not in k and k not in secret_names},
     }
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from db.models import FailureReason, JobStatus
+from engine import secrets
 
 R = FailureReason
 ENGINE_KINDS = ("generate", "score", "finetune", "merge")
@@ -128,7 +129,11 @@ def should_retry(outcome: Outcome, retry_on: list[str], retry_max: int, attempt:
 
 
 def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> str:
-    """The last `lines` lines of a log, with progress-bar redraws (`\\r`) reduced to their last state."""
+    """The last `lines` lines of a log, with progress-bar redraws (`\\r`) reduced to their last state.
+
+    Secret values of the home holding the run folder (`HOME/runs/<id>/log.txt`) are masked: the tail
+    is stored in the database and shown by `show`, the app and notification hooks.
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -145,4 +150,8 @@ def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> 
         redraws = [seg for seg in line.split("\r") if seg.strip()]
         if redraws:
             out.append(redraws[-1])
-    return "\n".join(out[-lines:])
+    tail = "\n".join(out[-lines:])
+    run_dir = Path(path).absolute().parent
+    if run_dir.parent.name == "runs" and tail:
+        tail = secrets.redact(tail, secrets.values_for_redaction(run_dir.parent.parent))
+    return tail

@@ -56,7 +56,7 @@ from db.queue import (
     transition,
 )
 from db.session import Store
-from engine import attribution, ingest, outcome, process, scheduler
+from engine import attribution, hooks, ingest, outcome, process, scheduler, secrets
 from engine.control import STOP_KEY
 from engine.executors import Executor, Launch, local
 from engine.gpus import Gpu, Inventory, SnapshotMeta, open_inventory, snapshot_json
@@ -100,9 +100,7 @@ class WorkerDaemon:
         self._watch.execute("PRAGMA busy_timeout = 10000")
         self._data_version = -1
         self._fingerprint: tuple[Any, ...] = ()
-        self._next_plan = 0.0
-        self._next_heartbeat = 0.0
-        self._next_wal_check = 0.0
+        self._next_plan = self._next_heartbeat = self._next_wal_check = 0.0
         self._plan_due = True
         self._gpu_watch = attribution.GpuWatch(self.inventory)
         self._waiting: dict[int, str] = {}
@@ -110,6 +108,7 @@ class WorkerDaemon:
         self._env_base = {k: v for k, v in os.environ.items() if k not in ("LABDECK_FAKE_GPUS",)}
         self._cpu_threads = cpu_job_threads(config.cpu_slots)
         self._started = time.time()
+        self.notifier = hooks.Notifier(self.home, self.store.path)  # hooks.yaml: deliveries in a thread of their own
 
     # ------------------------------------------------------------------ life cycle
 
@@ -318,6 +317,7 @@ class WorkerDaemon:
         for r in ended:
             self.running.pop(r.job_id, None)
             self.executor.forget(r.handle)
+        self.notifier.ended(r.job_id for r in ended)  # returns at once, never waits for a hook
         if skipped:
             log.info("skipped %s: a dependency did not succeed", skipped)
 
@@ -382,11 +382,13 @@ class WorkerDaemon:
         for st, job in claimed:
             try:
                 rd = prepare_run_dir(self.home, job.id, job.spec)
-                env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
+                base = {**self._env_base, **secrets.job_environment(self.home)}  # read per job: new keys reach new jobs
+                env = job_env(base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
                 handle = self.executor.start(Launch(job_id=job.id, run_dir=rd, env=env, gpus=st.gpus))
             except Exception as e:  # noqa: BLE001 - this job could not start; the others still do
                 log.error("job %d: could not start: %s", job.id, traceback.format_exc())
-                failures.append((job.id, f"could not start the launcher: {type(e).__name__}: {e}"))
+                failures.append((job.id, str(e) if isinstance(e, secrets.SecretsError)  # refused secrets.env: its one line
+                                 else f"could not start the launcher: {type(e).__name__}: {e}"))
                 continue
             spawned.append(Running.of(job, handle, rd, st.gpus))
         try:

@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState, get_current_worker  # noqa: E402
 
 from tui.commands import LabdeckCommands  # noqa: E402
 from tui.messages import ActionDone, Polled  # noqa: E402
+from tui.notify import EndWatch, notify_terminal  # noqa: E402
 from tui.render import use_color  # noqa: E402
 from tui.screens.jobs import JobsScreen  # noqa: E402
 from tui.source import Source  # noqa: E402
@@ -97,6 +98,7 @@ class LabdeckApp(App[int]):
         self._ticks = 0
         self._polling = False
         self._warmed = False
+        self._ends = EndWatch()  # jobs and experiments that end while the app is open raise a terminal notification
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +136,9 @@ class LabdeckApp(App[int]):
         fp = self.source.fingerprint()
         changed = fp != self._fingerprint
         overview = self.source.overview() if (changed or force) else None
+        if changed and self._fingerprint:  # not on the first poll: the cold start opens no store
+            for notice in self._ends.check(self.source.store):
+                self.call_from_thread(notify_terminal, self, notice)
         if not get_current_worker().is_cancelled:
             self.post_message(Polled(fp, overview, changed))
 

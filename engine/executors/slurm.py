@@ -187,11 +187,12 @@ class SlurmClient:
         self.calls: dict[str, int] = {}
         self._accounting: bool | None = None
 
-    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(self, argv: list[str], check: bool = True, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
         self.calls[argv[0]] = self.calls.get(argv[0], 0) + 1
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, env=self.env,  # noqa: S603
-                               check=False)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s,  # noqa: S603
+                               env=env if env is not None else self.env, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SlurmError(f"{argv[0]}: {e}") from e
         if check and p.returncode != 0:
@@ -212,8 +213,10 @@ class SlurmClient:
             self._accounting = bool(line) and not line.rstrip().endswith("accounting_storage/none")
         return self._accounting
 
-    def submit(self, script: Path) -> str:
-        p = self._run(["sbatch", "--parsable", str(script)])
+    def submit(self, script: Path, env: dict[str, str] | None = None) -> str:
+        """sbatch the script; `env` (with --export=ALL in the script) is the job's environment, so
+        values that must not be written to a file on shared storage (API keys) still reach it."""
+        p = self._run(["sbatch", "--parsable", str(script)], env=env)
         return p.stdout.strip().split(";")[0]
 
     def find_by_name(self, name: str) -> SlurmJob | None:

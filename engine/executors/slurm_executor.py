@@ -66,7 +66,11 @@ class SlurmExecutor(Executor):
         return sl.write_script(launch.run_dir, sl.batch_script(spec, self.defaults, name, launch.run_dir, env))
 
     def start(self, launch: Launch) -> Handle:
-        slurm_id = self.client.submit(self.script_for(launch))
+        # The job's whole environment (the worker's, the home's secrets, labdeck's variables) goes
+        # to sbatch itself, not into the script: secrets never land on shared storage. Slurm sets
+        # the job's GPUs.
+        env = {k: v for k, v in launch.env.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+        slurm_id = self.client.submit(self.script_for(launch), env=env)
         return self._track(launch.job_id, launch.run_dir, slurm_id, adopted=False)
 
     def _track(self, job_id: int, run_dir: Path, slurm_id: str, adopted: bool) -> Handle:
