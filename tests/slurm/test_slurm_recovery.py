@@ -75,7 +75,7 @@ def test_crash_between_sbatch_and_commit_finds_the_job_by_name(cluster, tmp_path
     with first.store.write() as s:
         assert claim(s, jid, host="slurm", run_dir=str(first.run_dir(jid)))
     rd = prepare_run_dir(home, jid, job(store, jid).spec)
-    handle = first.executor.start(Launch(job_id=jid, run_dir=rd, env=job_env({}, jid, rd, (), 0)))
+    handle = first.executor.start(Launch(job_id=jid, run_dir=rd, env=job_env(dict(os.environ), jid, rd, (), 0)))
     assert job(store, jid).external_id == ""
     first._watch.close()
     with ThreadSlurmWorker(home):
