@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 # drive them for real, and in CI (CI=true) a test that skips fails unless it is marked gpu.
 test: $(VENV)/.installed
 	./.ci/deps
+	bash .ci/slurm-deps
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check db engine tui cli client tests bench
 	$(PY) -m pytest -n auto --maxprocesses 4

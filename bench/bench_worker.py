@@ -78,7 +78,7 @@ def wait(pred, timeout: float = 60.0, interval: float = 0.005):  # noqa: ANN001
 class Worker:
     def __init__(self, home: Path, *args: str) -> None:
         self.log = open(home / "bench-worker.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([PY, "-m", "engine.worker", "--home", str(home), *args], env=env(),
+        self.proc = subprocess.Popen([PY, "-m", "engine.daemon", "--home", str(home), *args], env=env(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         from engine.control import worker_alive
 

@@ -111,7 +111,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     lines = []
     for r in rows:
         frac = r.fraction
-        line = [str(r.id), r.experiment, r.kind, r.name, r.status, r.assigned_gpus or (str(r.gpus_requested) if r.gpus_requested else "-"),
+        line = [str(r.id), r.experiment, r.kind, r.name, r.shown_status, r.assigned_gpus or (str(r.gpus_requested) if r.gpus_requested else "-"),
                 "" if frac is None else f"{frac:4.0%}", fmt_duration(r.elapsed(now)),
                 fmt_duration(r.eta_s) if r.status == "running" else ""]
         if args.metric:
@@ -154,6 +154,10 @@ def cmd_show(args: argparse.Namespace) -> int:
             out.append(f"  {label:9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}")
     if r.assigned_gpus:
         out.append(f"  gpus      {r.assigned_gpus}")
+    if r.slurm_job_id:
+        where = f" on {r.slurm_nodes}" if r.slurm_nodes else ""
+        why = f" ({r.slurm_reason})" if r.slurm_reason else ""
+        out.append(f"  slurm     job {r.slurm_job_id}: {r.slurm_state or '?'}{why}{where}")
     if d.depends_on:
         out.append(f"  after     {', '.join(map(str, d.depends_on))}")
     if r.failure_reason:

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cli.common import AddCommand
 
@@ -22,6 +23,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", default=None, help="start: only these GPU indices, e.g. 0,2 ('all' for every GPU); remembered")
     parser.add_argument("--grace", type=float, default=None, help="start: seconds between SIGTERM and SIGKILL when a job is stopped (default 10)")
     parser.add_argument("--cpu-slots", type=int, default=None, help="start: at most this many CPU-only jobs at once (default: one per CPU; 0: no limit)")
+    parser.add_argument("--executor", choices=("local", "slurm"), default=None,
+                        help="start: run jobs on this box (default) or submit them to Slurm; remembered")
+    parser.add_argument("--partition", default=None, help="start, slurm: default partition; remembered")
+    parser.add_argument("--account", default=None, help="start, slurm: default account; remembered")
+    parser.add_argument("--qos", default=None, help="start, slurm: default QOS; remembered")
+    parser.add_argument("--sbatch-arg", action="append", default=None, metavar="ARG",
+                        help="start, slurm: one more sbatch option, e.g. --sbatch-arg=--exclusive (repeatable)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="start: put run folders here (shared storage on a cluster); remembered")
     parser.add_argument("--now", action="store_true", help="stop: cancel running jobs instead of letting them finish")
     parser.add_argument("--wait", action="store_true", help="stop: return only when the worker has exited")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
@@ -62,7 +72,7 @@ def _start(args: argparse.Namespace) -> int:
 
     home = _home(args)
     if args.foreground:
-        from engine.worker import main as worker_main
+        from engine.daemon import main as worker_main
 
         argv = ["--home", str(home)]
         if args.gpus is not None:
@@ -71,13 +81,21 @@ def _start(args: argparse.Namespace) -> int:
             argv += ["--grace", str(args.grace)]
         if args.cpu_slots is not None:
             argv += ["--cpu-slots", str(args.cpu_slots)]
+        for key, value in _slurm_options(args).items():
+            for v in value if isinstance(value, list) else [value]:
+                argv.append(f"--{key.replace('_', '-')}={v}")
         return worker_main(argv)
     if worker_alive(home):
         print("a worker is already running for this home (labdeck worker stop, then start, to change its options)")
         return 0
-    ok, message = start_detached(home, args.gpus, grace=args.grace, cpu_slots=args.cpu_slots)
+    ok, message = start_detached(home, args.gpus, grace=args.grace, cpu_slots=args.cpu_slots, **_slurm_options(args))
     print(message)
-    return 0 if ok else 1
+    return 0 if ok else (2 if message.startswith("labdeck:") else 1)
+
+
+def _slurm_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("executor", "partition", "account", "qos", "sbatch_arg", "runs_dir")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def _stop(args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
 """Where labdeck keeps its state: one folder per home, private to its owner.
 
-A home holds `labdeck.db` (the SQLite store) and `runs/<job id>/` (each job's run folder).
+A home holds `labdeck.db` (the SQLite store) and `runs/<job id>/` (each job's run folder). On a
+cluster the run folders must live where every node sees them while the database stays on the login
+node's local disk (SQLite is unsafe on NFS): the home setting `runs_dir` (the file `HOME/runs_dir`,
+one absolute path, written by `labdeck worker start --runs-dir DIR`) moves them there.
 On a shared GPU box other users must not read prompts, outputs or tokens in logs, so the folder
 is created 0700 and the database 0600 (SQLite creates `-wal` and `-shm` beside it with the same
 mode as the database).
@@ -8,6 +11,7 @@ mode as the database).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -98,5 +102,38 @@ def db_path(home: Path) -> Path:
     return home / DB_NAME
 
 
+RUNS_DIR_FILE = "runs_dir"
+
+
+def runs_root(home: Path) -> Path:
+    """Where run folders live: the home's `runs_dir` setting, else `HOME/runs`."""
+    try:
+        text = (Path(home) / RUNS_DIR_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return Path(text) if text else Path(home) / "runs"
+
+
+def set_runs_dir(home: Path, folder: Path | str | None) -> Path:
+    """Remember `folder/labdeck-<home tag>` (absolute, created 0700) as the home's runs_dir; None goes
+    back to HOME/runs. The tag (a hash of the home's path) keeps two homes that share one scratch
+    folder from ever sharing a run folder (both number their jobs from 1)."""
+    setting = Path(home) / RUNS_DIR_FILE
+    if folder is None:
+        setting.unlink(missing_ok=True)
+        return runs_root(home)
+    tag = hashlib.sha1(str(Path(home).absolute()).encode()).hexdigest()[:6]
+    path = Path(folder).expanduser().absolute() / f"labdeck-{tag}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = setting.with_name(f".{RUNS_DIR_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (str(path) + "\n").encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, setting)
+    return path
+
+
 def run_dir(home: Path, job_id: int) -> Path:
-    return home / "runs" / str(job_id)
+    return runs_root(home) / str(job_id)

@@ -164,6 +164,14 @@ STEPS: list[list[str]] = [
         "CREATE INDEX ix_job_status ON job (status)",
         "CREATE INDEX ix_job_status_priority ON job (status, priority DESC, id)",
     ],
+    # 3 -> 4: the Slurm side of a job run by `--executor slurm`: its Slurm job id (also how a restarted
+    # worker adopts it), the nodes it got, Slurm's own state and reason (PENDING / Resources).
+    [
+        "ALTER TABLE job ADD COLUMN slurm_job_id VARCHAR",
+        "ALTER TABLE job ADD COLUMN slurm_nodes VARCHAR NOT NULL DEFAULT ''",
+        "ALTER TABLE job ADD COLUMN slurm_state VARCHAR NOT NULL DEFAULT ''",
+        "ALTER TABLE job ADD COLUMN slurm_reason VARCHAR NOT NULL DEFAULT ''",
+    ],
 ]
 
 SCHEMA_VERSION = len(STEPS)

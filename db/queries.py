@@ -30,7 +30,8 @@ from db.reads import (  # noqa: F401 - the public read API
     offset_of,
     page_jobs,
     recent_specs,
+    slurm_partitions,
     worker_state,
 )
 from db.rows import ArtifactRow, GpuInfo, JobDetail, JobRow, ResultRow, WorkerState  # noqa: F401
-from db.schema import GPU_SNAPSHOT_KEY  # noqa: F401
+from db.schema import GPU_SNAPSHOT_KEY, SLURM_PARTITIONS_KEY  # noqa: F401

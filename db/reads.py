@@ -34,6 +34,7 @@ from db.schema import (
     JOB_ROW_COLUMNS,
     JOB_ROW_FROM,
     QUEUE_STATE_KEY,
+    SLURM_PARTITIONS_KEY,
     UnknownJob,
 )
 
@@ -84,8 +85,13 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+ROW_WIDTH = JOB_ROW_COLUMNS.count(",") + 1  # columns of a JobRow (the Slurm side included)
+
+
 def _row(r: Sequence[Any]) -> JobRow:
-    return JobRow(*r[:16], json.loads(r[16] or "{}"))
+    values = list(r[:ROW_WIDTH])
+    values[16] = json.loads(values[16] or "{}")
+    return JobRow(*values)
 
 
 # ----------------------------------------------------------------------------- job lists
@@ -219,11 +225,11 @@ def job_detail(c: Any, job_id: int) -> JobDetail:
                     (job_id,)).fetchone()
     if r is None:
         raise UnknownJob(f"job {job_id}: no such job")
-    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent, skipped, note = r[17:]
+    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent, skipped, note = r[ROW_WIDTH:]
     deps = sorted(d for (d,) in con.execute("SELECT depends_on_id FROM jobdependency WHERE job_id = ?", (job_id,)))
     arts = con.execute("SELECT kind, path, meta, created_at FROM artifact WHERE job_id = ? ORDER BY id", (job_id,))
     return JobDetail(
-        row=_row(r[:17]), spec=redact(json.loads(spec)), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
+        row=_row(r[:ROW_WIDTH]), spec=redact(json.loads(spec)), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
         exit_signal=exit_signal, failure_detail=detail, log_tail=tail, heartbeat_at=heartbeat,
         cancel_requested=bool(cancel), parent_id=parent, depends_on=deps,
         metrics=latest_metrics(con, [job_id]).get(job_id, {}),
@@ -376,6 +382,17 @@ def gpu_snapshot(c: Any) -> tuple[float | None, list[GpuInfo]]:
     The worker is the only process that talks to NVML; the CLI and the app read this row.
     """
     return parse_gpu_snapshot(get_setting(c, GPU_SNAPSHOT_KEY, ""))
+
+
+def slurm_partitions(c: Any) -> list[dict[str, Any]]:
+    """The cluster's partitions as the Slurm worker last saw them (`sinfo`): name, nodes, idle and
+    total GPUs, node states. Empty without a Slurm worker."""
+    try:
+        data = json.loads(get_setting(c, SLURM_PARTITIONS_KEY, "") or "{}")
+    except ValueError:
+        return []
+    parts = data.get("partitions") if isinstance(data, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
 def fingerprint(path: Path) -> tuple[int, ...]:

@@ -35,6 +35,19 @@ class JobRow:
     eta_s: float | None
     failure_reason: str | None
     params: dict[str, Any]
+    slurm_job_id: str | None = None  # the Slurm side (`--executor slurm`); empty for local jobs
+    slurm_state: str = ""
+    slurm_reason: str = ""
+    slurm_nodes: str = ""
+
+    @property
+    def shown_status(self) -> str:
+        """The status as people read it: a job Slurm still holds shows as pending with Slurm's reason
+        (Resources, Priority, QOSMaxGpu...), apart from labdeck's own queue (`queued`)."""
+        if self.status == "running" and self.slurm_state and self.slurm_state != "RUNNING":
+            reason = f" ({self.slurm_reason})" if self.slurm_reason else ""
+            return f"{self.slurm_state.lower()}{reason}"
+        return self.status
 
     @property
     def fraction(self) -> float | None:
@@ -55,6 +68,8 @@ class JobRow:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "progress": {"done": self.progress_done, "total": self.progress_total, "eta_s": self.eta_s},
             "failure_reason": self.failure_reason, "params": self.params,
+            "slurm_job_id": self.slurm_job_id, "slurm_state": self.slurm_state or None,
+            "slurm_reason": self.slurm_reason or None, "slurm_nodes": self.slurm_nodes or None,
         }
 
 

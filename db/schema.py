@@ -52,6 +52,8 @@ class FailureReason(str, enum.Enum):
     worker_lost = "worker_lost"
     dependency = "dependency"
     cancelled = "cancelled"
+    node_fail = "node_fail"  # Slurm lost the job's node (NODE_FAIL, BOOT_FAIL): not the job's fault
+    preempted = "preempted"  # Slurm preempted it for a higher-priority job
 
 
 class UnknownJob(LookupError):
@@ -61,6 +63,7 @@ class UnknownJob(LookupError):
 # Keys of the `setting` table (small key/value state shared by every process).
 QUEUE_STATE_KEY = "queue_state"  # running | paused | draining
 GPU_SNAPSHOT_KEY = "gpu_snapshot"  # the worker's latest GPU inventory, JSON
+SLURM_PARTITIONS_KEY = "slurm_partitions"  # a Slurm worker's `sinfo`: partitions with idle/total GPUs, JSON
 WORKER_STOP_KEY = "worker_stop"  # "<worker id>:graceful|now"
 WORKER_GPUS_KEY = "worker_gpus"  # the --gpus of the last `labdeck worker start`
 
@@ -68,7 +71,8 @@ WORKER_GPUS_KEY = "worker_gpus"  # the --gpus of the last `labdeck worker start`
 JOB_ROW_COLUMNS = (
     "job.id, experiment.name, job.name, job.kind, job.status, job.priority, job.gpus_requested, "
     "job.assigned_gpus, job.attempt, job.queued_at, job.started_at, job.finished_at, job.progress_done, "
-    "job.progress_total, job.eta_s, job.failure_reason, job.params"
+    "job.progress_total, job.eta_s, job.failure_reason, job.params, job.slurm_job_id, job.slurm_state, "
+    "job.slurm_reason, job.slurm_nodes"
 )
 JOB_ROW_FROM = "job JOIN experiment ON experiment.id = job.experiment_id"
 

@@ -99,12 +99,14 @@ def lock_owner_pid(home: Path) -> int | None:
 
 
 def _worker_argv(home: Path, gpus: str | None, options: dict[str, Any]) -> list[str]:
-    argv = [sys.executable, "-m", "engine.worker", "--home", str(home)]
+    argv = [sys.executable, "-m", "engine.daemon", "--home", str(home)]
     if gpus is not None:
         argv += ["--gpus", gpus]
     for key, value in options.items():
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is not None:
+                argv.append(f"--{key.replace('_', '-')}={v}")  # one argument: a value may start with '-'
     return argv
 
 

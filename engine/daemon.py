@@ -1,4 +1,4 @@
-"""`python -m engine.worker`: the worker's command line, daemonising and logging.
+"""`python -m engine.daemon`: the worker's command line, daemonising and logging.
 
 Parses the options, takes the home's single-worker lock (`engine.control.WorkerLock`), optionally
 double-forks into the background with its output on `HOME/worker.log`, tells whoever started it
@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import traceback
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from db.home import ensure_home
@@ -24,6 +24,9 @@ from db.queue import get_setting, set_setting
 from db.session import Store
 from engine import logs
 from engine.control import GPUS_KEY, OPTIONS_KEY, WorkerLock, log_path
+from engine.daemonize import daemonize as _daemonize
+from engine.daemonize import setup_logging as _setup_logging  # noqa: F401 - tests start a worker in-process with it
+from engine.daemonize import tell as _tell
 from engine.rundir import usable_cpus
 
 log = logging.getLogger("labdeck.worker")
@@ -39,24 +42,30 @@ def parse_gpus(text: str | None) -> frozenset[int] | None:
 
 
 def cpu_slots(option: int | None) -> int | None:
-    """CPU-only jobs at once: by default one per CPU this worker may run on (its affinity mask, as
-    `taskset` or a cgroup cpuset sets it), so a sweep of CPU jobs cannot swamp the box (GPU jobs
+    """CPU-only jobs at once: by default one per CPU this process may use (its affinity: a Slurm
+    allocation, a cgroup cpuset, `taskset`), so a sweep of CPU jobs cannot swamp the box (GPU jobs
     are bounded by the GPUs); 0 lifts the limit."""
     if option is None:
         return usable_cpus()
     return None if option <= 0 else option
 
 
-def visible_gpus(env: dict[str, str]) -> frozenset[int] | None:
-    """The GPUs a worker started with CUDA_VISIBLE_DEVICES may use: those indices ("" : none);
-    None when it is unset or names devices by UUID (then --gpus decides)."""
-    value = env.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return None
-    try:
-        return frozenset(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        return None
+def allocated_gpus(env: Mapping[str, str] | None = None) -> frozenset[int] | None:
+    """Pilot mode: inside a Slurm allocation (or with CUDA_VISIBLE_DEVICES set) only those GPUs.
+
+    A worker started by `salloc` or inside an `sbatch` script must not place jobs on cards that
+    belong to other people's allocations. SLURM_JOB_GPUS (NVML indices) is preferred; else
+    CUDA_VISIBLE_DEVICES when it lists indices. None: no restriction (every GPU found).
+    """
+    source: Mapping[str, str] = os.environ if env is None else env
+    for var in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        text = source.get(var)
+        if text is None:
+            continue
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if all(x.isdigit() for x in items):
+            return frozenset(int(x) for x in items)
+    return None
 
 
 # Options remembered by an explicit start and reused by workers started on demand later.
@@ -75,7 +84,7 @@ def resolve_options(args: argparse.Namespace, remembered: dict[str, Any]) -> dic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.worker", description="labdeck's worker daemon")
+    p = argparse.ArgumentParser(prog="python -m engine.daemon", description="labdeck's worker daemon")
     p.add_argument("--home", default=None)
     p.add_argument("--gpus", default=None, help="GPU indices this worker may use, e.g. 0,2 ('all' resets)")
     p.add_argument("--detach", action="store_true", help="double-fork into the background, log to HOME/worker.log")
@@ -87,63 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many CPU-only jobs at once (default: the number of CPUs; 0: no limit)")
     p.add_argument("--backfill", action=argparse.BooleanOptionalAction, default=None,
                    help="let GPU jobs overtake a waiting bigger one")
+    p.add_argument("--executor", choices=("local", "slurm"), default=None,
+                   help="where jobs run: this box (default) or a Slurm cluster; remembered")
+    g = p.add_argument_group("Slurm (--executor slurm; remembered)")
+    g.add_argument("--partition", default=None, help="default partition (a spec's slurm: block overrides it)")
+    g.add_argument("--account", default=None, help="default account")
+    g.add_argument("--qos", default=None, help="default quality of service")
+    g.add_argument("--sbatch-arg", action="append", default=None, help="one more sbatch option (repeatable)")
+    g.add_argument("--runs-dir", default=None, help="run folders on storage every node sees")
+    g.add_argument("--slurm-poll", type=float, default=None, help="seconds between squeue calls (default 2)")
     return p
-
-
-def _setup_logging(stream: Any) -> None:
-    logs.setup(stream)
-
-
-def _daemonize(home: Path) -> int:
-    """Double fork: the grandchild runs the worker in its own session, stdio on HOME/worker.log.
-
-    Returns the write end of a pipe in the grandchild (for its readiness line); in the original
-    process it waits for that line, prints it and exits.
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(w)
-        os.waitpid(pid, 0)
-        chunks = []
-        while True:
-            data = os.read(r, 4096)
-            if not data:
-                break
-            chunks.append(data)
-        text = b"".join(chunks).decode(errors="replace").strip()
-        print(text or f"the worker exited before it was ready; see {log_path(home)}")
-        os._exit(0 if text.startswith(("ok", "busy")) else 1)
-    os.close(r)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    fd = os.open(log_path(home), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(null)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    return w
-
-
-def _tell(fd: int | None, line: str) -> None:
-    if fd is None:
-        print(line, flush=True)
-        return
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     home = ensure_home(args.home)
+    from engine.executors import slurm_start
+
+    if slurm_start.chosen(home, args.executor):
+        return slurm_start.run(args, home)
     try:
         parse_gpus(args.gpus)
     except ValueError as e:
@@ -175,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "gpus" in given:
                     set_setting(s, GPUS_KEY, "" if parse_gpus(given["gpus"]) is None else given["gpus"])
         gpus = parse_gpus(opts["gpus"])
-        visible = visible_gpus(dict(os.environ))
-        if visible is not None:  # started inside CUDA_VISIBLE_DEVICES: only those cards
-            gpus = visible if gpus is None else gpus & visible
+        allocated = allocated_gpus()  # pilot mode, or CUDA_VISIBLE_DEVICES: only those cards
+        if allocated is not None:
+            gpus = allocated if gpus is None else gpus & allocated
         from engine.worker import Config, WorkerDaemon
 
         cfg = Config(home=home, gpus=gpus, poll_s=opts["poll"], heartbeat_s=opts["heartbeat"],

@@ -92,12 +92,14 @@ class Running:
                            final=self.handle.ended)
 
 
-def record_end(s: Any, r: Running, tail: str, rec: dict[str, Any] | None, *, died_while_away: bool) -> None:
+def record_end(s: Any, r: Running, tail: str, rec: dict[str, Any] | None, *, died_while_away: bool,
+               ended_by: outcome.Outcome | None = None) -> None:
     """Give a job whose processes are gone its terminal status, in the caller's transaction, and
-    queue its automatic retry when its policy names the reason."""
+    queue its automatic retry when its policy names the reason. `ended_by` is the executor's own
+    verdict (Slurm's TIMEOUT, NODE_FAIL...), which wins over the exit record when given."""
     row = s.get(Job, r.job_id)
     reported = (row.failure_reason, row.failure_detail) if row is not None and row.failure_reason else None
-    out = outcome.classify(
+    out = ended_by or outcome.classify(
         kind=r.kind, exit_record=rec, launcher_returncode=r.handle.returncode, stop_reason=r.stop_reason,
         reported_error=reported, log_tail=tail, died_while_away=died_while_away,
     )

@@ -46,6 +46,7 @@ EXIT_FILE = "exit.json"
 ENV_FILE = "env.json"
 LOG_FILE = "log.txt"
 SPEC_FILE = "spec.json"
+CHECKPOINT_NOW_FILE = "checkpoint-now"  # Slurm's time limit is near: save a checkpoint now
 ENGINE_KINDS = ("generate", "score", "finetune", "merge")
 EXIT_NOT_STARTED = 125  # the gate closed before `go`: nothing ran
 EXIT_SPAWN_ERROR = 127  # the command could not be started (not found, not executable)
@@ -174,9 +175,22 @@ def _accelerate(n: int) -> list[str]:
     ]
 
 
+def _srun(env: dict[str, str], cmd: list[str]) -> list[str]:
+    """Under Slurm with several tasks: `srun` starts one rank per task on every node (see
+    engine.executors.slurm_task); the rendezvous port is a free one on this (the first) node."""
+    env.setdefault("LABDECK_MASTER_PORT", str(_free_port()))
+    return ["srun", "--kill-on-bad-exit=1", f"--ntasks={env['LABDECK_SLURM_TASKS']}",
+            sys.executable, "-m", "engine.executors.slurm_task", *cmd]
+
+
 def build_argv(spec: dict[str, Any], run_dir: Path, env: dict[str, str]) -> tuple[list[str], Path]:
     """The command line and working directory for this job."""
     kind = spec.get("kind")
+    if int(env.get("LABDECK_SLURM_TASKS", "0") or 0) > 1:  # a distributed launch through srun
+        if kind in ENGINE_KINDS:
+            return _srun(env, [sys.executable, "-m", "engine.jobs", str(run_dir)]), run_dir
+        cmd = [str(a) for a in spec["command"]]
+        return _srun(env, cmd), Path(spec["cwd"]).expanduser() if spec.get("cwd") else run_dir
     n = _visible_gpus(env)
     if kind in ENGINE_KINDS:
         if n > 1:
@@ -321,6 +335,17 @@ def main(argv: list[str]) -> int:
 
     for forwarded in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(forwarded, forward)
+
+    def warn_limit(_signum: int, _frame: object) -> None:
+        # Slurm's warning before the time limit (sbatch --signal=B:USR1@N). Not passed on: a job
+        # that does not handle SIGUSR1 would die of it. The flag file tells a training loop to
+        # save a checkpoint now.
+        try:
+            (run_dir / CHECKPOINT_NOW_FILE).touch()
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGUSR1, warn_limit)
 
     if os.environ.get("LABDECK_NO_GATE") != "1" and not _wait_for_gate():
         exit_record.write({**base, "started": False, "ended_at": time.time(),

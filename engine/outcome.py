@@ -118,6 +118,10 @@ def classify(
     return Outcome(JobStatus.failed, R.nonzero_exit.value, detail, code)
 
 
+# A batch system lost the job's node or preempted it: retried once even without a policy.
+INFRA_REASONS = (R.node_fail.value, R.preempted.value)
+
+
 def should_retry(outcome: Outcome, retry_on: list[str], retry_max: int, attempt: int) -> bool:
     """A new attempt when the user's policy names this reason and attempts remain.
 
@@ -126,6 +130,8 @@ def should_retry(outcome: Outcome, retry_on: list[str], retry_max: int, attempt:
     """
     if outcome.status not in (JobStatus.failed, JobStatus.interrupted) or outcome.reason is None:
         return False
+    if outcome.reason in INFRA_REASONS:  # the cluster's doing, not the job's: retried at least once
+        return attempt <= max(retry_max, 1)
     return outcome.reason in retry_on and attempt <= retry_max
 
 

@@ -1,6 +1,6 @@
 """The worker: the one daemon per home that owns the box's GPUs and runs the queue.
 
-Started by `python -m engine.worker` (`engine.daemon`: options, lock, daemonising). Each round,
+Started by `python -m engine.daemon` (`engine.daemon`: options, lock, daemonising). Each round,
 sleeping `poll_s` between rounds (or less: a job's end wakes it through the executor):
 
 1. **Notice changes cheaply**: `PRAGMA data_version` on one long-lived connection; only when
@@ -31,7 +31,6 @@ import select as io_select
 import signal
 import socket
 import sqlite3
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -299,7 +298,8 @@ class WorkerDaemon:
             records.append((r, tail, self.executor.exit_record(r.handle)))
         with self.store.write() as s:
             for r, tail, rec in records:
-                record_end(s, r, tail, rec, died_while_away=False)
+                record_end(s, r, tail, rec, died_while_away=False,
+                           ended_by=self.executor.ended_by(r.handle, r.stop_reason))
             skipped = skip_dependents_of_failed(s)
         for r in ended:
             self.running.pop(r.job_id, None)
@@ -447,7 +447,8 @@ class WorkerDaemon:
                 tail = outcome.read_log_tail(r.run_dir / LOG_FILE)
                 if not r.handle.external_id:
                     rec = {"started": False, "detail": "the worker stopped before the job's process was started"}
-                record_end(s, r, tail, rec, died_while_away=True)
+                record_end(s, r, tail, rec, died_while_away=True,
+                           ended_by=self.executor.ended_by(r.handle, r.stop_reason))
             skip_dependents_of_failed(s)
         for r, _ in gone:
             self.running.pop(r.job_id, None)
@@ -477,14 +478,3 @@ class WorkerDaemon:
             return
         if size_mb is not None:
             log.info("WAL was %.0f MB: checkpointed", size_mb)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line (`engine.daemon.main`), under the module name the worker is started by."""
-    from engine.daemon import main as daemon_main
-
-    return daemon_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -144,6 +144,7 @@ class GpuData:
     at: float | None
     gpus: tuple[GpuInfo, ...]
     job_names: dict[int, str]
+    partitions: tuple[dict[str, Any], ...] = ()  # a Slurm worker's `sinfo` (empty on one box)
 
 
 # An action the store refused (an illegal transition, an unknown job): shown as a notice. The
@@ -323,7 +324,8 @@ class Source(ExperimentSource, ResultsSource):
         with self.store.read() as s:
             t, gpus = Q.gpu_snapshot(s)
             names = Q.job_names(s, sorted({p.job_id for g in gpus for p in g.processes if p.job_id is not None}))
-        return GpuData(t, tuple(gpus), names)
+            parts = Q.slurm_partitions(s)
+        return GpuData(t, tuple(gpus), names, tuple(parts))
 
     def specs(self, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
         from db import queries as Q

@@ -28,7 +28,7 @@ OMIT = object()  # "leave this field out": its default applies
 
 JOB_FIELDS = ("experiment", "name", "description")
 RESOURCE_FIELDS = ("gpus", "min_free_mem_gb", "share_gpu_mem_gb", "allow_foreign", "priority", "time_limit",
-                   "retry", "after", "seed")
+                   "retry", "after", "seed", "slurm")
 DATASET_FIELDS = ("dataset", "records")
 SECTIONS = (("job", "Job"), ("model", "Model"), ("dataset", "Data"), ("parameters", "Parameters"),
             ("resources", "Resources and scheduling"), ("sweep", "Sweep (one job per grid point and seed)"))

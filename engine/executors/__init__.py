@@ -101,6 +101,11 @@ class Executor(ABC):
     @abstractmethod
     def exit_record(self, handle: Handle) -> dict[str, Any] | None: ...
 
+    def ended_by(self, handle: Handle, stop_reason: str | None) -> Any:
+        """How the executor itself says the job ended (an `engine.outcome.Outcome`: a batch system's
+        TIMEOUT or NODE_FAIL), or None to let the exit record decide (the local executor always)."""
+        return None
+
     def wake_fds(self, handles: list[Handle]) -> list[int]:
         """File descriptors that turn readable when a job ends, so the worker wakes at once."""
         return []

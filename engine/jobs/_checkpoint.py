@@ -41,7 +41,7 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 _NOT_TRAJECTORY = {
     "experiment", "name", "description", "min_free_mem_gb", "share_gpu_mem_gb", "allow_foreign", "priority",
     "time_limit", "retry", "after", "checkpoint_every", "keep_last", "resume_from", "oom_retry", "merge_lora",
-    "temperature_scaling",
+    "temperature_scaling", "slurm",
 }
 
 

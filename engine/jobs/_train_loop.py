@@ -36,6 +36,7 @@ from typing import Any
 from engine.jobs import _checkpoint
 from engine.jobs._common import JobInputError, hold_point, is_cuda_oom
 from engine.jobs._train_data import Plan, micro_batches
+from engine.launcher import CHECKPOINT_NOW_FILE
 from engine.specs import FinetuneSpec
 
 # Test and demo aid: sleep this long after every optimizer step, so a kill can land mid-run.
@@ -204,12 +205,26 @@ class TrainLoop:
             self.events.metrics(metrics, step=st.step)
             self.events.progress(st.step, total, unit="steps")
             every = self.spec.checkpoint_every
-            if every and st.step % every == 0 and st.step < total:
+            if st.step < total and ((every and st.step % every == 0) or self._checkpoint_asked()):
                 self.save_checkpoint()
             if self.delay:
                 time.sleep(self.delay)
             hold_point(st.step)
         return st
+
+    def _checkpoint_asked(self) -> bool:
+        """Slurm's warning before the time limit reached the launcher (`--signal`): it leaves
+        RUN_DIR/checkpoint-now, and the next step saves. Every rank must agree (saving is
+        collective), so with several processes the flag is reduced across them."""
+        flag = self.ckpt_root.parent / CHECKPOINT_NOW_FILE
+        asked = flag.exists()
+        if self.acc.num_processes > 1:
+            import torch
+
+            asked = bool(self.acc.reduce(torch.tensor([int(asked)], device=self.acc.device), "max").item())
+        if asked and self.acc.is_main_process:
+            flag.unlink(missing_ok=True)
+        return asked
 
     def save_checkpoint(self) -> Path:
         st = self.state

@@ -10,15 +10,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from engine.specs.slurm import SlurmOptions
+from engine.specs.strict import StrictModel  # noqa: F401 - the spec classes import it from here
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,\-\[\] ]{0,199}$")
 
-FailureName = Literal["nonzero_exit", "signal", "time_limit", "cuda_oom", "spawn_error", "worker_lost"]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+FailureName = Literal["nonzero_exit", "signal", "time_limit", "cuda_oom", "spawn_error", "worker_lost", "node_fail",
+                      "preempted"]
 
 
 class RetryPolicy(StrictModel):
@@ -71,6 +71,8 @@ class JobSpecBase(StrictModel):
     """Ids of jobs already in the queue that must succeed before this one starts."""
     seed: int = 0
     """Random seed for everything the job samples; sweeps set it from their `seeds` list."""
+    slurm: SlurmOptions | None = None
+    """Slurm cluster options (partition, account, nodes, ...); used only by a worker with `--executor slurm`."""
 
     @field_validator("name", "experiment")
     @classmethod

@@ -75,7 +75,7 @@ def test_cli_and_worker_run_without_the_numeric_stack(tmp_path: Path) -> None:
     assert "blocked" in probe.stderr  # the blocker works
     assert "prefetch" in labdeck("--help").stdout
     (job_id,) = json.loads(labdeck("submit", str(spec), "--no-worker", "--json").stdout)["ids"]
-    worker = subprocess.Popen([sys.executable, "-m", "engine.worker", "--home", str(home), "--poll", "0.05"],
+    worker = subprocess.Popen([sys.executable, "-m", "engine.daemon", "--home", str(home), "--poll", "0.05"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:

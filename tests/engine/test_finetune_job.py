@@ -290,3 +290,14 @@ def test_two_process_data_parallel_matches_one_process_with_accumulation(tiny, t
     assert len([e for e in events if e["type"] == "artifact"]) == 1
     assert (run / "outputs" / "model" / "model.safetensors").is_file()
     assert (run / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()  # saved under DDP, once
+
+
+def test_slurm_time_limit_warning_saves_a_checkpoint_at_the_next_step(tiny, data, tmp_path) -> None:  # noqa: ANN001
+    """The launcher turns Slurm's SIGUSR1 (`--signal`) into RUN_DIR/checkpoint-now; the next step saves."""
+    run = tmp_path / "run"
+    write_run_dir(run, sft(tiny, data, max_steps=3))
+    (run / "checkpoint-now").touch()
+    res = run_inprocess(run)
+    assert res.returncode == 0, res.errors()
+    assert (run / "checkpoints" / "step-0000001" / "trainer_state.json").is_file()
+    assert not (run / "checkpoint-now").exists() and not (run / "checkpoints" / "step-0000002").exists()

@@ -157,7 +157,7 @@ class Harness:
     def start_worker(self, preexec: Callable[[], None] | None = None, **env: str) -> None:
         log = open(self.root / "worker.out", "ab")  # noqa: SIM115
         self.worker = subprocess.Popen(  # noqa: S603
-            [PY, "-m", "engine.worker", "--home", str(self.home), "--poll", "0.05", "--heartbeat", "0.3",
+            [PY, "-m", "engine.daemon", "--home", str(self.home), "--poll", "0.05", "--heartbeat", "0.3",
              "--grace", "1"], env=child_env(**env), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=preexec,  # noqa: PLW1509
         )

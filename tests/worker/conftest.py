@@ -23,7 +23,7 @@ def no_stray_processes(tmp_path: Path):
             cmd = " ".join(p.cmdline())
         except (psutil.Error, OSError):
             continue
-        if env.get("LABDECK_RUN_DIR", "").startswith(root) or (root in cmd and "engine.worker" in cmd):
+        if env.get("LABDECK_RUN_DIR", "").startswith(root) or (root in cmd and "engine.daemon" in cmd):
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.Error:

@@ -13,7 +13,7 @@ SQLite's crash testing in miniature. After every trial:
 
 20 trials run in the default suite with workers forked from the test process (a real process, killed
 with SIGKILL, without an interpreter start-up per trial); 200 run under `-m slow`, a share of them
-with `python -m engine.worker` as in production.
+with `python -m engine.daemon` as in production.
 """
 
 from __future__ import annotations

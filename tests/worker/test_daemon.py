@@ -114,7 +114,7 @@ def test_submit_starts_a_worker_when_none_is_alive(tmp_path, home, store):
 def test_one_worker_per_home_and_jobs_do_not_hold_the_lock(tmp_path, home, store):
     w = ProcWorker(home)
     wait_for(lambda: worker_alive(home), what="the worker")
-    second = subprocess.run([PY, "-m", "engine.worker", "--home", str(home)], env=child_env(),
+    second = subprocess.run([PY, "-m", "engine.daemon", "--home", str(home)], env=child_env(),
                             capture_output=True, text=True, timeout=30)
     assert "busy" in second.stdout and second.returncode == 0
     began = tmp_path / "began"

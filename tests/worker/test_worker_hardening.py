@@ -99,7 +99,7 @@ def test_worker_options_are_remembered_for_automatic_starts(home, store) -> None
     later = daemon.resolve_options(daemon.build_parser().parse_args(["--poll", "0.5"]), opts)
     assert (later["gpus"], later["cpu_slots"], later["backfill"], later["poll"]) == ("1", 3, True, 0.5)
     # and through the real entry point: a start with options, then one without
-    out = subprocess.run([PY, "-m", "engine.worker", "--home", str(home), "--cpu-slots", "3", "--backfill",
+    out = subprocess.run([PY, "-m", "engine.daemon", "--home", str(home), "--cpu-slots", "3", "--backfill",
                           "--detach"], env=child_env(), capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("ok"), out.stdout + out.stderr
     from engine.control import request_stop, wait_until_stopped
@@ -111,9 +111,9 @@ def test_worker_options_are_remembered_for_automatic_starts(home, store) -> None
 
 
 def test_visible_gpus_and_cpu_slots_follow_the_worker_environment() -> None:
-    assert daemon.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == frozenset({2, 3})
-    assert daemon.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == frozenset()
-    assert daemon.visible_gpus({}) is None and daemon.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-ab12"}) is None
+    assert daemon.allocated_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == frozenset({2, 3})
+    assert daemon.allocated_gpus({"CUDA_VISIBLE_DEVICES": ""}) == frozenset()
+    assert daemon.allocated_gpus({}) is None and daemon.allocated_gpus({"CUDA_VISIBLE_DEVICES": "GPU-ab12"}) is None
     assert daemon.cpu_slots(None) == len(os.sched_getaffinity(0))
 
 

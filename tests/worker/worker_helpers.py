@@ -120,13 +120,13 @@ class ThreadWorker:
 
 
 class ProcWorker:
-    """A worker in its own process (`python -m engine.worker`), as in production; kill -9 able."""
+    """A worker in its own process (`python -m engine.daemon`), as in production; kill -9 able."""
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.log = open(home / "test-worker.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PY, "-m", "engine.worker", "--home", str(home), "--poll", "0.05", "--heartbeat", "0.5",
+            [PY, "-m", "engine.daemon", "--home", str(home), "--poll", "0.05", "--heartbeat", "0.5",
              "--grace", "1", *args],
             env=env or child_env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -6,6 +6,10 @@ this screen reads it from the store in a thread worker, like every other read.
 
 from __future__ import annotations
 
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -20,6 +24,18 @@ from tui.screens.common import DataScreen
 from tui.widgets.gpu_panel import gpus_renderable
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
+
+
+def partitions_table(partitions: tuple[dict[str, Any], ...]) -> Table:
+    """Slurm's partitions (from the Slurm worker's `sinfo`): idle/total GPUs and node states."""
+    t = Table(title="Slurm partitions", title_justify="left", box=None, header_style="bold")
+    for col in ("partition", "avail", "nodes", "GPUs idle/total", "node states"):
+        t.add_column(col)
+    for p in partitions:
+        states = ", ".join(f"{n} {st}" for st, n in sorted((p.get("states") or {}).items()))
+        t.add_row(str(p.get("partition", "?")), str(p.get("available", "")), str(p.get("nodes", "")),
+                  f"{p.get('gpus_idle', 0)}/{p.get('gpus_total', 0)}", states)
+    return t
 
 
 class GpusScreen(DataScreen):
@@ -61,7 +77,10 @@ class GpusScreen(DataScreen):
         self.data = message.data
         self._title()
         width = self.query_one("#gpus").size.width or 78
-        self.query_one("#gpus-body", Static).update(gpus_renderable(self.data.gpus, self.data.job_names, width))
+        body = gpus_renderable(self.data.gpus, self.data.job_names, width)
+        if self.data.partitions:
+            body = Group(body, partitions_table(self.data.partitions))
+        self.query_one("#gpus-body", Static).update(body)
 
     def on_resize(self) -> None:
         if self.data is not None:

@@ -94,6 +94,13 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
         grid.add_row("GPUs", Text(f"{r.assigned_gpus or '—'}  ({r.gpus_requested} requested)"))
     else:
         grid.add_row("GPUs", Text("none: runs on the CPU"))
+    if r.slurm_job_id:  # run by a Slurm worker: Slurm's own view of the job
+        sl = Text(f"job {r.slurm_job_id}  {r.slurm_state or '?'}")
+        if r.slurm_reason:
+            sl.append(f" ({r.slurm_reason})", style="dim")
+        if r.slurm_nodes:
+            sl.append(f"  on {r.slurm_nodes}")
+        grid.add_row("slurm", sl)
     for label, linked in (("reads from", getattr(data, "upstream", ())), ("read by", getattr(data, "downstream", ()))):
         if linked:
             line = Text()

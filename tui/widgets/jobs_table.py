@@ -104,6 +104,8 @@ class JobsTable(DataTable):
                 out.append(Text(r.name))
             elif k == "status":
                 label = status_text(r.status, icon=bool(self._wide), width=c.width)
+                if r.shown_status != r.status:  # Slurm still holds it: "pending (Resources)"
+                    label = Text(r.shown_status[: c.width], style="yellow")
                 if r.attempt > 1 and self._wide:
                     label.append(f" #{r.attempt}", style="dim")
                 out.append(label)
