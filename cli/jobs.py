@@ -137,10 +137,22 @@ def _detail(store, job: str):  # noqa: ANN001, ANN202 - Store and JobDetail, imp
         raise UserError(str(e)) from None
 
 
+def _series(store, job_id: int) -> dict[str, list[list[float]]]:  # noqa: ANN001 - Store, imported lazily
+    """Every metric reported with a step, as [[step, value], ...]: the curves the app charts."""
+    from db.queries import metric_names, metric_series
+
+    with store.read() as s:
+        curves = {name: metric_series(s, job_id, name) for name in metric_names(s, job_id)}
+    return {name: [[step, value] for step, value in pts] for name, pts in curves.items() if pts}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    d = _detail(_store(args), args.job)
+    store = _store(args)
+    d = _detail(store, args.job)
     if args.json:
-        print(json.dumps(d.as_dict(), indent=2))
+        out = d.as_dict()
+        out["series"] = _series(store, d.row.id)
+        print(json.dumps(out, indent=2))
         return 0
     import yaml
     from rich.console import Console
