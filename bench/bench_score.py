@@ -49,7 +49,7 @@ def main() -> None:
 
     from engine.jobs.__main__ import main as job_main
     from engine.jobs._batching import Throughput, pad, unsorted_batches
-    from engine.jobs._scorers import RewardModel
+    from engine.jobs.scorers.reward import RewardModel
     from engine.specs import ModelRef, dump_spec, parse_spec
     from engine.tiny import build_causal_lm, build_reward_model, build_tokenizer
 
@@ -96,7 +96,8 @@ def main() -> None:
         return rm.stats, scores
 
     # the loss scorer's own code path (LossScorer._nll), unsorted vs its sorted batches
-    from engine.jobs._scorers import Item, LossScorer
+    from engine.jobs.scorers.base import Item
+    from engine.jobs.scorers.likelihood import LossScorer
 
     spec = {"experiment": "bench", "name": "score", "kind": "score", "records": str(data),
             "scorers": [{"type": "loss", "model": str(lm_dir), "batch_size": args.batch,

@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     texts = _texts_of(args.texts)
     if args.judge_prompt:
-        from engine.jobs._scorers import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
+        from engine.jobs.scorers.judge import ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER
 
         texts += [ALPACA_EVAL_SYSTEM, ALPACA_EVAL_USER]
     # run as a labdeck job (a recipe's build stage), each model is reported as an artifact

@@ -2,7 +2,7 @@
 
 One place for the strings and conventions that must agree between the job that *trains* an
 uncertainty estimator (`engine.jobs.calibration`) and the scorers that *use* one or label the
-answers (`ConfidenceScorer`, `CorrectnessScorer` in `engine.jobs._scorers`), and the generate
+answers (`ConfidenceScorer`, `CorrectnessScorer` in `engine.jobs.scorers`), and the generate
 job's answer sanitisation:
 
 - `sanitize_answer` (§10.1) and the uncertainty query `query_text` (§10.2);

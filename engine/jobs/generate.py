@@ -353,7 +353,7 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
     meta = _generator_meta(spec, info)
     rm = None
     if spec.reward_model is not None:
-        from engine.jobs._scorers import RewardModel
+        from engine.jobs.scorers.reward import RewardModel
 
         rm = RewardModel(spec.reward_model, device, spec.reward_max_length, max(1, spec.batch_size * spec.n))
     gen = HFGenerator(spec, model, tokenizer, device)
@@ -459,7 +459,7 @@ def _run_vllm(spec: GenerateSpec, ctx: JobContext, tokenizer: Any, work: list[Wo
     meta = _generator_meta(spec, info)
     rm = None
     if spec.reward_model is not None:
-        from engine.jobs._scorers import RewardModel
+        from engine.jobs.scorers.reward import RewardModel
 
         rm = RewardModel(spec.reward_model, "cuda", spec.reward_max_length, max(1, spec.batch_size))
     ctx.events.info("generate: vLLM engine ready", model=info)

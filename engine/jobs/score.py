@@ -24,7 +24,7 @@ from typing import Any
 from engine.jobs._common import JobContext, JobInputError
 from engine.jobs._loading import check_fields, check_model_path, process_state, read_records, text_field
 from engine.jobs._output import INDEX, ResumableRows, fingerprint, write_json
-from engine.jobs._scorers import SCORERS, Item, Scorer
+from engine.jobs.scorers import SCORERS, Item, Scorer
 from engine.specs.common import ModelRef
 from engine.specs.score import ScoreSpec
 

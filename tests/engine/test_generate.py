@@ -55,7 +55,7 @@ def test_sampled_output_is_reproducible_with_a_seed_and_independent_of_batching(
 
 
 def test_best_and_worst_of_n_pick_the_reward_argmax_and_argmin(tiny, prompts: Path, tmp_path: Path) -> None:
-    from engine.jobs._scorers import RewardModel
+    from engine.jobs.scorers.reward import RewardModel
     from engine.specs.common import ModelRef
 
     kw = dict(temperature=1.0, n=4, seed=3, reward_model=str(tiny.reward), batch_size=4)

@@ -149,7 +149,7 @@ class _Judge(BaseHTTPRequestHandler):
 
 def test_http_judge_randomises_order_and_maps_switched_preferences_back(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.jobs._scorers import alpaca_is_switched
+    from engine.jobs.scorers.judge import alpaca_is_switched
 
     rows = scored_rows(10)
     for r in rows:
@@ -183,7 +183,7 @@ def test_local_judge_reads_logprobs_of_m_and_M(tiny, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.jobs._scorers import judge_messages
+    from engine.jobs.scorers.judge import judge_messages
 
     rows = scored_rows(4)
     data = write_jsonl(tmp_path / "r.jsonl", rows)
@@ -368,7 +368,7 @@ def test_string_rule_scorers_never_load_torch(records: Path, tmp_path: Path, mon
     res = run_job(tmp_path / "asr", score_spec(records, {"type": "injection"}, {"type": "length"}))
     assert res.returncode == 0, res.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
-    assert "engine.jobs._scorers" in imported  # (the job module itself comes through importlib, not listed)
+    assert "engine.jobs.scorers.strings" in imported  # (the job module itself comes through importlib, not listed)
     assert not {"torch", "transformers", "accelerate"} & imported
     m = res.summary()
     assert m["n"] == 12 and "max_asr_opt_free" in m and "length_chars" in m

@@ -83,7 +83,7 @@ def test_choice_tokens_are_read_as_the_last_id(tiny) -> None:  # noqa: ANN001
 
 
 def test_correctness_rules() -> None:
-    from engine.jobs._scorers import correct_by_rule, judge_says_yes, normalize_answer
+    from engine.jobs.scorers.correctness import correct_by_rule, judge_says_yes, normalize_answer
 
     assert correct_by_rule("(b)", "b", "substring") == 1
     assert correct_by_rule("B", "b", "substring") == 0  # case-sensitive, as the official `target in prediction`
