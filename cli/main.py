@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import demo, jobs, plot, results, worker
+from cli import demo, jobs, mirror, plot, results, worker
 from cli.common import EXIT_USAGE, UserError
 
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.register(add)
     results.register(add)
     plot.register(add)
+    mirror.register(add)
     worker.register(add)
     demo.register(add)
     add("tui", cmd_tui, "Open the terminal app (the same as no command)")
