@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LabdeckCallback", "register_report_to"]
+from engine.integrations.lm_eval import lm_eval_metrics, report_lm_eval
+
+__all__ = ["LabdeckCallback", "lm_eval_metrics", "register_report_to", "report_lm_eval"]
 
 
 def __getattr__(name: str) -> Any:

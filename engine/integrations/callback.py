@@ -104,7 +104,7 @@ class LabdeckCallback(TrainerCallback):
                 out.metric(name, value, step=state.global_step)
                 if name.startswith("eval_"):
                     self._last_eval[name] = value
-        seen = getattr(state, "num_input_tokens_seen", 0) or 0
+        seen = getattr(state, "num_input_tokens_seen", 0) or _number(logs.get("num_tokens")) or 0  # TRL logs num_tokens
         now = time.monotonic()
         if seen and not summary:
             if self._tokens is not None and now > self._tokens[0] and seen > self._tokens[1]:
