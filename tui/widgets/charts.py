@@ -22,7 +22,7 @@ class MetricChart(PlotextPlot):
         super().__init__(**kwargs)
         self.series: dict[str, Sequence[tuple[int, float]]] = {}
 
-    def show(self, series: dict[str, Sequence[tuple[int, float]]]) -> None:
+    def show(self, series: dict[str, Sequence[tuple[float, float]]], title: str | None = None, xlabel: str = "step") -> None:
         self.series = series
         plt = self.plt
         plt.clear_data()
@@ -31,6 +31,6 @@ class MetricChart(PlotextPlot):
         for name in names:
             pts = series[name]
             plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille", label=name if len(names) > 1 else None)
-        plt.title(", ".join(names) if names else "no data with a step yet")
-        plt.xlabel("step")
+        plt.title(title or (", ".join(names) if names else "no data with a step yet"))
+        plt.xlabel(xlabel)
         self.refresh()
