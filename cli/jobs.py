@@ -171,10 +171,19 @@ def cmd_show(args: argparse.Namespace) -> int:
         c.print(f"  [red]reason    {r.failure_reason}: {d.failure_detail}[/red]")
     if d.run_dir:
         c.print(f"  log       {d.run_dir}/log.txt")
+    if r.progress_done is not None:
+        total = f"/{r.progress_total:g}" if r.progress_total else ""
+        eta = f", ETA {fmt_duration(r.eta_s)}" if r.eta_s and r.status == "running" else ""
+        c.print(f"  progress  {r.progress_done:g}{total}{eta}")
     if d.metrics:
         c.print("metrics:")
         for k, v in sorted(d.metrics.items()):
             c.print(f"  {k:24} {v:.6g}")
+    curves = _series(store, r.id)
+    if curves:
+        c.print("curves:")
+        for k, pts in sorted(curves.items()):
+            c.print(f"  {k:24} {len(pts)} points, step {pts[0][0]}..{pts[-1][0]}: {pts[0][1]:.4g} -> {pts[-1][1]:.4g}")
     if d.artifacts:
         c.print("artifacts:")
         for a in d.artifacts:

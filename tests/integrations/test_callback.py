@@ -68,6 +68,11 @@ async def test_trainer_job_shows_its_loss_curve_progress_and_checkpoints(home: P
     summaries = [e for e in events if e["type"] == "metric" and e["name"] == "train_loss"]
     assert len(summaries) == 1 and "step" not in summaries[0]
 
+    r = subprocess.run([sys.executable, "-m", "cli", "show", str(jid), "--home", str(home)], capture_output=True,
+                       text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "progress  12/12" in r.stdout and "loss                     6 points, step 2..12:" in r.stdout
+
     # the app's job detail charts the same curve
     from conftest import HERE as _  # noqa: F401 - keeps the integrations conftest on the path
     from textual.widgets import TabbedContent  # noqa: F401
