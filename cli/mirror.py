@@ -13,11 +13,13 @@ from cli.common import AddCommand, UserError
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    from cli.common import home_path
     from db.home import ensure_home
     from engine.integrations.mirror import read_config, write_config
 
-    home = ensure_home(args.home)
+    home = home_path(args)
     if args.action == "on":
+        ensure_home(home)
         cfg = {"tracker": "wandb", "project": args.project, "mode": args.mode}
         if args.entity:
             cfg["entity"] = args.entity
@@ -25,7 +27,8 @@ def cmd_mirror(args: argparse.Namespace) -> int:
         print(f"jobs started from now on mirror their metrics to W&B ({args.mode}), project {args.project}")
         return 0
     if args.action == "off":
-        write_config(home, None)
+        if home.is_dir():
+            write_config(home, None)
         print("mirror off")
         return 0
     try:

@@ -25,8 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from cli.common import AddCommand, UserError
-from cli.common import open_home_store as _store
+from cli.common import AddCommand, UserError, home_path, reader
 
 KINDS = ("line", "bars", "heatmap", "reliability", "scatter")
 
@@ -49,12 +48,12 @@ def _output(path: str) -> Path:
     return out.with_suffix(out.suffix.lower())
 
 
-def _rows(store, args: argparse.Namespace, metric: str, conditions) -> list:  # noqa: ANN001
-    from db.queries import experiment_metric
+def _rows(args: argparse.Namespace, metric: str, conditions) -> list:  # noqa: ANN001
+    from db.reads import experiment_metric
     from db.results import where
 
     try:
-        with store.read() as s:
+        with reader(args) as s:
             rows = experiment_metric(s, args.experiment, metric, args.reduce)
         return where(rows, conditions or ())
     except LookupError as e:
@@ -91,7 +90,7 @@ def line_series(rows, x: str, by: str | None) -> dict[str, list[tuple[float, flo
     return out
 
 
-def _reliability_curves(store, rows, field: str, by: str | None, bins: int) -> dict:  # noqa: ANN001
+def _reliability_curves(home: Path, rows, field: str, by: str | None, bins: int) -> dict:  # noqa: ANN001
     import numpy as np
 
     from db.results import _label, field_value
@@ -99,7 +98,7 @@ def _reliability_curves(store, rows, field: str, by: str | None, bins: int) -> d
 
     pooled: dict[str, tuple[list[float], list[int]]] = {}
     for r in rows:
-        records = store.home / "runs" / str(r.id) / "outputs" / "records.jsonl"
+        records = home / "runs" / str(r.id) / "outputs" / "records.jsonl"
         if not records.exists():
             continue
         group = _label(field_value(r, by)) if by else "all"
@@ -128,7 +127,6 @@ def cmd_plot(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per fi
     from cli import figures
 
     out = _output(args.output)
-    store = _store(args)
     title = args.title
     kind = args.kind
     if kind in ("line", "bars", "heatmap", "scatter") and not args.x:
@@ -138,8 +136,8 @@ def cmd_plot(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per fi
 
         if not args.match:
             raise UserError("--kind scatter: give --match FIELD... to pair X and Y jobs (as labdeck correlate)")
-        xr = _rows(store, args, args.x, args.x_where)
-        yr = _rows(store, args, args.metric, (args.where or []) + (args.y_where or []))
+        xr = _rows(args, args.x, args.x_where)
+        yr = _rows(args, args.metric, (args.where or []) + (args.y_where or []))
         result = correlate(xr, yr, args.match, args.by)
         if not result:
             raise UserError(f"experiment {args.experiment!r}: no job pairs with both {args.x!r} and {args.metric!r} "
@@ -148,14 +146,14 @@ def cmd_plot(args: argparse.Namespace) -> int:  # noqa: C901 - one branch per fi
                         x_label=args.x_label or args.x, y_label=args.y_label or args.metric, by=args.by, title=title)
         return _done(out)
     if kind == "reliability":
-        rows = _rows(store, args, args.metric, args.where)  # the metric as a job filter is not needed: any job
-        curves = _reliability_curves(store, rows, args.metric, args.by, args.bins)
+        rows = _rows(args, args.metric, args.where)  # the metric as a job filter is not needed: any job
+        curves = _reliability_curves(home_path(args), rows, args.metric, args.by, args.bins)
         if not curves:
             raise UserError(f"experiment {args.experiment!r}: no scored records with {args.metric!r} and "
                             "confidence_label (a score job with the confidence scorer)")
         figures.reliability(curves, out, x_label=args.x_label or f"{args.metric} (mean per bin)", title=title, by=args.by)
         return _done(out)
-    rows = _rows(store, args, args.metric, args.where)
+    rows = _rows(args, args.metric, args.where)
     if kind == "line":
         series = line_series(rows, args.x, args.by)
         if not series:

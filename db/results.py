@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.queries import ResultRow
+from db.rows import ResultRow
 
 JOB_FIELDS = ("id", "name", "kind", "status")
 

@@ -273,14 +273,6 @@ def test_the_cold_start_reads_agree_with_the_store(seeded_dir) -> None:  # noqa:
     assert not cold.cold
 
 
-def test_fastread_knows_the_current_schema() -> None:
-    """A new migration must be checked against tui/fastread.py's SQL, then its version bumped there."""
-    from db.migrations import SCHEMA_VERSION
-    from tui import fastread
-
-    assert fastread.SCHEMA_VERSION == SCHEMA_VERSION
-
-
 async def test_after_the_first_screenful_the_store_and_screens_warm_up(home_copy) -> None:  # noqa: ANN001
     """The first page comes from tui.fastread; then a thread opens the store so the next key is quick."""
     source = Source(home_copy, clock=lambda: FROZEN)
