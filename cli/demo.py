@@ -128,7 +128,7 @@ def print_results(store) -> bool:  # noqa: ANN001
         print_pivot(p)
     result = correlate(car, win, ["teacher"], "student")
     rhos = [c.rho for c in result if not math.isnan(c.rho)]
-    print("Spearman rho of CAR against win rate, per student (science.md §4.2):")
+    print("Spearman rho of CAR against win rate, per student (docs/science.md §4.2):")
     for c in result:
         print(f"  {c.group:16} n={c.n}  rho={c.rho:+.3f}")
     if rhos:

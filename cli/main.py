@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import complete, demo, jobs, mirror, plot, results, wait, worker
+from cli import complete, demo, experiments, jobs, mirror, plot, results, wait, worker
 from cli.common import EXIT_USAGE, UserError
 
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.register(add)
     wait.register(add)
     results.register(add)
+    experiments.register(add)
     plot.register(add)
     mirror.register(add)
     worker.register(add)

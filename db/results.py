@@ -127,7 +127,7 @@ def pivot(
 
 @dataclass(frozen=True)
 class Correlation:
-    """Spearman's ρ between two per-job metrics within one group (science.md §4.2)."""
+    """Spearman's ρ between two per-job metrics within one group (docs/science.md §4.2)."""
 
     group: str
     n: int

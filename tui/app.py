@@ -45,6 +45,12 @@ def _results_screen() -> Screen:
     return ResultsScreen()
 
 
+def _experiments_screen() -> Screen:
+    from tui.screens.experiments import ExperimentsScreen
+
+    return ExperimentsScreen()
+
+
 def _gpus_screen() -> Screen:
     from tui.screens.gpus import GpusScreen
 
@@ -58,11 +64,12 @@ class LabdeckApp(App[int]):
     TITLE = "labdeck"
     COMMANDS = App.COMMANDS | {LabdeckCommands}
     SCREENS = {"jobs-screen": JobsScreen}  # installed, so `get_screen` finds the one instance
-    MODES = {"jobs": "jobs-screen", "results": _results_screen, "gpus": _gpus_screen}
+    MODES = {"jobs": "jobs-screen", "results": _results_screen, "gpus": _gpus_screen, "experiments": _experiments_screen}
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
         Binding("n", "new_job", "New job", id="app.new_job"),
+        Binding("e", "show_experiments", "Experiments", id="app.experiments"),
         Binding("2", "show_results", "Results", id="app.results"),
         Binding("3", "show_gpus", "GPUs", id="app.gpus"),
         Binding("1", "show_jobs", "Jobs", show=False, id="app.jobs"),
@@ -148,8 +155,10 @@ class LabdeckApp(App[int]):
     def _warm_up(self) -> None:
         self.source.warm_up()
         import db.results  # noqa: F401
+        import tui.screens.experiments  # noqa: F401
         import tui.screens.job_detail  # noqa: F401
         import tui.screens.new_job  # noqa: F401
+        import tui.screens.pipeline  # noqa: F401
         import tui.screens.results  # noqa: F401
 
     def action_reload(self) -> None:
@@ -207,6 +216,9 @@ class LabdeckApp(App[int]):
         await self.switch_mode("results")
         if experiment:
             self.screen.choose(experiment)  # type: ignore[attr-defined]
+
+    async def action_show_experiments(self) -> None:
+        await self.switch_mode("experiments")
 
     async def action_show_gpus(self) -> None:
         await self.switch_mode("gpus")

@@ -1,7 +1,7 @@
-"""Scoring: per-sample scores and per-job aggregates (science.md §0-§4, §7, §9.6, §10).
+"""Scoring: per-sample scores and per-job aggregates (docs/science.md §0-§4, §7, §9.6, §10).
 
 Torch-free: the spec is validated in the CLI, the TUI and the worker. `engine.jobs.score` does the
-work; every choice science.md calls UNPINNED is a field here and is recorded with the result.
+work; every choice docs/science.md calls UNPINNED is a field here and is recorded with the result.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class CorrectnessScorer(_Batched):
     """Environment variable holding the API key (never put the key in a spec)."""
     judge_prompt: str | None = None
     """The user prompt with {question}, {target} and {answer}; None uses a reconstruction of CT-REPO's
-    PROMPT_ANSWER_KEY_EQUIVALENCY from science.md §10.1 (recorded as such). Paste the verbatim string here."""
+    PROMPT_ANSWER_KEY_EQUIVALENCY from docs/science.md §10.1 (recorded as such). Paste the verbatim string here."""
     max_new_tokens: int = Field(8, ge=1, le=256)
     """Longest judge reply, in tokens (UNPINNED; 'yes'/'no' needs one or two)."""
     max_length: int = Field(4096, ge=16)

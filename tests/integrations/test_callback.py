@@ -74,8 +74,6 @@ async def test_trainer_job_shows_its_loss_curve_progress_and_checkpoints(home: P
     assert "progress  12/12" in r.stdout and "loss                     6 points, step 2..12:" in r.stdout
 
     # the app's job detail charts the same curve
-    from conftest import HERE as _  # noqa: F401 - keeps the integrations conftest on the path
-    from textual.widgets import TabbedContent  # noqa: F401
     from tui_helpers import settle
 
     from tui.app import LabdeckApp

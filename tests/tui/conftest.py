@@ -18,11 +18,8 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.pop("NO_COLOR", None)
 
-from tui_seed import FROZEN, seed  # noqa: E402
-
-
-def _frozen() -> float:
-    return FROZEN
+from tui_helpers import make_app  # noqa: E402
+from tui_seed import seed  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +54,6 @@ def home_copy(seeded_dir, tmp_path: Path) -> Path:  # noqa: ANN001
     return dst
 
 
-def make_app(home: Path, *, source=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
-    from db.session import Store
-    from tui.app import LabdeckApp
-    from tui.source import Source
-
-    kwargs.setdefault("start_worker", False)
-    kwargs.setdefault("refresh_s", 0)
-    return LabdeckApp(source or Source(store=Store(home), clock=_frozen), **kwargs)
-
-
 @pytest.fixture
 def app(home_copy: Path):  # noqa: ANN201
     """The app on a private copy of the scene, no worker, no timer (tests drive every refresh)."""
@@ -93,3 +80,26 @@ def store_of():  # noqa: ANN201
     yield open_
     for s in stores:
         s.dispose()
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """A home with the demo's CAR pipeline half-way through (tui_seed_pipeline.py); read-only."""
+    from tui_seed_pipeline import seed_pipeline
+
+    from db.session import Store
+
+    root = tmp_path_factory.mktemp("pipeline") / "home"
+    store = Store(root)
+    ids = seed_pipeline(store)
+    store.checkpoint()
+    store.dispose()
+    return root, ids
+
+
+@pytest.fixture
+def pipeline_copy(pipeline_dir, tmp_path: Path) -> Path:  # noqa: ANN001
+    """A private copy of the pipeline home that a test may change."""
+    dst = tmp_path / "phome"
+    shutil.copytree(pipeline_dir[0], dst)
+    return dst

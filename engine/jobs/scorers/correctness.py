@@ -1,4 +1,4 @@
-"""Correctness labels of generated answers (science.md §10.1): the MC substring rule, a normalised
+"""Correctness labels of generated answers (docs/science.md §10.1): the MC substring rule, a normalised
 match, or an equivalency judge (local model or OpenAI-compatible endpoint).
 """
 
@@ -16,7 +16,7 @@ from engine.jobs.scorers.base import Item, Scorer
 from engine.jobs.scorers.endpoint import chat_completions, endpoint_batches, make_client
 
 CORRECTNESS_SYSTEM = "You are an automated grading assistant helping a teacher grade student answers."
-# science.md §10.1 describes PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py in CT-REPO) but does not quote
+# docs/science.md §10.1 describes PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py in CT-REPO) but does not quote
 # it. This is a reconstruction from that description, recorded as such with every result; paste the verbatim string
 # into the scorer's `judge_prompt` to reproduce the paper's labels exactly.
 CORRECTNESS_PROMPT = (
@@ -89,7 +89,7 @@ class CorrectnessScorer(Scorer):
                          for q, t, a in zip(self.questions, self.targets, self.answers, strict=True)]
         self.info.update(system=CORRECTNESS_SYSTEM, prompt=prompt,
                          prompt_source="judge_prompt (given in the spec)" if s.judge_prompt else
-                         "reconstructed from science.md §10.1's description, NOT CT-REPO's verbatim PROMPT_ANSWER_KEY_EQUIVALENCY",
+                         "reconstructed from docs/science.md §10.1's description, NOT CT-REPO's verbatim PROMPT_ANSWER_KEY_EQUIVALENCY",
                          rule="y = 1 if 'yes' in the lower-cased reply", max_new_tokens=s.max_new_tokens)
         if s.model is not None:
             import torch
