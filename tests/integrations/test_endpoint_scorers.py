@@ -10,7 +10,7 @@ import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "engine"))
 
-from helpers import run_inprocess, write_jsonl  # noqa: E402
+from job_harness import run_inprocess, write_jsonl  # noqa: E402
 
 from engine.fake_endpoint import FakeEndpoint  # noqa: E402
 
