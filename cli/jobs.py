@@ -137,10 +137,21 @@ def _detail(args: argparse.Namespace, job: str | int):  # noqa: ANN202 - db.rows
         raise UserError(str(e)) from None
 
 
+def _series(args: argparse.Namespace, job_id: int) -> dict[str, list[list[float]]]:
+    """Every metric reported with a step, as [[step, value], ...]: the curves the app charts."""
+    from db.reads import metric_names, metric_series
+
+    with reader(args) as s:
+        curves = {name: metric_series(s, job_id, name) for name in metric_names(s, job_id)}
+    return {name: [[step, value] for step, value in pts] for name, pts in curves.items() if pts}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     d = _detail(args, args.job)
     if args.json:
-        print(json.dumps(d.as_dict(), indent=2))
+        data = d.as_dict()
+        data["series"] = _series(args, d.row.id)
+        print(json.dumps(data, indent=2))
         return 0
     import yaml
 
@@ -164,9 +175,18 @@ def cmd_show(args: argparse.Namespace) -> int:
         out.append(f"  reason    {r.failure_reason}: {d.failure_detail}")
     if d.run_dir:
         out.append(f"  log       {d.run_dir}/log.txt")
+    if r.progress_done is not None:
+        total = f"/{r.progress_total:g}" if r.progress_total else ""
+        eta = f", ETA {fmt_duration(r.eta_s)}" if r.eta_s and r.status == "running" else ""
+        out.append(f"  progress  {r.progress_done:g}{total}{eta}")
     if d.metrics:
         out.append("metrics:")
         out += [f"  {k:24} {v:.6g}" for k, v in sorted(d.metrics.items())]
+    curves = _series(args, r.id)
+    if curves:
+        out.append("curves:")
+        out += [f"  {k:24} {len(pts)} points, step {pts[0][0]}..{pts[-1][0]}: {pts[0][1]:.4g} -> {pts[-1][1]:.4g}"
+                for k, pts in sorted(curves.items())]
     if d.artifacts:
         out.append("artifacts:")
         out += [f"  {a.kind:10} {a.path}" for a in d.artifacts]

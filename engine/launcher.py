@@ -50,6 +50,7 @@ CHECKPOINT_NOW_FILE = "checkpoint-now"  # Slurm's time limit is near: save a che
 ENGINE_KINDS = ("generate", "score", "finetune", "merge")
 EXIT_NOT_STARTED = 125  # the gate closed before `go`: nothing ran
 EXIT_SPAWN_ERROR = 127  # the command could not be started (not found, not executable)
+MIRROR_CONFIG = "mirror.json"  # in the home: mirror each job's metrics to a tracker (engine/integrations/mirror.py)
 
 # Package versions worth recording for a fine-tuning or evaluation run.
 PACKAGES = (
@@ -262,6 +263,18 @@ def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[
     }
 
 
+def _start_mirror(run_dir: Path, env: dict[str, str]) -> None:
+    """`python -m engine.integrations.mirror RUN_DIR` in a session of its own, so a slow tracker never holds up
+    the job, the launcher or the worker (nothing here imports it). A failure to start is logged, never fatal."""
+    try:
+        with open(run_dir / "mirror.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "engine.integrations.mirror", str(run_dir)],  # noqa: S603
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(run_dir),
+                             start_new_session=True)
+    except OSError as e:
+        print(f"labdeck: mirror not started: {e}", file=sys.stderr, flush=True)
+
+
 def _own_cgroup() -> Path | None:
     """This process's own cgroup v2 folder, or None at the root (bare metal) or without cgroup v2."""
     try:
@@ -381,6 +394,8 @@ def main(argv: list[str]) -> int:
         write_json_atomic(run_dir / ENV_FILE, environment_record(cmd, cwd, env))
     except Exception as e:  # noqa: BLE001 - a record that could not be written never stops the job
         print(f"labdeck: env.json not written: {e}", file=sys.stderr, flush=True)
+    if (run_dir.parent.parent / MIRROR_CONFIG).exists():  # the home mirrors jobs to a tracker (off by default)
+        _start_mirror(run_dir, env)
 
     status: int | None = None
     rusage = None

@@ -106,6 +106,7 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         device = str(state.device)
     for sc in scorers:
         sc.device = device
+        sc.outputs = ctx.outputs
     items = [Item(text_field(r, spec.instruction_field), text_field(r, spec.input_field),
                   text_field(r, spec.response_field), r) for r in rows]
     n = len(items)

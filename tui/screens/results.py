@@ -2,7 +2,8 @@
 
 Choose an experiment, a rows field, a columns field, a metric and a reduction; the pivot
 (`db.results.pivot`: mean ± std over the jobs in a cell, i.e. over seeds) shows as a table (t),
-a heatmap (h) or a grouped bar chart (b); (v) shows what differs between the jobs' specs; (x)
+a heatmap (h), a grouped bar chart (b) or lines of the metric against a numeric rows field, one
+per column (l: a learning-rate or alpha sweep); (v) shows what differs between the jobs' specs; (x)
 exports the pivot to CSV, Markdown, LaTeX or JSON with the same renderers as `labdeck results`.
 The store is read in a thread worker; pivoting the rows it returned is cheap and stays here.
 """
@@ -26,7 +27,7 @@ from tui.widgets.key_bar import KeyBar
 from tui.widgets.spec_diff import SpecDiff
 from tui.widgets.status_bar import StatusBar
 
-VIEWS = {"table": "view-table", "heatmap": "view-heatmap", "bars": "view-bars", "diff": "view-diff"}
+VIEWS = {"table": "view-table", "heatmap": "view-heatmap", "bars": "view-bars", "lines": "view-lines", "diff": "view-diff"}
 MAX_DIFF_JOBS = 24
 NONE = "(none)"
 
@@ -59,7 +60,7 @@ class ResultsScreen(DataScreen):
         height: 1fr;
     }
 
-    #view-heatmap, #view-bars {
+    #view-heatmap, #view-bars, #view-lines {
         height: 1fr;
         scrollbar-size-vertical: 1;
     }
@@ -70,6 +71,7 @@ class ResultsScreen(DataScreen):
         Binding("t", "view('table')", "Table", id="results.table"),
         Binding("h", "view('heatmap')", "Heatmap", id="results.heatmap"),
         Binding("b", "view('bars')", "Bars", id="results.bars"),
+        Binding("l", "view('lines')", "Lines", id="results.lines"),
         Binding("v", "view('diff')", "Spec diff", id="results.diff"),
         Binding("f", "flip", "Swap rows/columns", show=False, id="results.flip"),
         Binding("x", "export", "Export", id="results.export"),
@@ -111,6 +113,7 @@ class ResultsScreen(DataScreen):
                 yield Heatmap(id="heatmap")
             with VerticalScroll(id="view-bars"):
                 yield GroupedBars(id="bars")
+            yield Container(id="view-lines")  # its chart is mounted on first use (plotext loads then)
             yield SpecDiff(id="view-diff")
         yield KeyBar()
 
@@ -251,6 +254,8 @@ class ResultsScreen(DataScreen):
         self._draw_table()
         self.query_one(Heatmap).show(p)
         self.query_one(GroupedBars).show(p)
+        if self.view == "lines":
+            self._draw_lines()
         self._draw_diff()
 
     def _clear_views(self) -> None:
@@ -280,6 +285,29 @@ class ResultsScreen(DataScreen):
         unique = {r.id: (r.id, r.name, r.spec) for r in data.rows}  # a metric family gives a job one row per group
         jobs = list(unique.values())[:MAX_DIFF_JOBS]
         self.query_one(SpecDiff).show(jobs)
+
+    def _draw_lines(self) -> None:
+        """The metric against the rows field (numeric labels only), one line per column; mean over seeds."""
+        from tui.widgets.charts import MetricChart
+
+        box = self.query_one("#view-lines", Container)
+        charts = list(box.query(MetricChart))
+        chart = charts[0] if charts else MetricChart(id="lines-chart")
+        if not charts:
+            box.mount(chart)
+        p = self.pivot
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in p.row_labels:
+            try:
+                x = float(r)
+            except ValueError:
+                series = {}
+                break
+            for c in p.col_labels:
+                if (r, c) in p.cells:
+                    series.setdefault(c, []).append((x, p.cells[(r, c)].mean))
+        title = f"{p.metric} vs {p.rows_field}" if series else f"rows field {p.rows_field!r} is not numeric: no lines"
+        chart.show(series, title=title, xlabel=p.rows_field)
 
     # ------------------------------------------------------------------ actions
 

@@ -36,13 +36,15 @@ class MetricChart(PlotextPlot):
         super().__init__(**kwargs)
         self.series: dict[str, Sequence[tuple[int, float]]] = {}
         self.smoothing = 0.0
+        self._labels: tuple[str | None, str] = (None, "step")  # title, x label of the last show()
 
     def set_smoothing(self, weight: float) -> None:
         self.smoothing = weight
-        self.show(self.series)
+        self.show(self.series, *self._labels)
 
-    def show(self, series: dict[str, Sequence[tuple[int, float]]]) -> None:
+    def show(self, series: dict[str, Sequence[tuple[float, float]]], title: str | None = None, xlabel: str = "step") -> None:
         self.series = series
+        self._labels = (title, xlabel)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -55,7 +57,7 @@ class MetricChart(PlotextPlot):
                 plt.plot(steps, ema(values, self.smoothing), marker="braille", label=name if len(names) > 1 else None)
             else:
                 plt.plot(steps, values, marker="braille", label=name if len(names) > 1 else None)
-        title = ", ".join(names) if names else "no data with a step yet"
-        plt.title(f"{title} (EMA {self.smoothing:g})" if names and self.smoothing > 0 else title)
-        plt.xlabel("step")
+        base = title or (", ".join(names) if names else "no data with a step yet")
+        plt.title(f"{base} (EMA {self.smoothing:g})" if names and self.smoothing > 0 else base)
+        plt.xlabel(xlabel)
         self.refresh()

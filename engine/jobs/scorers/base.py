@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.jobs._batching import Throughput, sorted_batches
@@ -47,6 +48,7 @@ class Scorer:
     stats: Throughput = field(default_factory=Throughput)
     info: dict[str, Any] = field(default_factory=dict)
     fields: tuple[str, ...] = ()
+    outputs: Path | None = None  # the job's outputs folder (an endpoint scorer keeps its answers there)
 
     def __post_init__(self) -> None:
         """Subclasses set `fields` here (a dataclass runs it only if the decorated base defines it)."""

@@ -13,7 +13,7 @@ from engine.jobs._loading import load_causal_lm, load_tokenizer, model_record, r
 from engine.jobs._prompts import apply_chat
 from engine.jobs._uncertainty import sanitize_answer
 from engine.jobs.scorers.base import Item, Scorer
-from engine.jobs.scorers.endpoint import chat_completion
+from engine.jobs.scorers.endpoint import chat_completions, endpoint_batches, make_client
 
 CORRECTNESS_SYSTEM = "You are an automated grading assistant helping a teacher grade student answers."
 # docs/science.md §10.1 describes PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py in CT-REPO) but does not quote
@@ -104,6 +104,7 @@ class CorrectnessScorer(Scorer):
                                   "label": "LOCAL replacement judge (not GPT-3.5-Turbo-1106)"}
         else:
             self.api_key = os.environ.get(s.api_key_env)
+            self.client = make_client(s, self.api_key, self.outputs)
             self.info["judge"] = {"endpoint": s.endpoint, "model": s.endpoint_model,
                                   "api_key_env": s.api_key_env if self.api_key else None}
 
@@ -114,7 +115,7 @@ class CorrectnessScorer(Scorer):
         s = self.spec
         if s.mode != "judge":
             return [{s.field: correct_by_rule(self.answers[i], self.targets[i], s.mode)} for i in idxs]
-        replies = self._local(idxs) if self.ids is not None else [self._http(i) for i in idxs]
+        replies = self._local(idxs) if self.ids is not None else self._http(idxs)
         return [{s.field: judge_says_yes(r), f"{s.field}_reply": r} for r in replies]
 
     def _local(self, idxs: list[int]) -> list[str]:
@@ -130,12 +131,19 @@ class CorrectnessScorer(Scorer):
         self.stats.stop()
         return self.tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
-    def _http(self, i: int) -> str:
+    def batches(self, idxs: list[int]) -> list[list[int]]:
+        if self.spec.mode == "judge" and self.spec.endpoint is not None:
+            return endpoint_batches(idxs, self.spec.max_concurrency)
+        return super().batches(idxs)
+
+    def _http(self, idxs: list[int]) -> list[str]:
         s = self.spec
-        body = {"model": s.endpoint_model, "messages": self.messages[i], "temperature": 0,
-                "max_tokens": s.max_new_tokens}
-        data = chat_completion(s.endpoint, body, self.api_key, s.timeout_s, s.max_retries)
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError) as e:
-            raise RuntimeError(f"correctness judge endpoint returned no message: {json.dumps(data)[:200]}") from e
+        bodies = [{"model": s.endpoint_model, "messages": self.messages[i], "temperature": 0,
+                   "max_tokens": s.max_new_tokens} for i in idxs]
+        out = []
+        for data in chat_completions(self.client, bodies):
+            try:
+                out.append(str(data["choices"][0]["message"]["content"] or ""))
+            except (KeyError, IndexError, TypeError) as e:
+                raise RuntimeError(f"correctness judge endpoint returned no message: {json.dumps(data)[:200]}") from e
+        return out

@@ -1,50 +1,54 @@
-"""One OpenAI-compatible HTTP call (`/chat/completions`), shared by the judge and correctness scorers.
+"""OpenAI-compatible HTTP calls (`/chat/completions`), shared by the judge and correctness scorers.
 
-Transient failures (429, 5xx, connection errors) are retried with exponential backoff; a client
-error (400/401/403/404) is the user's input and becomes a one-line JobInputError.
+Requests go through `engine.jobs.api_client.ApiClient`: up to `max_concurrency` in flight, answers
+in the order asked (so the scores equal those of one request at a time), 429/5xx retried with
+backoff and jitter or the server's `Retry-After`, an optional per-minute request/token budget, and
+every answer appended to `outputs/api_answers.jsonl` as it arrives, so a killed job asks again only
+what it had not received. A client error (400/401/403/404/422) is the user's input and becomes a
+one-line JobInputError.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 from engine.jobs._common import JobInputError
+from engine.jobs.api_client import ApiClient, ApiConfig, EndpointRejected
+
+ANSWERS_FILE = "api_answers.jsonl"
+REQUESTS_PER_WORKER = 8  # a scoring batch holds this many requests per concurrent slot
 
 
-def post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float, retries: int) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    payload = json.dumps(body).encode("utf-8")
-    delay = 1.0
-    for attempt in range(retries + 1):
-        req = urllib.request.Request(url, data=payload, headers=headers, method="POST")  # noqa: S310 - URL checked in spec
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 500, 502, 503, 504) and attempt < retries:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            detail = e.read().decode("utf-8", "replace")[:200] if e.fp else ""
-            if e.code in (400, 401, 403, 404):
-                raise JobInputError(f"judge endpoint {url}: HTTP {e.code} {detail}".strip()) from e
-            raise
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            if attempt < retries:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            raise RuntimeError(f"judge endpoint {url}: {e}") from e
-    raise AssertionError("unreachable")
+def make_client(spec: Any, api_key: str | None, outputs: Path | None) -> ApiClient:
+    """The client for a scorer spec with `endpoint`, caching answers in the job's outputs folder."""
+    cfg = ApiConfig(max_concurrency=spec.max_concurrency, max_retries=spec.max_retries, timeout_s=spec.timeout_s,
+                    requests_per_minute=spec.requests_per_minute, tokens_per_minute=spec.tokens_per_minute,
+                    api_key=api_key)
+    return ApiClient(spec.endpoint.rstrip("/") + "/chat/completions", cfg,
+                     cache=Path(outputs) / ANSWERS_FILE if outputs is not None else None)
+
+
+def chat_completions(client: ApiClient, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every body's decoded reply, in order."""
+    try:
+        return client.map(bodies)
+    except EndpointRejected as e:
+        raise JobInputError(str(e)) from None
+
+
+def endpoint_batches(idxs: list[int], max_concurrency: int) -> list[list[int]]:
+    """Batches big enough to keep every concurrent slot busy (the answer cache makes a lost batch cheap)."""
+    size = max(1, max_concurrency) * REQUESTS_PER_WORKER
+    return [idxs[k:k + size] for k in range(0, len(idxs), size)]
 
 
 def chat_completion(endpoint: str, body: dict[str, Any], api_key: str | None, timeout: float,
                     retries: int) -> dict[str, Any]:
-    """POST `body` to `{endpoint}/chat/completions` and return the decoded JSON reply."""
-    return post_json(endpoint.rstrip("/") + "/chat/completions", body, api_key, timeout, retries)
+    """POST one `body` to `{endpoint}/chat/completions` and return the decoded JSON reply."""
+    client = ApiClient(endpoint.rstrip("/") + "/chat/completions",
+                       ApiConfig(max_concurrency=1, max_retries=retries, timeout_s=timeout, api_key=api_key))
+    try:
+        return chat_completions(client, [body])[0]
+    finally:
+        client.close()

@@ -18,7 +18,7 @@ from engine.jobs._common import JobInputError
 from engine.jobs._loading import load_causal_lm, load_tokenizer, model_record, require_chat_template
 from engine.jobs._prompts import apply_chat
 from engine.jobs.scorers.base import NAN, Item, Scorer, _finite
-from engine.jobs.scorers.endpoint import chat_completion
+from engine.jobs.scorers.endpoint import chat_completions, endpoint_batches, make_client
 from engine.jobs.scorers.reward import RewardModel
 
 ALPACA_EVAL_SYSTEM = (
@@ -126,6 +126,7 @@ class JudgeScorer(Scorer):
             self.ids = None
             key = os.environ.get(s.api_key_env)
             self.api_key = key
+            self.client = make_client(s, key, self.outputs)
             judge = {"endpoint": s.endpoint, "model": s.endpoint_model, "api_key_env": s.api_key_env if key else None}
         self.info = {"judge": judge, "prompt": "alpaca_eval_clf_gpt4_turbo", "order_seed": s.seed,
                      "switched": int(sum(self.switched)),
@@ -179,7 +180,8 @@ class JudgeScorer(Scorer):
         if self.spec.reward_model is not None:
             return self._score_reward_model(idxs)
         if self.ids is None:
-            return [self._row(i, *self._http(i)) for i in idxs]
+            replies = chat_completions(self.client, [self._body(i) for i in idxs])
+            return [self._row(i, *self._logprobs(data)) for i, data in zip(idxs, replies, strict=True)]
         torch = self.torch
         out: dict[int, dict[str, Any]] = {}
         ok = [i for i in idxs if len(self.ids[i]) <= self.spec.max_length]
@@ -204,13 +206,20 @@ class JudgeScorer(Scorer):
         self.info["too_long"] = self.too_long
         return [out[i] for i in idxs]
 
-    def _http(self, i: int) -> tuple[float | None, float | None]:
+    def batches(self, idxs: list[int]) -> list[list[int]]:
+        if self.spec.endpoint is not None:
+            return endpoint_batches(idxs, self.spec.max_concurrency)
+        return super().batches(idxs)
+
+    def _body(self, i: int) -> dict[str, Any]:
         """One chat completion with max_tokens 1 and top-5 logprobs; a token not among them has probability 0."""
         s = self.spec
-        body = {"model": s.endpoint_model, "messages": judge_messages(self.instr[i], self.refs[i], self.items[i].response,
+        return {"model": s.endpoint_model, "messages": judge_messages(self.instr[i], self.refs[i], self.items[i].response,
                                                                       self.switched[i]),
                 "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
-        data = chat_completion(s.endpoint, body, self.api_key, s.timeout_s, s.max_retries)
+
+    @staticmethod
+    def _logprobs(data: dict[str, Any]) -> tuple[float | None, float | None]:
         try:
             content = data["choices"][0]["logprobs"]["content"][0]
             tops = content.get("top_logprobs") or [{"token": content["token"], "logprob": content["logprob"]}]
