@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from db import worker_reads
+from db import worker_store
 from db.home import run_dir as run_dir_of
 from db.models import Job, JobStatus
 from db.queries import SLURM_PARTITIONS_KEY as PARTITIONS_KEY  # sinfo's partitions, for the GPUs screen
@@ -80,7 +80,7 @@ class SlurmWorker(WorkerDaemon):
 
     def _schedule(self) -> None:
         """Submit every queued job whose dependencies succeeded (Slurm decides where and when)."""
-        q = worker_reads.read_queue(self._watch)
+        q = worker_store.read_queue(self._watch)
         if not q.rows:
             self._waiting = {}
             return
