@@ -7,6 +7,7 @@ conventions of `reward.py`, response and reference each scored alone (no order).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -59,7 +60,7 @@ Evaluate the models based on the quality and relevance of their outputs, and sel
 
 # alpaca_eval's PairwiseAnnotator names its switch column "is_switched_outputs" (kept for backward compatibility) and
 # RandomSwitchTwoColumnsProcessor seeds `random.Random(switch_column + instruction + str(seed))`; the annotator seed is 0.
-SWITCH_KEY = "is_switch_output_1_output_2"
+SWITCH_KEY = "is_switched_outputs"
 
 
 def alpaca_is_switched(instruction: str, seed: int = 0) -> bool:
