@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 check: test lint
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check db engine tui tests bench
+	$(VENV)/bin/ruff check db engine tui cli tests bench
 
 bench: $(VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -31,8 +31,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, LABDECK_HOME=str(Path(tmp) / "home"))
         bare = timed([sys.executable, "-c", "pass"], env)
-        helped = timed([sys.executable, "-m", "tui.cli", "--help"], env)
-        ls = timed([sys.executable, "-m", "tui.cli", "ls", "--json"], env, n=5)
+        helped = timed([sys.executable, "-m", "cli", "--help"], env)
+        ls = timed([sys.executable, "-m", "cli", "ls", "--json"], env, n=5)
         b, h, s = statistics.median(bare), statistics.median(helped), statistics.median(ls)
         print(f"python -c pass      median {b * 1000:7.1f} ms")
         print(f"labdeck --help      median {h * 1000:7.1f} ms   ({h / b:.1f}x bare python; goal < 500 ms)")
@@ -45,7 +45,7 @@ def main() -> None:
             "    env.B: [" + ", ".join(f"'{i}'" for i in range(100)) + "]\n"
         )
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "tui.cli", "submit", str(spec), "--no-worker", "--json"],
+        r = subprocess.run([sys.executable, "-m", "cli", "submit", str(spec), "--no-worker", "--json"],
                            env=env, check=True, capture_output=True, text=True)  # noqa: S603
         dt = time.perf_counter() - t
         import json

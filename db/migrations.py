@@ -106,6 +106,11 @@ STEPS: list[list[str]] = [
         "CREATE INDEX ix_metric_name_job ON metric (name, job_id)",
         "CREATE INDEX ix_job_status_priority ON job (status, priority DESC, id)",
     ],
+    # 2 -> 3: how the worker's executor finds a job's processes again after a restart (opaque to
+    # the store: the local executor keeps the launcher's pid and start; a batch system its job id).
+    [
+        "ALTER TABLE job ADD COLUMN external_id VARCHAR NOT NULL DEFAULT ''",
+    ],
 ]
 
 SCHEMA_VERSION = len(STEPS)

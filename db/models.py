@@ -82,6 +82,7 @@ class Job(SQLModel, table=True):
     assigned_gpus: str = ""  # comma separated indices, as CUDA_VISIBLE_DEVICES gets them
     pid: int | None = None
     pid_start_time: float | None = None
+    external_id: str = ""  # the executor's handle on the job's processes (engine.executors)
     host: str = ""
     run_dir: str = ""
     attempt: int = 1

@@ -103,6 +103,17 @@ class Store:
         finally:
             raw.close()
 
+    def checkpoint_if_over(self, limit_mb: float) -> float | None:
+        """Checkpoint when the WAL is larger than `limit_mb`; returns the size it had then, else None."""
+        try:
+            size_mb = Path(f"{self.path}-wal").stat().st_size / 2**20
+        except OSError:
+            return None
+        if size_mb <= limit_mb:
+            return None
+        self.checkpoint()
+        return size_mb
+
     def dispose(self) -> None:
         self.write_engine.dispose()
         self.read_engine.dispose()

@@ -1,62 +1,47 @@
 """The worker: the one daemon per home that owns the box's GPUs and runs the queue.
 
-`python -m engine.worker --home HOME [--gpus 0,2] [--detach]` (usually through `labdeck worker
-start`, or started on demand by `labdeck submit` and the app).
+Started by `python -m engine.worker` (`engine.daemon`: options, lock, daemonising). Each round,
+sleeping `poll_s` between rounds (or less: a job's end wakes it through the executor):
 
-What it does, in a loop that sleeps `poll_s` between rounds:
+1. **Notice changes cheaply**: `PRAGMA data_version` on one long-lived connection; only when
+   another connection committed does it read commands and the queue (`db.worker_reads`).
+2. **Ingest** running jobs' new `events.jsonl` lines (`engine.ingest`), rows and offsets together.
+3. **Watch** jobs through the executor (`engine.executors`): ended, cancel requested, time limit.
+   A finished job gets its final events, its terminal status (`engine.outcome`,
+   `engine.jobstate.record_end`), an automatic retry if its policy says so, and its failed
+   dependents skipped, in one transaction.
+4. **Schedule** (`engine.scheduler.plan`) when something changed; claim atomically; prepare the run
+   folder (`engine.rundir`); start it behind the executor's gate; commit its external id; open
+   the gate. So no job runs that the store does not know.
+5. **Heartbeat** every `heartbeat_s`: worker row, running jobs, the GPU snapshot, WAL checkpoint.
 
-1. **Notice changes cheaply.** `PRAGMA data_version` on one long-lived connection tells whether any
-   other connection committed since the last look (a submit, a cancel, a pause). Only then does
-   the worker read the queue, so an idle worker costs a few microseconds a round and well under
-   1% of a core.
-2. **Ingest** each running job's new `events.jsonl` lines (see `engine.ingest`): all jobs' rows
-   and their new offsets in one transaction.
-3. **Watch** the jobs: a launcher that exited (its `exit.json` says how the command ended), a
-   cancel request, a time limit; stopping is SIGTERM to the job's session, a grace period, SIGKILL
-   (`engine.process.JobStopper`, non-blocking). A finished job gets its final events, its terminal
-   status and reason (`engine.outcome`), the last log lines, an automatic retry if its policy says
-   so, and its failed dependents skipped: all in one transaction.
-4. **Schedule** (`engine.scheduler.plan`) when the queue changed, a job ended, or GPUs changed
-   while GPU jobs wait; claim atomically (`db.queue.claim`); write the run folder; spawn the
-   launcher behind its start gate; commit its pid and start time; then open the gate.
-5. **Heartbeat** every `heartbeat_s`: the worker row, the running jobs, the GPU snapshot the CLI
-   and TUI read (`db.queries.GPU_SNAPSHOT_KEY`), and a WAL checkpoint when the WAL has grown.
-
-On start it **reconciles**: a `running` job whose launcher still lives (same pid *and* start time)
-is adopted and its events read on from the stored offset; one whose launcher is gone is finished
-from its `exit.json`, or becomes `interrupted` (worker_lost) if it left none. Nothing is restarted
-silently: a retry happens only when the job's own policy names the reason.
-
-Stopping: `labdeck worker stop` lets running jobs finish and starts nothing new; `--now` cancels
-them first. SIGTERM, SIGINT or SIGHUP make the worker exit at once and leave its jobs running;
-the next worker adopts them (this is how a restart or an upgrade works without losing a job).
-
-Everything a job may do wrong (crash, garbage events, not starting) is contained to that job: an
-error in one round is logged to `HOME/worker.log` and the loop goes on.
+On start it **reconciles**: a `running` job the executor can adopt is watched on from its stored
+offset; one whose processes are gone is finished from its exit record, or becomes `interrupted`
+(worker_lost). SIGTERM, SIGINT or SIGHUP make the worker exit at once and leave its jobs running
+for the next worker; `labdeck worker stop` (graceful or `--now`) is a request in the store.
+Everything a job may do wrong is contained to that job: an error in one round is logged to
+`HOME/worker.log` and the loop goes on.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import select as io_select
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from sqlalchemy import and_, select, update
 
+from db import worker_reads
 from db.home import ensure_home
 from db.home import run_dir as run_dir_of
 from db.models import Job, JobStatus, Worker
@@ -66,22 +51,20 @@ from db.queue import (
     IllegalTransition,
     claim,
     get_setting,
-    retry,
     set_setting,
     skip_dependents_of_failed,
     transition,
 )
 from db.session import Store
-from engine import ingest, outcome, process, scheduler
-from engine.control import GPUS_KEY, STOP_KEY, WorkerLock, log_path
-from engine.events import ENV_EVENTS, ENV_JOB_ID, ENV_RUN_DIR, EVENTS_FILE
-from engine.gpus import Gpu, Inventory, SnapshotMeta, classify, open_inventory, snapshot_json
-from engine.launcher import LOG_FILE, SPEC_FILE, read_exit
+from engine import attribution, ingest, outcome, process, scheduler
+from engine.control import STOP_KEY
+from engine.executors import Executor, Launch, local
+from engine.gpus import Gpu, Inventory, SnapshotMeta, open_inventory, snapshot_json
+from engine.jobstate import Running, changed_log_tails, record_end
+from engine.rundir import LOG_FILE, cpu_job_threads, job_env, prepare_run_dir
 
 log = logging.getLogger("labdeck.worker")
 
-ENV_GPU_MEM_MB = "LABDECK_GPU_MEM_MB"
-BAD_DEP_STATUSES = ("failed", "cancelled", "interrupted", "skipped")
 
 
 @dataclass
@@ -97,159 +80,13 @@ class Config:
     plan_cpu_share: float = 0.2  # planning may use at most about this share of a core (big queues)
 
 
-@dataclass
-class Running:
-    """A job this worker watches: started by it, or adopted from a previous worker."""
-
-    job_id: int
-    kind: str
-    pid: int
-    start_time: float
-    run_dir: Path
-    started_at: float  # wall clock, from the store
-    gpus: tuple[int, ...] = ()
-    share_mb: float = 0.0
-    time_limit_s: float | None = None
-    retry_max: int = 0
-    retry_on: list[str] = field(default_factory=list)
-    attempt: int = 1
-    popen: subprocess.Popen[bytes] | None = None  # None when adopted
-    proc: psutil.Process | None = None  # for adopted launchers
-    offset: int = 0
-    stopper: process.JobStopper | None = None
-    stop_reason: str | None = None  # cancel | time_limit | stop_now
-    log_size: int = -1
-    launcher_rc: int | None = None
-    ended: bool = False
-    pidfd: int | None = None  # readable once the launcher exits: wakes the worker at once
-
-    def open_pidfd(self) -> None:
-        """A pidfd for the launcher (Linux >= 5.3), checked against its start time after opening."""
-        if not hasattr(os, "pidfd_open") or self.pidfd is not None:
-            return
-        try:
-            fd = os.pidfd_open(self.pid)
-        except OSError:
-            return
-        if self.popen is None and not process.is_alive(self.pid, self.start_time):
-            os.close(fd)  # the pid was reused between the check and the open
-            return
-        self.pidfd = fd
-
-    def close_pidfd(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-
-    @property
-    def adopted(self) -> bool:
-        return self.popen is None
-
-    def exited(self) -> bool:
-        """True once the launcher process is gone (reaped if it is our child)."""
-        if self.ended:
-            return True
-        if self.popen is not None:
-            rc = self.popen.poll()
-            if rc is None:
-                return False
-            self.launcher_rc = rc
-        else:
-            try:
-                assert self.proc is not None
-                if self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE:
-                    return False
-            except psutil.NoSuchProcess:
-                pass
-        self.ended = True
-        return True
-
-    def feed(self) -> ingest.Feed:
-        return ingest.Feed(self.job_id, self.run_dir / EVENTS_FILE, self.offset, self.run_dir)
-
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. a cgroup cpuset or `taskset`)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_job_threads(slots: int | None, cpus: int | None = None) -> int | None:
-    """Threads for each CPU-only job: the CPUs shared out among the CPU slots, at least 1.
-
-    torch (OpenMP/MKL) otherwise starts one thread per core in every job, and two CPU jobs on two
-    cores then fight over them (the tiny ExPO recipe on a quiet 2-core box: 72 s, 38 s with the
-    cap). None when the slots are unlimited: nothing to share out.
-    """
-    if not slots:
-        return None
-    return max(1, (cpus if cpus is not None else usable_cpus()) // slots)
-
-
-def job_env(base: dict[str, str], job_id: int, run_dir: Path, gpus: tuple[int, ...], share_mb: float,
-            cpu_threads: int | None = None) -> dict[str, str]:
-    """The environment a job starts with: the worker's own, plus where to report and which GPUs.
-
-    A CPU-only job also gets OMP_NUM_THREADS and MKL_NUM_THREADS = `cpu_threads`, unless the
-    worker's environment sets them (a command job's own `env` is applied later by the launcher and
-    wins over both).
-    """
-    env = dict(base)
-    if not gpus and cpu_threads:
-        for var in THREAD_VARS:
-            env.setdefault(var, str(cpu_threads))
-    env.update({
-        "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),  # "" hides every GPU from a CPU job
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers cards as NVML does
-        ENV_EVENTS: str(run_dir / EVENTS_FILE),
-        ENV_RUN_DIR: str(run_dir),
-        ENV_JOB_ID: str(job_id),
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if share_mb > 0:
-        env[ENV_GPU_MEM_MB] = str(int(share_mb))
-    else:
-        env.pop(ENV_GPU_MEM_MB, None)
-    return env
-
-
-def _private_file(path: Path, content: bytes = b"") -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        if content:
-            os.write(fd, content)
-    finally:
-        os.close(fd)
-
-
-def prepare_run_dir(home: Path, job_id: int, spec_json: str) -> Path:
-    """Create `runs/<id>/` (0700) with spec.json, an empty events.jsonl and log.txt, and outputs/.
-
-    A folder left by an earlier database with the same job id is moved aside, never mixed in.
-    """
-    rd = run_dir_of(home, job_id)
-    if rd.exists() and any(rd.iterdir()):
-        rd.rename(rd.with_name(f"{job_id}.old-{int(time.time() * 1000)}"))
-    rd.mkdir(mode=0o700, parents=True, exist_ok=True)
-    spec = json.loads(spec_json)
-    _private_file(rd / SPEC_FILE, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
-    _private_file(rd / EVENTS_FILE)
-    _private_file(rd / LOG_FILE)
-    (rd / "outputs").mkdir(mode=0o700, exist_ok=True)
-    return rd
-
-
 class WorkerDaemon:
     """The loop. `run()` returns when stopped; `tick()` is one round (tests drive it directly)."""
 
-    def __init__(self, config: Config, store: Store | None = None, inventory: Inventory | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None, inventory: Inventory | None = None,
+                 executor: Executor | None = None) -> None:
         self.cfg = config
+        self.executor = executor or local.LocalExecutor(grace_s=config.kill_grace_s)
         self.home = ensure_home(config.home)
         self.store = store or Store(self.home)
         self.inventory = inventory or open_inventory()
@@ -267,7 +104,7 @@ class WorkerDaemon:
         self._next_heartbeat = 0.0
         self._next_wal_check = 0.0
         self._plan_due = True
-        self._gpu_cache: tuple[float, list[Gpu]] = (0.0, [])
+        self._gpu_watch = attribution.GpuWatch(self.inventory)
         self._waiting: dict[int, str] = {}
         self._waiting_for_gpus = False
         self._env_base = {k: v for k, v in os.environ.items() if k not in ("LABDECK_FAKE_GPUS",)}
@@ -324,9 +161,7 @@ class WorkerDaemon:
         So a job's end is recorded within milliseconds while the queue is still polled only every
         `poll_s`; without pidfds (old kernels) this is a plain sleep.
         """
-        # A launcher already known to have exited (its session still being stopped) would keep
-        # its pidfd readable and turn this into a busy loop: leave it out.
-        fds = [r.pidfd for r in self.running.values() if r.pidfd is not None and not r.ended]
+        fds = self.executor.wake_fds([r.handle for r in self.running.values()])
         if not fds:
             time.sleep(seconds)
             return
@@ -341,8 +176,8 @@ class WorkerDaemon:
             s.execute(update(Worker).where(Worker.id == self.worker_id).values(
                 stopped_at=time.time(), heartbeat_at=time.time(), state="stopped"))
         for r in self.running.values():
-            if r.popen is not None and r.popen.stdin is not None:
-                r.popen.stdin.close()
+            self.executor.forget(r.handle)
+        self.executor.close()
         self._watch.close()
         log.info("worker %s stopped; %d job(s) left running for the next worker", self.worker_id, len(self.running))
 
@@ -398,16 +233,10 @@ class WorkerDaemon:
         so they must stay cheap. The queue's fingerprint (count, newest id, a priority checksum of
         the queued jobs, the queue state) decides whether a planning round is worth its cost.
         """
-        db = self._watch
-        settings = dict(db.execute("SELECT key, value FROM setting WHERE key IN (?, ?)",
-                                   (QUEUE_STATE_KEY, STOP_KEY)).fetchall())
-        self.queue_state = settings.get(QUEUE_STATE_KEY) or "running"
-        stop = settings.get(STOP_KEY) or ""
-        cancel_ids = [r[0] for r in db.execute(
-            "SELECT id FROM job WHERE status = 'running' AND cancel_requested = 1").fetchall()]
-        fingerprint = (self.queue_state, *db.execute(
-            "SELECT count(*), max(id), total(priority * id) FROM job WHERE status = 'queued' AND cancel_requested = 0"
-        ).fetchone())
+        cmd = worker_reads.read_commands(self._watch, (QUEUE_STATE_KEY, STOP_KEY))
+        self.queue_state = cmd.settings.get(QUEUE_STATE_KEY) or "running"
+        stop = cmd.settings.get(STOP_KEY) or ""
+        fingerprint = (self.queue_state, *cmd.fingerprint)
         if stop.startswith(f"{self.worker_id}:") and self.stop_mode is None:
             self.stop_mode = stop.split(":", 1)[1]
             log.info("stop requested (%s)", self.stop_mode)
@@ -416,20 +245,21 @@ class WorkerDaemon:
             if self.stop_mode == "now":
                 for r in self.running.values():
                     self._stop(r, "stop_now")
-        for jid in cancel_ids:
+        for jid in cmd.cancel_ids:
             r = self.running.get(jid)
-            if r is not None and r.stopper is None:
+            if r is not None and not r.stopping:
                 self._stop(r, "cancel")
         changed = fingerprint != self._fingerprint
         self._fingerprint = fingerprint
         return changed
 
     def _stop(self, r: Running, reason: str) -> None:
-        if r.stopper is not None or r.exited():
+        if r.stopping or self.executor.poll(r.handle):
             return  # already stopping, or it ended by itself before the request: its own outcome stands
         log.info("job %d: stopping (%s)", r.job_id, reason)
         r.stop_reason = reason
-        r.stopper = process.JobStopper(r.pid, self.cfg.kill_grace_s, str(r.run_dir))
+        r.stopping = True
+        self.executor.cancel(r.handle, self.cfg.kill_grace_s)
 
     # ------------------------------------------------------------------ events
 
@@ -459,9 +289,9 @@ class WorkerDaemon:
     def _watch_jobs(self, now: float) -> list[Running]:
         ended = []
         for r in list(self.running.values()):
-            exited = r.exited()  # first: a job that ended on its own is not "stopped at its limit"
-            if r.stopper is not None:
-                if not r.stopper.step():
+            exited = self.executor.poll(r.handle)  # first: a job that ended on its own is not "stopped at its limit"
+            if r.stopping:
+                if not self.executor.stop_step(r.handle):
                     continue  # still stopping (the launcher may be gone, members of its session not)
             elif not exited and r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
                 self._stop(r, "time_limit")
@@ -473,107 +303,33 @@ class WorkerDaemon:
     def _finish(self, ended: list[Running]) -> None:
         """Record the end of jobs whose launcher exited: events, status, log tail, retry, skips."""
         for r in ended:
-            if r.stopper is None:
+            if not r.stopping:
                 self._kill_leftovers(r)
         self._ingest(only=ended, unbounded=True)
         records = []
         for r in ended:
             tail = outcome.read_log_tail(r.run_dir / LOG_FILE)
-            records.append((r, tail, read_exit(r.run_dir)))
+            records.append((r, tail, self.executor.exit_record(r.handle)))
         with self.store.write() as s:
             for r, tail, rec in records:
-                self._record_end(s, r, tail, rec, died_while_away=False)
+                record_end(s, r, tail, rec, died_while_away=False)
             skipped = skip_dependents_of_failed(s)
         for r in ended:
             self.running.pop(r.job_id, None)
-            r.close_pidfd()
-            if r.popen is not None and r.popen.stdin is not None:
-                r.popen.stdin.close()
+            self.executor.forget(r.handle)
         if skipped:
             log.info("skipped %s: a dependency did not succeed", skipped)
 
     def _kill_leftovers(self, r: Running) -> None:
         """Stop what a finished job left behind (a background process would hold its GPU)."""
-        left = process.leftovers(r.pid, str(r.run_dir))
-        if left:
-            log.info("job %d: stopping %d leftover process(es) %s", r.job_id, len(left), left)
-            survivors = process.kill_pids(left, grace_s=min(2.0, self.cfg.kill_grace_s))
-            if survivors:
-                log.warning("job %d: processes %s survived SIGKILL", r.job_id, survivors)
-
-    def _record_end(self, s: Any, r: Running, tail: str, rec: dict[str, Any] | None, *, died_while_away: bool) -> None:
-        row = s.get(Job, r.job_id)
-        reported = (row.failure_reason, row.failure_detail) if row is not None and row.failure_reason else None
-        out = outcome.classify(
-            kind=r.kind, exit_record=rec, launcher_returncode=r.launcher_rc, stop_reason=r.stop_reason,
-            reported_error=reported, log_tail=tail, died_while_away=died_while_away,
-        )
-        if r.stopper is not None and r.stopper.survivors:
-            out = outcome.Outcome(out.status, out.reason,
-                                  out.detail + f"; processes {r.stopper.survivors} survived SIGKILL",
-                                  out.exit_code, out.exit_signal)
-        try:
-            transition(s, r.job_id, out.status, exit_code=out.exit_code, exit_signal=out.exit_signal,
-                       failure_reason=out.reason, failure_detail=out.detail, log_tail=tail,
-                       heartbeat_at=time.time())
-        except IllegalTransition as e:
-            log.warning("job %d: %s", r.job_id, e)
-            return
-        log.info("job %d: %s%s", r.job_id, out.status.value, f" ({out.reason}: {out.detail})" if out.reason else "")
-        if outcome.should_retry(out, r.retry_on, r.retry_max, r.attempt):
-            new_id = retry(s, r.job_id, reason=out.reason or "")  # queued dependents follow the new attempt
-            log.info("job %d: retry as job %d (attempt %d)", r.job_id, new_id, r.attempt + 1)
+        survivors = self.executor.cleanup(r.handle)
+        if survivors:
+            log.warning("job %d: processes %s survived SIGKILL", r.job_id, survivors)
 
     # ------------------------------------------------------------------ scheduling
 
     def _gpus(self, max_age_s: float = 1.0) -> list[Gpu]:
-        t, gpus = self._gpu_cache
-        if time.monotonic() - t > max_age_s:
-            try:
-                gpus = self.inventory.read()
-            except Exception:  # noqa: BLE001 - NVML hiccup: treat as no information this round
-                log.warning("GPU inventory failed:\n%s", traceback.format_exc())
-                gpus = []
-            gpus = classify(gpus, self._pid_to_job(), self._job_of_pid)
-            self._gpu_cache = (time.monotonic(), gpus)
-        return gpus
-
-    def _pid_to_job(self) -> dict[int, int]:
-        return {r.pid: r.job_id for r in self.running.values()}
-
-    def _job_of_pid(self, pid: int) -> int | None:
-        """The job a GPU process belongs to: its session leader is a job's launcher, or its environment says so."""
-        by_launcher = self._pid_to_job()
-        try:
-            sid = os.getsid(pid)
-            if sid in by_launcher:
-                return by_launcher[sid]
-            pgid = os.getpgid(pid)
-            if pgid in by_launcher:
-                return by_launcher[pgid]
-        except (ProcessLookupError, PermissionError):
-            return None
-        try:
-            env = psutil.Process(pid).environ()
-            jid = int(env.get(ENV_JOB_ID, ""))
-            if jid in self.running and env.get(ENV_RUN_DIR) == str(self.running[jid].run_dir):
-                return jid
-        except (psutil.Error, ValueError, OSError):
-            pass
-        return None
-
-    def _gpu_views(self, gpus: list[Gpu]) -> list[scheduler.GpuView]:
-        views = []
-        for g in gpus:
-            ours: dict[int, float] = {}
-            foreign = False
-            for p in g.processes:
-                if p.job_id is None:
-                    foreign = True
-                else:
-                    ours[p.job_id] = ours.get(p.job_id, 0.0) + p.mem_mb
-            views.append(scheduler.GpuView(g.index, g.mem_total_mb, g.mem_used_mb, foreign, ours))
-        return views
+        return self._gpu_watch.read(self.running.values(), max_age_s)
 
     def _schedule(self) -> None:
         """One planning round: read the head of the queue, plan, start what fits.
@@ -581,29 +337,12 @@ class WorkerDaemon:
         Reads use the raw watch connection: with thousands of queued jobs an ORM round costs
         ~100 ms on a small box, these plain queries a few.
         """
-        db = self._watch
-        rows = db.execute(
-            "SELECT id, priority, queued_at, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign FROM job "
-            "WHERE status = 'queued' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id"
-        ).fetchall()
+        q = worker_reads.read_queue(self._watch)
+        rows, depends, succeeded = q.rows, q.depends, q.succeeded
         if not rows:
             self._waiting, self._waiting_for_gpus = {}, False
             return
-        deps = db.execute(
-            "SELECT d.job_id, d.depends_on_id, up.status FROM jobdependency d "
-            "JOIN job q ON q.id = d.job_id JOIN job up ON up.id = d.depends_on_id "
-            "WHERE q.status = 'queued'"
-        ).fetchall()
-        depends: dict[int, list[int]] = {}
-        succeeded: set[int] = set()
-        bad = False
-        for jid, dep_id, dep_status in deps:
-            depends.setdefault(jid, []).append(dep_id)
-            if dep_status == "succeeded":
-                succeeded.add(dep_id)
-            elif dep_status in BAD_DEP_STATUSES:
-                bad = True
-        if bad:
+        if q.any_bad_dependency:
             with self.store.write() as s:
                 skipped = skip_dependents_of_failed(s)
             if skipped:
@@ -616,7 +355,7 @@ class WorkerDaemon:
             for r in rows
         ]
         need_gpus = any(c.gpus > 0 for c in candidates)
-        views = self._gpu_views(self._gpus()) if need_gpus else []
+        views = attribution.gpu_views(self._gpus()) if need_gpus else []
         allocations = [scheduler.Allocation(r.job_id, r.gpus, r.share_mb) for r in self.running.values() if r.gpus]
         cpu_running = sum(1 for r in self.running.values() if not r.gpus)
         p = scheduler.plan(candidates, views, allocations, succeeded=succeeded, allowed=self.cfg.gpus,
@@ -628,7 +367,7 @@ class WorkerDaemon:
             self._start(p.starts, by_id)
 
     def _start(self, starts: list[scheduler.Start], by_id: dict[int, scheduler.Candidate]) -> None:
-        """Claim, prepare, spawn behind the gate, commit the pids, open the gates."""
+        """Claim, prepare, start behind the gate, commit the handles, open the gates."""
         claimed: list[tuple[scheduler.Start, Job]] = []
         with self.store.write() as s:
             for st in starts:
@@ -637,35 +376,23 @@ class WorkerDaemon:
                     job = s.get(Job, st.job_id)
                     assert job is not None
                     claimed.append((st, job))
-        spawned: list[tuple[Running, subprocess.Popen[bytes]]] = []
+        spawned: list[Running] = []
         failures: list[tuple[int, str]] = []
         for st, job in claimed:
             try:
                 rd = prepare_run_dir(self.home, job.id, job.spec)
                 env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
-                log_fd = os.open(rd / LOG_FILE, os.O_WRONLY | os.O_APPEND)
-                try:
-                    popen = process.spawn([sys.executable, "-m", "engine.launcher", str(rd)], cwd=rd, env=env,
-                                          stdout=log_fd, stdin=subprocess.PIPE)
-                finally:
-                    os.close(log_fd)
-                ident = process.identity(popen.pid)
-                start_time = ident.start_time if ident else time.time()
+                handle = self.executor.start(Launch(job_id=job.id, run_dir=rd, env=env, gpus=st.gpus))
             except Exception as e:  # noqa: BLE001 - this job could not start; the others still do
                 log.error("job %d: could not start: %s", job.id, traceback.format_exc())
                 failures.append((job.id, f"could not start the launcher: {type(e).__name__}: {e}"))
                 continue
-            r = Running(
-                job_id=job.id, kind=job.kind, pid=popen.pid, start_time=start_time, run_dir=rd,
-                started_at=job.started_at or time.time(), gpus=st.gpus, share_mb=float(job.gpu_mem_mb or 0),
-                time_limit_s=job.time_limit_s, retry_max=job.retry_max, retry_on=json.loads(job.retry_on or "[]"),
-                attempt=job.attempt, popen=popen,
-            )
-            spawned.append((r, popen))
+            spawned.append(Running.of(job, handle, rd, st.gpus))
         try:
             with self.store.write() as s:
-                for r, _ in spawned:
-                    s.execute(update(Job).where(Job.id == r.job_id).values(pid=r.pid, pid_start_time=r.start_time))
+                for r in spawned:
+                    s.execute(update(Job).where(Job.id == r.job_id).values(pid=r.handle.pid,
+                                                                           external_id=r.handle.external_id))
                 for job_id, message in failures:
                     try:
                         transition(s, job_id, JobStatus.failed, failure_reason="spawn_error", failure_detail=message)
@@ -677,21 +404,14 @@ class WorkerDaemon:
         except Exception:  # noqa: BLE001 - the store refused: the gates stay shut, nothing runs unrecorded
             log.error("could not record started jobs; they will not run:\n%s", traceback.format_exc())
             go = False
-        for r, popen in spawned:
+        for r in spawned:
             # Watched either way: without `go` the launcher exits at once and writes "started": false,
             # and the job is finished like any other (interrupted, never started).
             self.running[r.job_id] = r
-            r.open_pidfd()
-            try:
-                assert popen.stdin is not None
-                if go:
-                    popen.stdin.write(b"go\n")
-                    popen.stdin.flush()
-                popen.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass  # the launcher already died; its exit is handled like any other
+            self.executor.release(r.handle, go)
             if go:
-                log.info("job %d: started (pid %d, gpus %s)", r.job_id, r.pid, ",".join(map(str, r.gpus)) or "-")
+                log.info("job %d: started (%s, gpus %s)", r.job_id, r.handle.external_id,
+                         ",".join(map(str, r.gpus)) or "-")
 
     # ------------------------------------------------------------------ reconcile
 
@@ -705,31 +425,21 @@ class WorkerDaemon:
         for job in jobs:
             assert job.id is not None
             rd = Path(job.run_dir) if job.run_dir else run_dir_of(self.home, job.id)
-            r = Running(
-                job_id=job.id, kind=job.kind, pid=job.pid or 0, start_time=job.pid_start_time or 0.0, run_dir=rd,
-                started_at=job.started_at or time.time(),
-                gpus=tuple(int(g) for g in job.assigned_gpus.split(",") if g.strip()),
-                share_mb=float(job.gpu_mem_mb or 0), time_limit_s=job.time_limit_s, retry_max=job.retry_max,
-                retry_on=json.loads(job.retry_on or "[]"), attempt=job.attempt, offset=job.events_offset,
-            )
-            if job.pid and process.is_alive(job.pid, job.pid_start_time):
-                try:
-                    r.proc = psutil.Process(job.pid)
-                except psutil.NoSuchProcess:
-                    r.proc = None
-            if r.proc is not None:
+            external_id = job.external_id or self.executor.legacy_id(job.pid, job.pid_start_time)
+            handle = self.executor.adopt(job.id, rd, external_id) if external_id else None
+            r = Running.of(job, handle or self.executor.gone(job.id, rd, external_id), rd,
+                           tuple(int(g) for g in job.assigned_gpus.split(",") if g.strip()))
+            if handle is not None:
                 self.running[r.job_id] = r
-                r.open_pidfd()
-                log.info("job %d: adopted (pid %d)", r.job_id, r.pid)
+                log.info("job %d: adopted (%s)", r.job_id, external_id)
                 if job.cancel_requested:
                     self._stop(r, "cancel")
                 continue
-            r.ended = True
-            if job.pid:
+            if external_id:
                 self._kill_leftovers(r)  # the launcher died, but something of the job may live on unwatched
             if job.cancel_requested:
                 r.stop_reason = "cancel"
-            gone.append((r, read_exit(rd) if job.pid else None))
+            gone.append((r, self.executor.exit_record(r.handle) if external_id else None))
         if not gone:
             return
         for r, _ in gone:
@@ -738,9 +448,9 @@ class WorkerDaemon:
         with self.store.write() as s:
             for r, rec in gone:
                 tail = outcome.read_log_tail(r.run_dir / LOG_FILE)
-                if r.pid == 0:
+                if not r.handle.external_id:
                     rec = {"started": False, "detail": "the worker stopped before the job's process was started"}
-                self._record_end(s, r, tail, rec, died_while_away=True)
+                record_end(s, r, tail, rec, died_while_away=True)
             skip_dependents_of_failed(s)
         for r, _ in gone:
             self.running.pop(r.job_id, None)
@@ -750,15 +460,7 @@ class WorkerDaemon:
     def _heartbeat(self, now: float) -> None:
         self._next_heartbeat = now + self.cfg.heartbeat_s
         gpus = self._gpus(max_age_s=0.0)
-        tails = {}
-        for r in self.running.values():
-            try:
-                size = (r.run_dir / LOG_FILE).stat().st_size
-            except OSError:
-                continue
-            if size != r.log_size:
-                r.log_size = size
-                tails[r.job_id] = outcome.read_log_tail(r.run_dir / LOG_FILE)
+        tails = changed_log_tails(self.running.values())
         snap = snapshot_json(gpus, SnapshotMeta(
             allowed=self.cfg.gpus, source=self.inventory.source,
             extra={"waiting": {str(k): v for k, v in list(self._waiting.items())[:200]}},
@@ -776,154 +478,20 @@ class WorkerDaemon:
             self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
-        wal = Path(f"{self.store.path}-wal")
         try:
-            size_mb = wal.stat().st_size / 2**20
-        except OSError:
+            size_mb = self.store.checkpoint_if_over(self.cfg.wal_limit_mb)
+        except Exception as e:  # noqa: BLE001 - a reader held it; try again later
+            log.warning("WAL checkpoint failed: %s", e)
             return
-        if size_mb > self.cfg.wal_limit_mb:
-            try:
-                self.store.checkpoint()
-                log.info("WAL was %.0f MB: checkpointed", size_mb)
-            except Exception as e:  # noqa: BLE001 - a reader held it; try again later
-                log.warning("WAL checkpoint failed: %s", e)
-
-
-# ---------------------------------------------------------------------- entry point
-
-
-def parse_gpus(text: str | None) -> frozenset[int] | None:
-    """'0,2' -> {0, 2}; None, '' or 'all' -> None (every GPU)."""
-    if text is None or text.strip().lower() in ("", "all"):
-        return None
-    try:
-        return frozenset(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--gpus: {text!r} is not a comma separated list of GPU indices") from None
-
-
-def cpu_slots(option: int | None) -> int | None:
-    """CPU-only jobs at once: by default one per CPU, so a sweep of CPU jobs cannot swamp the box
-    (GPU jobs are bounded by the GPUs); 0 lifts the limit."""
-    if option is None:
-        return os.cpu_count() or 1
-    return None if option <= 0 else option
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.worker", description="labdeck's worker daemon")
-    p.add_argument("--home", default=None)
-    p.add_argument("--gpus", default=None, help="GPU indices this worker may use, e.g. 0,2 ('all' resets)")
-    p.add_argument("--detach", action="store_true", help="double-fork into the background, log to HOME/worker.log")
-    p.add_argument("--poll", type=float, default=0.2, help="seconds between rounds")
-    p.add_argument("--heartbeat", type=float, default=3.0)
-    p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping a job")
-    p.add_argument("--cpu-slots", type=int, default=None,
-                   help="at most this many CPU-only jobs at once (default: the number of CPUs; 0: no limit)")
-    p.add_argument("--backfill", action="store_true", help="let GPU jobs overtake a waiting bigger one")
-    return p
-
-
-def _setup_logging(stream: Any) -> None:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("labdeck")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-def _rotate(path: Path, limit: int = 10 << 20) -> None:
-    try:
-        if path.stat().st_size > limit:
-            path.replace(path.with_name(path.name + ".1"))
-    except OSError:
-        pass
-
-
-def _daemonize(home: Path) -> int:
-    """Double fork: the grandchild runs the worker in its own session, stdio on HOME/worker.log.
-
-    Returns the write end of a pipe in the grandchild (for its readiness line); in the original
-    process it waits for that line, prints it and exits.
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(w)
-        os.waitpid(pid, 0)
-        chunks = []
-        while True:
-            data = os.read(r, 4096)
-            if not data:
-                break
-            chunks.append(data)
-        text = b"".join(chunks).decode(errors="replace").strip()
-        print(text or f"the worker exited before it was ready; see {log_path(home)}")
-        os._exit(0 if text.startswith(("ok", "busy")) else 1)
-    os.close(r)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    _rotate(log_path(home))
-    fd = os.open(log_path(home), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(null)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    return w
-
-
-def _tell(fd: int | None, line: str) -> None:
-    if fd is None:
-        print(line, flush=True)
-        return
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+        if size_mb is not None:
+            log.info("WAL was %.0f MB: checkpointed", size_mb)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    home = ensure_home(args.home)
-    try:
-        gpus = parse_gpus(args.gpus)
-    except ValueError as e:
-        print(f"labdeck: {e}", file=sys.stderr)
-        return 2
-    ready_fd = _daemonize(home) if args.detach else None
-    _setup_logging(sys.stderr)
-    lock = WorkerLock(home)
-    if not lock.acquire(wait_s=2.0):
-        _tell(ready_fd, f"busy: a worker is already running for {home}")
-        return 0
-    try:
-        store = Store(home)
-        if args.gpus is not None:  # remember for workers started on demand later
-            with store.write() as s:
-                set_setting(s, GPUS_KEY, "" if gpus is None else ",".join(map(str, sorted(gpus))))
-        elif gpus is None:
-            with store.read() as s:
-                gpus = parse_gpus(get_setting(s, GPUS_KEY, "") or None)
-        cfg = Config(home=home, gpus=gpus, poll_s=args.poll, heartbeat_s=args.heartbeat,
-                     kill_grace_s=args.grace, cpu_slots=cpu_slots(args.cpu_slots), backfill=args.backfill)
-        daemon = WorkerDaemon(cfg, store)
-        daemon.install_signals()
-        daemon.register()
-    except Exception as e:  # noqa: BLE001 - report why, in one line, to whoever started us
-        log.error("could not start:\n%s", traceback.format_exc())
-        _tell(ready_fd, f"error: {type(e).__name__}: {e}")
-        return 1
-    _tell(ready_fd, f"ok: worker {daemon.worker_id} running (pid {os.getpid()}), log {log_path(home)}")
-    try:
-        return daemon.run()
-    finally:
-        lock.release()
+    """The command line (`engine.daemon.main`), under the module name the worker is started by."""
+    from engine.daemon import main as daemon_main
+
+    return daemon_main(argv)
 
 
 if __name__ == "__main__":

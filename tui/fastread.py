@@ -20,7 +20,7 @@ from pathlib import Path
 
 from db.rows import GpuInfo, JobRow, WorkerState, parse_gpu_snapshot
 
-SCHEMA_VERSION = 2  # db.migrations.SCHEMA_VERSION when this was written
+SCHEMA_VERSION = 3  # db.migrations.SCHEMA_VERSION when this was written
 
 _COLUMNS = (
     "job.id, experiment.name, job.name, job.kind, job.status, job.priority, job.gpus_requested, job.assigned_gpus, "

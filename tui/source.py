@@ -512,9 +512,10 @@ class Source:
         return str(target)
 
     def ensure_worker(self) -> bool:
-        from tui.cli_worker import ensure_worker
+        from engine.control import ensure_worker
 
-        return bool(ensure_worker(self.home, quiet=True))
+        ok, _message = ensure_worker(self.home)
+        return ok
 
 
 def slug(text: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from tui.cli import main
+from cli.main import main
 
 SPECS = {
     "command": {"experiment": "hello", "name": "greet", "kind": "command", "command": ["python", "-c", "print('hi')"], "gpus": 0},
@@ -249,19 +249,19 @@ def test_queue_controls(home, capsys, store) -> None:
 
 
 def test_every_command_answers_help() -> None:
-    from tui.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - enumerate what users see
     for name in commands:
-        r = subprocess.run([sys.executable, "-m", "tui.cli", name, "--help"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "cli", name, "--help"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "usage: labdeck" in r.stdout, name
 
 
 def test_cli_and_store_do_not_load_the_ml_stack(home) -> None:
     code = (
-        "import sys, tui.cli, db.session, db.queue, db.queries, db.results, db.export, engine.specfile, engine.events;"
-        "from tui.cli import main; main(['ls', '--json']);"
+        "import sys, cli.main, db.session, db.queue, db.queries, db.results, db.export, engine.specfile, engine.events;"
+        "from cli.main import main; main(['ls', '--json']);"
         "heavy = [m for m in ('torch', 'transformers', 'accelerate', 'peft', 'datasets', 'trl') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -21,7 +21,7 @@ CPU_SLOTS = "2"
 
 def labdeck(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args, "--home", str(home)],
+    return subprocess.run([sys.executable, "-m", "cli", *args, "--home", str(home)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 

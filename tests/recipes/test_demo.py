@@ -20,13 +20,13 @@ def demo_home(tmp_path: Path):  # noqa: ANN201
     home = tmp_path / "demo"
     yield home
     # never leave a daemon behind, whatever happened
-    subprocess.run([sys.executable, "-m", "tui.cli", "worker", "stop", "--now", "--wait", "--home", str(home)],
+    subprocess.run([sys.executable, "-m", "cli", "worker", "stop", "--now", "--wait", "--home", str(home)],
                    capture_output=True, timeout=120)
 
 
 def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", LABDECK_HOME=str(demo_home.parent / "unused"))
-    r = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--no-tui", "--home", str(demo_home)],
+    r = subprocess.run([sys.executable, "-m", "cli", "demo", "--no-tui", "--home", str(demo_home)],
                        capture_output=True, text=True, timeout=1200, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
@@ -64,7 +64,7 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
     for student in ("student-llama", "student-qwen"):  # a student taught by the best teacher beats one taught by noise
         assert win[student, "teacher-a"] > win[student, "teacher-c"], win
     # running it again reopens the same results instead of queueing more jobs
-    r2 = subprocess.run([sys.executable, "-m", "tui.cli", "demo", "--no-tui", "--home", str(demo_home)],
+    r2 = subprocess.run([sys.executable, "-m", "cli", "demo", "--no-tui", "--home", str(demo_home)],
                         capture_output=True, text=True, timeout=300, env=env)
     assert r2.returncode == 0 and "queued" not in r2.stdout.splitlines()[0]
     with store.read() as s:

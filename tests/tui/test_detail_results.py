@@ -8,10 +8,10 @@ from conftest import make_app
 from textual.widgets import DataTable
 from tui_helpers import screen_text, settle, type_text
 
+from db.formats import RENDERERS
 from db.queries import experiment_metric
 from db.results import pivot
 from db.session import Store
-from tui.formats import RENDERERS
 from tui.screens.dialogs import ExportScreen
 from tui.screens.job_detail import JobDetailScreen
 from tui.screens.results import ResultsScreen

@@ -2,7 +2,7 @@
 
 Open it on an empty home, queue a `command` job from the menus, see it in the table, open it,
 open the results, quit; then check the job is still in the store. With a worker alive (once
-`tui.cli_worker.ensure_worker` starts one) the job also runs to `succeeded` and its output shows
+`cli.worker.ensure_worker` starts one) the job also runs to `succeeded` and its output shows
 in the log tab; without one it stays queued and the app says why.
 
 Run by hand: `pytest tests/tui/test_tmux.py -s` prints every screen it waited for.
@@ -73,7 +73,7 @@ class Tmux:
 def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "LABDECK_REFRESH_S": "0.5", "HOME": str(tmp_path)}
-    t = Tmux([sys.executable, "-m", "tui.cli", "--home", str(home)], env)
+    t = Tmux([sys.executable, "-m", "cli", "--home", str(home)], env)
     worker_alive = False
     try:
         t.wait_for("No jobs yet")  # first start: an empty home, a hint
@@ -114,7 +114,7 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
     finally:
         t.close()
         if worker_alive:  # the worker outlives the app by design; this one belongs to the test
-            subprocess.run([sys.executable, "-m", "tui.cli", "--home", str(home), "worker", "stop", "--now", "--wait"],
+            subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "worker", "stop", "--now", "--wait"],
                            env={**os.environ, **env}, capture_output=True, timeout=60, check=False)
     con = sqlite3.connect(home / "labdeck.db")
     (status,) = con.execute("SELECT status FROM job WHERE id = 1").fetchone()

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def labdeck(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "tui.cli", "--home", str(home), *args], env=child_env(), capture_output=True,
+    return subprocess.run([PY, "-m", "cli", "--home", str(home), *args], env=child_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -147,7 +147,7 @@ def test_closing_the_terminal_does_not_stop_jobs(tmp_path, home, store):
     term = write_script(tmp_path, "term.py", f"""
         import os, subprocess, sys, time
         os.environ["PYTHONPATH"] = {child_env()['PYTHONPATH']!r}
-        subprocess.run([sys.executable, "-m", "tui.cli", "--home", {str(home)!r}, "submit", {str(spec)!r}])
+        subprocess.run([sys.executable, "-m", "cli", "--home", {str(home)!r}, "submit", {str(spec)!r}])
         time.sleep(120)
     """)
     subprocess.run(["tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", "t", PY, str(term)],

@@ -351,7 +351,7 @@ def test_cpu_jobs_share_the_cpus_among_the_cpu_slots(tmp_path, store, home, monk
     """Two CPU jobs on two cores with torch's default (one thread per core each) oversubscribe the box
     and run about twice as slowly; each CPU-only job gets CPUs / cpu slots threads instead, unless
     the job's env or the worker's own environment says otherwise."""
-    from engine.worker import usable_cpus
+    from engine.rundir import usable_cpus
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
@@ -373,7 +373,7 @@ def test_cpu_jobs_share_the_cpus_among_the_cpu_slots(tmp_path, store, home, monk
 
 
 def test_thread_share_arithmetic_and_gpu_jobs_untouched(tmp_path):
-    from engine.worker import cpu_job_threads, job_env
+    from engine.rundir import cpu_job_threads, job_env
 
     assert [cpu_job_threads(s, 16) for s in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
     assert cpu_job_threads(None, 16) is None  # no slot limit: nothing to share out

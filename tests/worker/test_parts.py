@@ -218,8 +218,8 @@ def test_one_worker_per_home_and_a_dead_one_holds_nothing(home):
 
 
 def test_worker_and_cli_never_import_the_ml_stack():
-    code = ("import sys, engine.worker, engine.launcher, engine.control, engine.scheduler, engine.gpus, tui.cli, "
-            "tui.cli_worker; bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft', 'datasets') "
+    code = ("import sys, engine.worker, engine.launcher, engine.control, engine.scheduler, engine.gpus, cli.main, "
+            "cli.worker; bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft', 'datasets') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([PY, "-c", code], check=True, env=child_env())
 

@@ -154,7 +154,8 @@ def fork_worker(home: Path, **config: Any) -> int:
     code = 1
     try:
         from engine.control import WorkerLock
-        from engine.worker import Config, WorkerDaemon, _setup_logging
+        from engine.daemon import _setup_logging
+        from engine.worker import Config, WorkerDaemon
 
         os.setsid()
         fd = os.open(home / "test-worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

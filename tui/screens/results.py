@@ -306,7 +306,7 @@ class ResultsScreen(DataScreen):
 
     @work(thread=True, group="write", exit_on_error=False)
     def _export(self, pivot, fmt: str, path: str) -> None:  # noqa: ANN001
-        from tui.formats import RENDERERS
+        from db.formats import RENDERERS
 
         try:
             written = self.app.source.write_text(path, RENDERERS[fmt](pivot))

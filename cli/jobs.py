@@ -1,57 +1,21 @@
-"""The `labdeck` command.
+"""`labdeck submit`, `recipes`, `ls`, `show`, `logs`, `cancel`, `retry`, `rm`, `priority`, the queue and `spec`.
 
-`labdeck` alone opens the terminal app; subcommands queue, inspect and export work from scripts.
-Only argparse is imported at start-up, every handler imports what it needs, so `labdeck --help`
-answers in a fraction of a second and nothing here ever loads torch.
-
-Errors a person can fix (a bad spec file, an unknown job id) print one line and exit 2.
+Everything a script does to jobs. Reads and writes go through the store (`db.queries`,
+`db.queue`, `db.removal`); specs are expanded by `engine.specfile` (no torch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-EXIT_USAGE = 2
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped")
-KINDS = ("command", "generate", "score", "finetune", "merge")  # engine.specs.KINDS, without importing it
-
-
-class UserError(Exception):
-    """A problem with what the user asked for; printed as one line, exit status 2."""
-
-
-def _store(args: argparse.Namespace):  # noqa: ANN202 - db.session.Store, imported lazily
-    from db.session import open_store
-
-    return open_store(args.home)
-
-
-def _job_ids(values: Sequence[str]) -> list[int]:
-    ids = []
-    for v in values:
-        try:
-            ids.append(int(v))
-        except ValueError:
-            raise UserError(f"job id {v!r}: not a number") from None
-    return ids
-
-
-def _require_jobs(session, ids: Sequence[int]) -> None:  # noqa: ANN001
-    from db.queries import job_ids_exist
-
-    missing = job_ids_exist(session, ids)
-    if missing:
-        raise UserError(f"job {missing[0]}: no such job")
-
-
-# ----------------------------------------------------------------------------- submit
+from cli.common import KINDS, STATUSES, AddCommand, UserError, fmt_duration
+from cli.common import job_ids as _job_ids
+from cli.common import open_home_store as _store
+from cli.common import require_jobs as _require_jobs
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -84,7 +48,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for i in all_ids:
             print(i)
     if not args.no_worker:
-        from tui.cli_worker import ensure_worker
+        from cli.worker import ensure_worker
 
         ensure_worker(store.home, quiet=True)
     return 0
@@ -114,20 +78,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             print(f"  --variant {v:14} {text}")
         print(f"  {'':24} {r.path}")
     return 0
-
-
-# ----------------------------------------------------------------------------- ls / show / logs
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -161,8 +111,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for r in rows:
         frac = r.fraction
         line = [str(r.id), r.experiment, r.kind, r.name, r.status, r.assigned_gpus or (str(r.gpus_requested) if r.gpus_requested else "-"),
-                "" if frac is None else f"{frac:4.0%}", _fmt_duration(r.elapsed(now)),
-                _fmt_duration(r.eta_s) if r.status == "running" else ""]
+                "" if frac is None else f"{frac:4.0%}", fmt_duration(r.elapsed(now)),
+                fmt_duration(r.eta_s) if r.status == "running" else ""]
         if args.metric:
             v = metrics.get(r.id, {}).get(args.metric)
             line.append("" if v is None else f"{v:.4g}")
@@ -352,104 +302,6 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- results / export
-
-
-def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
-    """A pivot as a rich table on standard output (mean ± std over seeds in each cell)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{p.experiment}: {p.metric} ({p.reduce})", header_style="bold")
-    t.add_column(f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field)
-    for c in p.col_labels:
-        t.add_column(c, justify="right")
-    for r in p.row_labels:
-        t.add_row(r, *(p.cells[(r, c)].text() if (r, c) in p.cells else "" for c in p.col_labels))
-    Console().print(t)
-    if p.missing:
-        print(f"({p.missing} jobs without {p.metric})", file=sys.stderr)
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    from db.queries import experiment_metric
-    from db.results import pivot, where
-
-    store = _store(args)
-    try:
-        with store.read() as s:
-            rows = experiment_metric(s, args.experiment, args.metric, args.reduce)
-        rows = where(rows, args.where or ())
-    except LookupError as e:
-        raise UserError(str(e).strip("'\"")) from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    p = pivot(rows, args.experiment, args.metric, args.rows, args.cols, args.reduce)
-    if not p.cells:
-        raise UserError(f"experiment {args.experiment!r}: no job reported metric {args.metric!r}")
-    if args.format == "table":
-        print_pivot(p)
-        return 0
-    from tui.formats import RENDERERS
-
-    sys.stdout.write(RENDERERS[args.format](p))
-    return 0
-
-
-def cmd_correlate(args: argparse.Namespace) -> int:
-    import math
-
-    from db.queries import experiment_metric
-    from db.results import correlate, where
-
-    store = _store(args)
-    try:
-        with store.read() as s:
-            xr = where(experiment_metric(s, args.experiment, args.x, args.reduce), args.x_where or ())
-            yr = where(experiment_metric(s, args.experiment, args.y, args.reduce), args.y_where or ())
-    except LookupError as e:
-        raise UserError(str(e).strip("'\"")) from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    result = correlate(xr, yr, args.match, args.by)
-    if not result:
-        raise UserError(f"experiment {args.experiment!r}: no job pairs with both {args.x!r} and {args.y!r} matched on {', '.join(args.match)}")
-    finite = [c.rho for c in result if not math.isnan(c.rho)]
-    mean = sum(finite) / len(finite) if finite else float("nan")
-    if args.json:
-        print(json.dumps({"x": args.x, "y": args.y, "by": args.by, "match": args.match, "average_rho": mean,
-                          "groups": [{"group": c.group, "n": c.n, "rho": c.rho, "pairs": c.pairs} for c in result]},
-                         allow_nan=True))
-        return 0
-    print(f"Spearman rho of {args.x} against {args.y}, matched on {', '.join(args.match)}")
-    for c in result:
-        print(f"  {c.group:24} n={c.n:<3} rho={c.rho:+.4f}")
-    if len(result) > 1:
-        print(f"  {'average':24}       rho={mean:+.4f}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from db.export import export_rows, write_export
-
-    store = _store(args)
-    try:
-        with store.read() as s:
-            rows = export_rows(s, args.experiment)
-    except LookupError as e:
-        raise UserError(str(e).strip("'\"")) from None
-    out = args.output
-    if args.format == "parquet" and out is None:
-        raise UserError("--format parquet: give an --output file (parquet is binary)")
-    try:
-        write_export(rows, args.format, out)
-    except OSError as e:
-        raise UserError(f"{out}: {e.strerror or e}") from None
-    if out:
-        print(f"{len(rows)} jobs written to {out}", file=sys.stderr)
-    return 0
-
-
 def cmd_spec(args: argparse.Namespace) -> int:
     """Print the fields of a job kind with their defaults and docs: the spec file reference."""
     from engine.specs import SPEC_CLASSES
@@ -468,46 +320,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tui(args: argparse.Namespace) -> int:
-    from tui.app import run_app
-
-    return run_app(home=args.home)
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from tui.cli_worker import run_worker_command
-
-    return run_worker_command(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from tui.cli_demo import run_demo
-
-    return run_demo(args)
-
-
-# ----------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="labdeck",
-        description="Queue, watch and review LLM fine-tuning and evaluation jobs on this box's GPUs. "
-        "With no command, opens the terminal app.",
-    )
-    p.add_argument("--home", default=None, help="labdeck's folder (default $LABDECK_HOME or ~/.local/share/labdeck)")
-    p.set_defaults(func=cmd_tui)
-    sub = p.add_subparsers(title="commands", metavar="COMMAND")
-
-    # `--home` works before or after the command; SUPPRESS keeps a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", default=argparse.SUPPRESS, help="labdeck's folder (as above)")
-
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        sp.set_defaults(func=func)
-        return sp
-
+def register(add: AddCommand) -> None:
     sp = add("submit", cmd_submit, "Queue the jobs of spec files (a job, a sweep or a pipeline); prints the new ids")
     sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files, or the name of a shipped recipe (see `labdeck recipes`)")
     sp.add_argument("--variant", metavar="NAME", help="run a pipeline's variant, e.g. `tiny` (the recipe scaled down to local tiny models)")
@@ -557,73 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(action, cmd_queue, text)
         sp.set_defaults(action=action)
 
-    sp = add("results", cmd_results, "Pivot an experiment's jobs: rows x columns of one metric, mean ± std over seeds")
-    sp.add_argument("experiment")
-    sp.add_argument("--rows", required=True, metavar="FIELD", help="a job field, sweep parameter or spec field (dotted)")
-    sp.add_argument("--cols", default=None, metavar="FIELD")
-    sp.add_argument("--metric", required=True, metavar="NAME")
-    sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"), help="over a job's values of the metric")
-    sp.add_argument("--format", default="table", choices=("table", "csv", "markdown", "latex", "json"))
-    sp.add_argument("--where", action="append", metavar="FIELD=VALUE", help="only jobs with this value, e.g. stage=judge; repeatable")
-
-    sp = add("correlate", cmd_correlate, "Spearman's rho between two per-job metrics, matched on fields, per group (e.g. CAR vs win rate per base model)")
-    sp.add_argument("experiment")
-    sp.add_argument("x", metavar="X_METRIC")
-    sp.add_argument("y", metavar="Y_METRIC")
-    sp.add_argument("--match", nargs="+", required=True, metavar="FIELD", help="fields that pair an X job with a Y job (e.g. teacher student)")
-    sp.add_argument("--by", default=None, metavar="FIELD", help="one rho per value of this field, and their average")
-    sp.add_argument("--x-where", action="append", metavar="FIELD=VALUE", help="only X jobs with this value (e.g. stage=compat)")
-    sp.add_argument("--y-where", action="append", metavar="FIELD=VALUE", help="only Y jobs with this value (e.g. stage=judge)")
-    sp.add_argument("--reduce", default="last", choices=("last", "min", "max", "mean"))
-    sp.add_argument("--json", action="store_true")
-
-    sp = add("export", cmd_export, "Export an experiment's jobs with their parameters and latest metrics")
-    sp.add_argument("experiment")
-    sp.add_argument("--format", default="csv", choices=("csv", "json", "parquet"))
-    sp.add_argument("-o", "--output", default=None, help="file to write (default standard output)")
-
     sp = add("spec", cmd_spec, "Describe the fields of a job kind")
     sp.add_argument("kind", metavar="KIND")
     sp.add_argument("--json", action="store_true", help="print the JSON schema")
-
-    sp = add("worker", cmd_worker, "Start, stop or inspect the worker daemon that runs jobs")
-    from tui.cli_worker import add_worker_arguments
-
-    add_worker_arguments(sp)
-
-    sp = add("demo", cmd_demo, "Build tiny local models and run a CAR-style pipeline end to end (no network, no GPU)")
-    sp.add_argument("--no-tui", action="store_true", help="run headless and print the final tables")
-    sp.add_argument("--fresh", action="store_true", help="start the demo home from scratch")
-
-    sp = add("tui", cmd_tui, "Open the terminal app (the same as no command)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"labdeck: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback, for known store errors
-        from db.migrations import SchemaTooNew
-
-        if isinstance(e, SchemaTooNew):
-            print(f"labdeck: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
-
-
-def _entry() -> Any:  # pragma: no cover
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

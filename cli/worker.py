@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli.common import AddCommand
+
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("start", "stop", "status"), help="what to do")
@@ -130,3 +132,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def run_worker_command(args: argparse.Namespace) -> int:
     return {"start": _start, "stop": _stop, "status": _status}[args.action](args)
+
+
+def register(add: AddCommand) -> None:
+    add_worker_arguments(add("worker", run_worker_command, "Start, stop or inspect the worker daemon that runs jobs"))

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli.common import AddCommand
+
 RECIPE = Path(__file__).resolve().parent.parent / "engine" / "recipes" / "demo_car.yaml"
 EXPERIMENT = "demo-car"
 DEMO_CPU_SLOTS = 2
@@ -87,9 +89,9 @@ def _wait(store, quiet: bool = False) -> list:  # noqa: ANN001
 
 def print_results(store) -> bool:  # noqa: ANN001
     """The demo's tables. False when a metric is missing (some stage failed)."""
+    from cli.results import print_pivot
     from db.queries import experiment_metric
     from db.results import correlate, pivot, where
-    from tui.cli import print_pivot
 
     with store.read() as s:
         win = where(experiment_metric(s, EXPERIMENT, "win_rate"), ["stage=judge"])
@@ -139,3 +141,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"job {r.id} {r.name}: {r.status} ({r.failure_reason}); `labdeck --home {home} show {r.id}`", file=sys.stderr)
     ok = print_results(store)
     return 0 if ok and not failed else 1
+
+
+def register(add: AddCommand) -> None:
+    sp = add("demo", run_demo, "Build tiny local models and run a CAR-style pipeline end to end (no network, no GPU)")
+    sp.add_argument("--no-tui", action="store_true", help="run headless and print the final tables")
+    sp.add_argument("--fresh", action="store_true", help="start the demo home from scratch")
