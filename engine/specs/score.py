@@ -251,10 +251,13 @@ class CorrectnessScorer(_Batched):
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (never put the key in a spec)."""
     judge_prompt: str | None = None
-    """The user prompt with {question}, {target} and {answer}; None uses a reconstruction of CT-REPO's
-    PROMPT_ANSWER_KEY_EQUIVALENCY from science.md §10.1 (recorded as such). Paste the verbatim string here."""
+    """The user prompt with {question}, {target} and {answer}; None uses calibration-tuning's
+    PROMPT_ANSWER_KEY_EQUIVALENCY verbatim."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Endpoint judge temperature; None sends none (the API default, 1.0 on OpenAI), as calibration-tuning does."""
     max_new_tokens: int = Field(8, ge=1, le=256)
-    """Longest judge reply, in tokens (UNPINNED; 'yes'/'no' needs one or two)."""
+    """Longest reply of a local judge, in tokens ('yes'/'no' needs one or two); an endpoint gets no max_tokens, as
+    calibration-tuning sends none."""
     max_length: int = Field(4096, ge=16)
     """A local judge's prompt keeps its last tokens beyond this."""
     timeout_s: float = Field(60.0, gt=0)
