@@ -250,3 +250,18 @@ def test_no_recipe_makes_the_same_model_pass_twice(path: Path, variant: str | No
             assert p not in seen, f"{d.name} repeats the pass of {seen[p]}: {p}"
             seen[p] = d.name
     assert seen
+
+
+def test_results_caption_names_each_recipes_judge_baseline() -> None:
+    """The results view says what a win rate was against: GPT-4 Turbo for AlpacaEval 2, davinci-003 for SecAlign."""
+    from db.queries import ResultRow
+    from tui.screens.results import _baselines
+
+    def rows(stem: str) -> list[ResultRow]:
+        return [ResultRow(i, d.name, d.kind, "succeeded", d.params, d.spec, 50.0)
+                for i, d in enumerate(expand_file(next(p for p in RECIPES if p.stem == stem)).drafts)
+                if d.params["stage"] == "judge"]
+
+    assert _baselines(rows("expo")) == ["gpt4_1106_preview (alpaca_eval_gpt4_baseline)"]
+    assert _baselines(rows("car_teacher_selection")) == ["gpt4_1106_preview (alpaca_eval_gpt4_baseline)"]
+    assert _baselines(rows("prompt_injection")) == ["text_davinci_003 (alpaca_eval)"]
