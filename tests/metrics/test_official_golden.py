@@ -62,3 +62,22 @@ def test_order_swap_live_against_alpaca_eval_when_installed() -> None:
     many = [f"instruction number {i}: {'x' * (i % 7)}" for i in range(200)]
     df = pd.DataFrame({"instruction": many, "output_1": "a", "output_2": "b"})
     assert proc.preprocess(df)["is_switched_outputs"].tolist() == [alpaca_is_switched(t) for t in many]
+
+
+def test_struq_and_secalign_strings_are_the_repositorys() -> None:
+    """Fixture: the values facebookresearch/SecAlign's config.py computes (commit named in the fixture): delimiters,
+    prompt formats, the filtered tokens, the textual delimiter parts, the injected prompt and the ignore sentences."""
+    from engine.data.injection.attacks import IGNORE_ATTACK_SENTENCES, TEST_INJECTED_PROMPT
+    from engine.data.injection.formats import DELIMITERS, FILTERED_TOKENS, PROMPT_FORMAT
+    from engine.data.injection.training import OTHER_DELIMITER_PARTS, OTHER_DELIMITERS_FOR_TEST
+
+    repo = json.loads((FIXTURES / "secalign_config.json").read_text(encoding="utf-8"))
+    assert list(FILTERED_TOKENS) == repo["FILTERED_TOKENS"]
+    for name, delims in repo["DELIMITERS"].items():
+        assert list(DELIMITERS[name]) == delims, name
+        assert PROMPT_FORMAT[name].prompt_input == repo["PROMPT_FORMAT"][name]["prompt_input"], name
+        assert PROMPT_FORMAT[name].prompt_no_input == repo["PROMPT_FORMAT"][name]["prompt_no_input"], name
+    assert {k: list(v) for k, v in OTHER_DELIMITER_PARTS.items()} == repo["OTHER_DELM_TOKENS"]
+    assert OTHER_DELIMITERS_FOR_TEST == repo["OTHER_DELM_FOR_TEST"]
+    assert TEST_INJECTED_PROMPT == repo["TEST_INJECTED_PROMPT"]
+    assert {k: list(v) for k, v in IGNORE_ATTACK_SENTENCES.items()} == repo["IGNORE_ATTACK_SENTENCES"]
