@@ -61,6 +61,8 @@ Evaluate the models based on the quality and relevance of their outputs, and sel
 # alpaca_eval's PairwiseAnnotator names its switch column "is_switched_outputs" (kept for backward compatibility) and
 # RandomSwitchTwoColumnsProcessor seeds `random.Random(switch_column + instruction + str(seed))`; the annotator seed is 0.
 SWITCH_KEY = "is_switched_outputs"
+# weighted_alpaca_eval_gpt4_turbo's completions_kwargs (temperature 1 has no effect on the logprobs read).
+REQUEST = {"max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
 
 
 def alpaca_is_switched(instruction: str, seed: int = 0) -> bool:
@@ -133,7 +135,8 @@ class JudgeScorer(Scorer):
             self.ids = None
             key = os.environ.get(s.api_key_env)
             self.api_key = key
-            judge = {"endpoint": s.endpoint, "model": s.endpoint_model, "api_key_env": s.api_key_env if key else None}
+            judge = {"endpoint": s.endpoint, "model": s.endpoint_model, "api_key_env": s.api_key_env if key else None,
+                     "request": REQUEST}
         self.info = {"judge": judge, "prompt": "alpaca_eval_clf_gpt4_turbo", "order_seed": s.seed,
                      "order_key": f"{SWITCH_KEY} + instruction + {s.seed}", "baseline": self.baseline(),
                      "switched": int(sum(self.switched)),
@@ -218,7 +221,7 @@ class JudgeScorer(Scorer):
         s = self.spec
         body = {"model": s.endpoint_model, "messages": judge_messages(self.instr[i], self.refs[i], self.items[i].response,
                                                                       self.switched[i]),
-                "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
+                **REQUEST}
         data = chat_completion(s.endpoint, body, self.api_key, s.timeout_s, s.max_retries)
         try:
             content = data["choices"][0]["logprobs"]["content"][0]
