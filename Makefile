@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch keeps CI and laptops light; a GPU box sets TORCH to a CUDA build (see README).
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test check lint bench setup clean
+.PHONY: demo test check lint types bench setup clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +20,23 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/labdeck demo
 
+# .ci/deps installs tmux and git when missing (apt-get, quiet, a no-op when present): the tests
+# drive them for real, and in CI (CI=true) a test that skips fails unless it is marked gpu.
 test: $(VENV)/.installed
+	./.ci/deps
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check db engine tui cli client tests bench
 	$(PY) -m pytest -n auto --maxprocesses 4
 
-check: test lint
+check: test lint types
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check db engine tui cli tests bench
+	$(VENV)/bin/ruff check db engine tui cli client tests bench
+
+# mypy on the store, the worker side of the engine, the app and the CLI (config in pyproject.toml);
+# the job processes (engine/jobs) are left to their tests.
+types: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

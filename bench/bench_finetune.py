@@ -12,7 +12,7 @@ Same run, same data, same model, same hyper-parameters:
   `DataCollatorForSeq2Seq` padding each random batch to its longest, default sampler.
 
 Reported: real (non-pad) tokens per second of training, the speed-up, the Trainer's padding share,
-and MFU = tokens/s x FLOPs/token / peak with FLOPs/token = 6N + 12·L·H·Q·T (practices.md; N the
+and MFU = tokens/s x FLOPs/token / peak with FLOPs/token = 6N + 12·L·H·Q·T (docs/science.md §14; N the
 matmul parameters including lm_head, T the mean sequence length), printed only on CUDA against a
 known peak (989 TFLOP/s dense bf16 for H100). On CPU the achieved GFLOP/s are printed instead.
 
@@ -249,7 +249,7 @@ def main() -> None:
                          ("mfu" if peak else "gflops"): (rob * fpt / peak) if peak else rob * fpt / 1e9}
     print(f"\nTrainer padding share (pad tokens / all tokens in its batches): {statistics.mean(pad_share):.1%}")
     if not peak:
-        print("MFU: not printed (no known peak FLOP/s for this device; practices.md quotes GPU peaks only)")
+        print("MFU: not printed (no known peak FLOP/s for this device; only GPU peaks are known)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "params": n_params, "flops_per_token": fpt,
                                                "figures": figures, "trainer_padding_share": statistics.mean(pad_share)},

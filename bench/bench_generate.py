@@ -1,5 +1,5 @@
 """Generation throughput: the generate job next to a per-prompt `model.generate` loop and a naive unsorted batched
-loop, on the same prompts, in the same process (issue 4; practices.md "Generation").
+loop, on the same prompts, in the same process (docs/science.md §14).
 
     PYTHONPATH=. python bench/bench_generate.py [--prompts 48] [--new-tokens 32] [--batch 8]
 

@@ -1,5 +1,5 @@
-"""Scoring throughput: length-sorted batches under a token budget vs dataset-order batches (issue 4; practices.md
-"Scoring"). Real (non-pad) tokens per second and the padding fraction, same records, same process.
+"""Scoring throughput: length-sorted batches under a token budget vs dataset-order batches (docs/science.md §14).
+Real (non-pad) tokens per second and the padding fraction, same records, same process.
 
     PYTHONPATH=. python bench/bench_score.py [--records 96] [--batch 16] [--budget 4096]
 

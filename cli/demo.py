@@ -20,6 +20,7 @@ from pathlib import Path
 from cli.common import AddCommand
 
 RECIPE = Path(__file__).resolve().parent.parent / "engine" / "recipes" / "demo_car.yaml"
+MARKER = ".labdeck-demo"  # written by the demo into a home it created: only such a home may be wiped
 EXPERIMENT = "demo-car"
 DEMO_CPU_SLOTS = 2
 TIMEOUT_S = 1800.0
@@ -31,18 +32,39 @@ def demo_home(explicit: str | None) -> Path:
     return Path(explicit).expanduser() if explicit else default_home().with_name("labdeck-demo")
 
 
+def is_demo_home(home: Path) -> bool:
+    return (home / MARKER).is_file()
+
+
 def _wipe(home: Path) -> None:
-    """Remove a previous demo home, but only one that labdeck made (never an arbitrary folder)."""
+    """Remove a previous demo home: only one the demo created (its marker), never while a worker runs.
+
+    `--home` can name any folder, a real home included; a real home holds someone's runs, so
+    `--fresh` refuses every folder without the demo's marker, and a home whose worker is alive
+    (its jobs may be running) whatever it is.
+    """
+    from cli.common import UserError
+    from engine.control import worker_alive
+
     if not home.exists():
         return
-    if not (home / "labdeck.db").exists():
-        raise SystemExit(f"labdeck: {home}: not a labdeck home; refusing to delete it with --fresh")
-    from engine.control import request_stop, wait_until_stopped, worker_alive
-
+    if not is_demo_home(home):
+        raise UserError(f"{home}: not a home the demo created (no {MARKER}); --fresh deletes only the demo's own home")
     if worker_alive(home):
-        request_stop(home, now=True)
-        wait_until_stopped(home, timeout_s=60)
+        raise UserError(f"{home}: a worker is running there; stop it first (labdeck --home {home} worker stop --now --wait)")
     shutil.rmtree(home)
+
+
+def _claim_home(home: Path, explicit: bool) -> None:
+    """Make `home` the demo's: create it with the marker, or check that an existing one is the demo's."""
+    from cli.common import UserError
+    from db.home import DB_NAME, ensure_home
+
+    if (home / DB_NAME).exists() and not is_demo_home(home):
+        if explicit:
+            raise UserError(f"{home}: a labdeck home the demo did not create; give the demo a folder of its own")
+    ensure_home(home)
+    (home / MARKER).write_text("labdeck demo home: `labdeck demo --fresh` may delete this folder\n")
 
 
 def _queue_demo(store) -> list[int]:  # noqa: ANN001 - db.session.Store
@@ -106,7 +128,7 @@ def print_results(store) -> bool:  # noqa: ANN001
         print_pivot(p)
     result = correlate(car, win, ["teacher"], "student")
     rhos = [c.rho for c in result if not math.isnan(c.rho)]
-    print("Spearman rho of CAR against win rate, per student (science.md §4.2):")
+    print("Spearman rho of CAR against win rate, per student (docs/science.md §4.2):")
     for c in result:
         print(f"  {c.group:16} n={c.n}  rho={c.rho:+.3f}")
     if rhos:
@@ -120,9 +142,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from db.queries import experiments
     from db.session import open_store
 
-    home = demo_home(args.home)
+    home = demo_home(args.home).absolute()
     if args.fresh:
         _wipe(home)
+    _claim_home(home, explicit=bool(args.home))
     store = open_store(home)
     with store.read() as s:
         queued_before = any(name == EXPERIMENT for name, _ in experiments(s))
@@ -133,17 +156,27 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_tui:
         from tui.app import run_app
 
-        return run_app(home=home, start_worker=False,
+        code = run_app(home=home, start_worker=False,
                        results={"experiment": EXPERIMENT, "metric": "win_rate", "rows": "student", "cols": "teacher"})
+        print(where_the_demo_lives(home))
+        return code
     rows = _wait(store)
     failed = [r for r in rows if r.status != "succeeded"]
     for r in failed:
         print(f"job {r.id} {r.name}: {r.status} ({r.failure_reason}); `labdeck --home {home} show {r.id}`", file=sys.stderr)
     ok = print_results(store)
+    print(where_the_demo_lives(home))
     return 0 if ok and not failed else 1
+
+
+def where_the_demo_lives(home: Path) -> str:
+    """What a person needs after the demo: its home is not theirs, and its worker outlives the app."""
+    return (f"The demo's home is {home} (plain `labdeck` shows your own home, not this one).\n"
+            f"Its worker keeps running: `labdeck --home {home} worker stop`; look again with `labdeck --home {home}`.")
 
 
 def register(add: AddCommand) -> None:
     sp = add("demo", run_demo, "Build tiny local models and run a CAR-style pipeline end to end (no network, no GPU)")
     sp.add_argument("--no-tui", action="store_true", help="run headless and print the final tables")
-    sp.add_argument("--fresh", action="store_true", help="start the demo home from scratch")
+    sp.add_argument("--fresh", action="store_true",
+                    help="start the demo home from scratch (only a home the demo created, with no worker running)")

@@ -1,7 +1,8 @@
 """`labdeck submit`, `recipes`, `ls`, `show`, `logs`, `cancel`, `retry`, `rm`, `priority`, the queue and `spec`.
 
-Everything a script does to jobs. Reads and writes go through the store (`db.queries`,
-`db.queue`, `db.removal`); specs are expanded by `engine.specfile` (no torch).
+Everything a script does to jobs. Reads go through `db.reads` (plain sqlite3, read-only); writes
+through the client layer (`client.Client`), the same one the app uses, so a spec is validated and
+a request refused in one place.
 """
 
 from __future__ import annotations
@@ -10,58 +11,61 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from cli.common import KINDS, STATUSES, AddCommand, UserError, fmt_duration
+from cli.common import KINDS, MAX_ID, STATUSES, AddCommand, UserError, bounded_int, fmt_duration, reader
 from cli.common import job_ids as _job_ids
-from cli.common import open_home_store as _store
-from cli.common import require_jobs as _require_jobs
+
+PRIORITY_RANGE = (-1000, 1000)  # client.PRIORITY_RANGE; repeated so --help imports nothing
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202 - client.Client, imported lazily
+    from client import Client
+
+    return Client(args.home)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal of the client layer is the CLI's one-line error."""
+    from client import ClientError
+
+    try:
+        yield
+    except ClientError as e:
+        raise UserError(str(e)) from None
+
+
+def _emit(args: argparse.Namespace, data: object, lines: list[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data))
+    else:
+        for line in lines:
+            print(line)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from db.queue import UnknownJob, enqueue
-    from engine.specfile import SpecError, expand_file
+    from client import Client, parse_vars, plan
 
-    variables = {}
-    for item in args.var or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UserError(f"--var {item!r}: write NAME=VALUE")
-        variables[name] = value
-    expansions = []
-    for f in args.files:
-        try:
-            expansions.append(expand_file(resolve_spec_file(f), variables, args.variant))
-        except SpecError as e:
-            raise UserError(str(e)) from None
-    store = _store(args)
-    all_ids: list[int] = []
-    try:
-        with store.write() as s:  # one transaction: every file's jobs land, or none do
-            for exp in expansions:
-                all_ids += enqueue(s, exp.drafts, resolve=exp.resolver(store.home))
-    except UnknownJob as e:
-        raise UserError(f"{args.files[0]}: after: {e}") from None
-    if args.json:
-        print(json.dumps({"ids": all_ids}))
-    else:
-        for i in all_ids:
-            print(i)
+    with _refusals():
+        expansions = Client.expand(args.files, parse_vars(args.var or ()), args.variant)
+        if args.dry_run:  # expanded and validated, nothing stored, no home created
+            jobs = plan(expansions)
+            _emit(args, {"jobs": [j.as_dict() for j in jobs]},
+                  [f"{j.index:4}  {j.experiment} / {j.name}  [{j.kind}]"
+                   + (f"  after {', '.join(j.after)}" if j.after else "") for j in jobs]
+                  + [f"{len(jobs)} job(s) would be queued (dry run: nothing stored)"])
+            return 0
+        client = _client(args)
+        ids = client.enqueue(expansions, args.files[0])
+    _emit(args, {"ids": ids}, [str(i) for i in ids])
     if not args.no_worker:
-        from cli.worker import ensure_worker
-
-        ensure_worker(store.home, quiet=True)
+        ok, message = client.ensure_worker()
+        if not ok and sys.stderr.isatty():
+            print(f"labdeck: {message}", file=sys.stderr)
     return 0
-
-
-def resolve_spec_file(name: str) -> str:
-    """A path as given, or, when no such file exists, the shipped recipe of that name (`expo`, `calibration`)."""
-    from engine.recipes import recipe_path
-
-    if Path(name).exists():
-        return name
-    shipped = recipe_path(name)
-    return str(shipped) if shipped is not None else name
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -81,7 +85,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from db.queries import latest_metrics, list_jobs, worker_state
+    from db.reads import latest_metrics, list_jobs, worker_state
 
     for st in args.status or ():
         if st not in STATUSES:
@@ -89,8 +93,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for k in args.kind or ():
         if k not in KINDS:
             raise UserError(f"--kind: {k!r} is not one of {', '.join(KINDS)}")
-    store = _store(args)
-    with store.read() as s:
+    with reader(args) as s:
         rows = list_jobs(s, experiment=args.experiment, statuses=args.status or (), kinds=args.kind or (),
                          text=args.filter, limit=args.limit)
         metrics = latest_metrics(s, [r.id for r in rows]) if args.metric else {}
@@ -99,15 +102,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
         out = [r.as_dict() | ({"metric": metrics.get(r.id, {}).get(args.metric)} if args.metric else {}) for r in rows]
         print(json.dumps(out, indent=None))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from cli.text import table
 
-    table = Table(box=None, header_style="bold")
-    for col in ("id", "experiment", "kind", "name", "status", "gpus", "progress", "elapsed", "eta"):
-        table.add_column(col)
+    headers = ["id", "experiment", "kind", "name", "status", "gpus", "progress", "elapsed", "eta"]
     if args.metric:
-        table.add_column(args.metric)
+        headers.append(args.metric)
     now = time.time()
+    lines = []
     for r in rows:
         frac = r.fraction
         line = [str(r.id), r.experiment, r.kind, r.name, r.status, r.assigned_gpus or (str(r.gpus_requested) if r.gpus_requested else "-"),
@@ -116,94 +117,101 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if args.metric:
             v = metrics.get(r.id, {}).get(args.metric)
             line.append("" if v is None else f"{v:.4g}")
-        table.add_row(*line)
-    console = Console()
-    console.print(table)
+        lines.append(line)
+    print(table(headers, lines, right=(0, 6, 7, 8)))
     state = "online" if worker.online else "offline"
-    console.print(f"[dim]worker {state} · queue {worker.queue_state} · {len(rows)} jobs[/dim]")
+    print(f"worker {state} · queue {worker.queue_state} · {len(rows)} jobs")
     return 0
 
 
-def _detail(store, job: str):  # noqa: ANN001, ANN202 - Store and JobDetail, imported lazily
+def _detail(args: argparse.Namespace, job: str | int):  # noqa: ANN202 - db.rows.JobDetail
     """One job's detail, or a one-line error for a bad or unknown id."""
-    from db.queries import job_detail
-    from db.queue import UnknownJob
+    from db.reads import job_detail
+    from db.schema import UnknownJob
 
-    (job_id,) = _job_ids([job])
+    (job_id,) = _job_ids([str(job)])
     try:
-        with store.read() as s:
+        with reader(args) as s:
             return job_detail(s, job_id)
     except UnknownJob as e:
         raise UserError(str(e)) from None
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    d = _detail(_store(args), args.job)
+    d = _detail(args, args.job)
     if args.json:
         print(json.dumps(d.as_dict(), indent=2))
         return 0
     import yaml
-    from rich.console import Console
 
-    c = Console()
+    from cli.text import safe
+
+    out: list[str] = []
     r = d.row
-    c.print(f"[bold]job {r.id}[/bold]  {r.experiment} / {r.name}  [{r.kind}]  [bold]{r.status}[/bold]")
+    out.append(f"job {r.id}  {r.experiment} / {r.name}  [{r.kind}]  {r.status}")
     for label, t in (("queued", r.queued_at), ("started", r.started_at), ("finished", r.finished_at)):
         if t:
-            c.print(f"  {label:9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}")
+            out.append(f"  {label:9} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}")
     if r.assigned_gpus:
-        c.print(f"  gpus      {r.assigned_gpus}")
+        out.append(f"  gpus      {r.assigned_gpus}")
     if d.depends_on:
-        c.print(f"  after     {', '.join(map(str, d.depends_on))}")
+        out.append(f"  after     {', '.join(map(str, d.depends_on))}")
     if r.failure_reason:
-        c.print(f"  [red]reason    {r.failure_reason}: {d.failure_detail}[/red]")
+        out.append(f"  reason    {r.failure_reason}: {d.failure_detail}")
     if d.run_dir:
-        c.print(f"  log       {d.run_dir}/log.txt")
+        out.append(f"  log       {d.run_dir}/log.txt")
     if d.metrics:
-        c.print("metrics:")
-        for k, v in sorted(d.metrics.items()):
-            c.print(f"  {k:24} {v:.6g}")
+        out.append("metrics:")
+        out += [f"  {k:24} {v:.6g}" for k, v in sorted(d.metrics.items())]
     if d.artifacts:
-        c.print("artifacts:")
-        for a in d.artifacts:
-            c.print(f"  {a.kind:10} {a.path}")
-    c.print("spec:")
-    c.print(yaml.safe_dump(d.spec, sort_keys=False).rstrip(), markup=False, highlight=False)
+        out.append("artifacts:")
+        out += [f"  {a.kind:10} {a.path}" for a in d.artifacts]
+    out.append("spec:")
+    out.append(yaml.safe_dump(d.spec, sort_keys=False).rstrip())
     if d.log_tail and r.status in ("failed", "interrupted"):
-        c.print("last log lines:")
-        c.print(d.log_tail, markup=False, highlight=False)
+        out.append("last log lines:")
+        out.append(d.log_tail)
+    print(safe("\n".join(out)))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from db.queries import job_detail
-
-    store = _store(args)
-    d = _detail(store, args.job)
+    d = _detail(args, args.job)
     job_id = d.row.id
     path = Path(d.run_dir) / "log.txt" if d.run_dir else None
     if path is None or not path.exists():
         if not args.follow:
             print(f"job {job_id} has no log yet ({d.row.status})", file=sys.stderr)
             return 0
+    import codecs
+
+    from cli.text import is_terminal, safe_log
+
     out = sys.stdout
+    on_tty = is_terminal(out)  # a pipe or a file gets the log's bytes as they are
+    raw = getattr(out, "buffer", None) if not on_tty else None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads stays whole
     offset = 0
     while True:
         if path is None:
-            with store.read() as s:
-                d = job_detail(s, job_id)
+            d = _detail(args, job_id)
             path = Path(d.run_dir) / "log.txt" if d.run_dir else None
         if path is not None and path.exists():
             with open(path, "rb") as fh:
                 fh.seek(offset)
                 data = fh.read()
             offset += len(data)
-            out.write(data.decode("utf-8", errors="replace"))
-            out.flush()
+            if raw is not None:
+                out.flush()
+                raw.write(data)
+                raw.flush()
+            else:
+                text = decoder.decode(data)
+                out.write(safe_log(text) if on_tty else text)
+                out.flush()
         if not args.follow:
             return 0
-        with store.read() as s:
-            status = job_detail(s, job_id).row.status
+        status = _detail(args, job_id).row.status
         if status not in ("queued", "running"):
             if path is not None and path.exists() and path.stat().st_size > offset:
                 continue
@@ -215,53 +223,46 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from db.queue import request_cancel
+    from client import CANCEL_WORDS
 
     ids = _job_ids(args.jobs)
-    store = _store(args)
-    with store.write() as s:
-        _require_jobs(s, ids)
-        results = [(i, request_cancel(s, i)) for i in ids]
-    for i, status in results:
-        word = {"cancelled": "cancelled", "running": "cancelling (the worker stops it)"}.get(status.value, f"already {status.value}")
-        print(f"{i}: {word}")
+    with _refusals():
+        results = _client(args).cancel(ids)
+    _emit(args, [{"id": i, "status": st} for i, st in results],
+          [f"{i}: {CANCEL_WORDS.get(st, f'already {st}')}" for i, st in results])
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from db.queue import IllegalTransition, retry, retry_with_dependents
-
     ids = _job_ids(args.jobs)
-    store = _store(args)
-    try:
-        with store.write() as s:
-            _require_jobs(s, ids)
-            mappings = [{i: retry(s, i)} if args.alone else retry_with_dependents(s, i) for i in ids]
-    except IllegalTransition as e:
-        raise UserError(str(e)) from None
+    with _refusals():
+        mappings = _client(args).retry(ids, alone=args.alone)
+    lines = []
     for old, mapping in zip(ids, mappings, strict=True):
         rest = [f"{o} -> {n}" for o, n in mapping.items() if o != old]
-        print(f"{old} -> {mapping[old]}" + (f" (skipped dependents: {', '.join(rest)})" if rest else ""))
+        lines.append(f"{old} -> {mapping[old]}" + (f" (skipped dependents: {', '.join(rest)})" if rest else ""))
+    _emit(args, [{"id": old, "new": m[old], "dependents": {str(o): n for o, n in m.items() if o != old}}
+                 for old, m in zip(ids, mappings, strict=True)], lines)
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Delete finished jobs (or a whole experiment's) with their rows and run folders."""
-    from db.queries import list_jobs
-    from db.queue import IllegalTransition, UnknownJob
-    from db.removal import delete_runs, folder_bytes, run_folders
+    from db.reads import list_jobs
+    from db.removal import folder_bytes, run_folders
 
     ids = _job_ids(args.jobs)
-    store = _store(args)
     if args.experiment:
-        with store.read() as s:
+        with reader(args) as s:
             found = [j.id for j in list_jobs(s, experiment=args.experiment)]
         if not found:
             raise UserError(f"experiment {args.experiment!r}: no such experiment, or no jobs in it")
         ids += found
     if not ids:
         raise UserError("rm: name jobs, or an experiment with -e")
-    folders = run_folders(store, ids)
+    client = _client(args)
+    with _refusals():
+        folders = run_folders(client.existing_store(), ids)
     what = f"{len(folders)} job(s) and their run folders ({folder_bytes(folders) / 1e6:.1f} MB)"
     if not args.yes:
         if not sys.stdin.isatty():
@@ -269,35 +270,23 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    try:
-        delete_runs(store, ids)
-    except (IllegalTransition, UnknownJob) as e:
-        raise UserError(str(e)) from None
-    print(f"deleted {what}")
+    with _refusals():
+        deleted = client.rm(ids)
+    _emit(args, {"deleted": deleted}, [f"deleted {what}"])
     return 0
 
 
 def cmd_priority(args: argparse.Namespace) -> int:
-    from db.queue import IllegalTransition, set_priority
-
     ids = _job_ids(args.jobs)
-    store = _store(args)
-    try:
-        with store.write() as s:
-            _require_jobs(s, ids)
-            for i in ids:
-                set_priority(s, i, args.priority)
-    except IllegalTransition as e:
-        raise UserError(str(e)) from None
+    with _refusals():
+        pairs = _client(args).priority(ids, value=args.priority)
+    _emit(args, [{"id": i, "priority": p} for i, p in pairs], [])
     return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from db.queue import set_queue_state
-
-    store = _store(args)
-    with store.write() as s:
-        set_queue_state(s, {"pause": "paused", "resume": "running", "drain": "draining"}[args.action])
+    with _refusals():
+        _client(args).set_queue_state({"pause": "paused", "resume": "running", "drain": "draining"}[args.action])
     print(f"queue {args.action}d" if args.action != "drain" else "queue draining: running jobs finish, nothing new starts")
     return 0
 
@@ -322,10 +311,14 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 def register(add: AddCommand) -> None:
     sp = add("submit", cmd_submit, "Queue the jobs of spec files (a job, a sweep or a pipeline); prints the new ids")
-    sp.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON spec files, or the name of a shipped recipe (see `labdeck recipes`)")
+    sp.add_argument("files", nargs="+", metavar="FILE",
+                    help="YAML or JSON spec files, or the name of a shipped recipe (see `labdeck recipes`); a name "
+                    "without '/' or a .yaml/.yml/.json suffix is the recipe even if a file of that name is here: "
+                    "write ./NAME for the file")
     sp.add_argument("--variant", metavar="NAME", help="run a pipeline's variant, e.g. `tiny` (the recipe scaled down to local tiny models)")
     sp.add_argument("--json", action="store_true", help="print {\"ids\": [...]}")
-    sp.add_argument("--no-worker", action="store_true", help="do not start a worker if none is alive")
+    sp.add_argument("--no-worker", action="store_true", help="do not start a worker if none is alive (also: LABDECK_NO_AUTOSTART=1)")
+    sp.add_argument("--dry-run", action="store_true", help="print the jobs it would queue (names, kinds, dependencies); store nothing")
     sp.add_argument("--var", action="append", metavar="NAME=VALUE", help="override a variable the file declares under vars:")
 
     sp = add("recipes", cmd_recipes, "List the shipped recipes (the seed experiments as pipelines) and their variants")
@@ -337,7 +330,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("-k", "--kind", action="append", metavar="KIND", help=f"only these kinds ({', '.join(KINDS)}); repeatable")
     sp.add_argument("-f", "--filter", metavar="TEXT", help="only jobs whose name, experiment, kind or status contains TEXT")
     sp.add_argument("-m", "--metric", metavar="NAME", help="add a column with the latest value of this metric")
-    sp.add_argument("-n", "--limit", type=int, default=None, help="at most this many jobs")
+    sp.add_argument("-n", "--limit", type=bounded_int(1, MAX_ID), default=None, help="at most this many jobs")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
 
     sp = add("show", cmd_show, "Show one job: spec, status and timestamps, GPUs, metrics, artifacts, failure")
@@ -350,20 +343,24 @@ def register(add: AddCommand) -> None:
 
     sp = add("cancel", cmd_cancel, "Cancel jobs: queued ones at once, running ones are stopped by the worker")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
+    sp.add_argument("--json", action="store_true", help="print [{\"id\": ..., \"status\": STATUS}] (running: the worker stops it)")
 
     sp = add("retry", cmd_retry, "Queue a new attempt of finished jobs (failed, cancelled, interrupted, skipped), "
              "and of the jobs skipped because of them")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
     sp.add_argument("--alone", action="store_true", help="retry only these jobs; their skipped dependents stay skipped")
+    sp.add_argument("--json", action="store_true", help="print [{\"id\": OLD, \"new\": NEW, \"dependents\": {...}}]")
 
     sp = add("rm", cmd_rm, "Delete finished jobs with their metrics, artifacts and run folders")
     sp.add_argument("jobs", nargs="*", metavar="JOB")
     sp.add_argument("-e", "--experiment", help="every job of this experiment (all must have finished)")
     sp.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
+    sp.add_argument("--json", action="store_true", help="print {\"deleted\": [ids]}")
 
     sp = add("priority", cmd_priority, "Set the priority of queued jobs (higher runs first)")
-    sp.add_argument("priority", type=int)
+    sp.add_argument("priority", type=bounded_int(*PRIORITY_RANGE), help="from -1000 to 1000")
     sp.add_argument("jobs", nargs="+", metavar="JOB")
+    sp.add_argument("--json", action="store_true", help="print [{\"id\": ..., \"priority\": ...}]")
 
     for action, text in (("pause", "Start no new jobs until resumed"), ("resume", "Start jobs again"),
                          ("drain", "Let running jobs finish and start nothing new")):

@@ -10,8 +10,7 @@ import argparse
 import json
 import sys
 
-from cli.common import AddCommand, UserError
-from cli.common import open_home_store as _store
+from cli.common import AddCommand, UserError, reader
 
 
 def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
@@ -31,12 +30,11 @@ def print_pivot(p) -> None:  # noqa: ANN001 - db.results.Pivot, imported lazily
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from db.queries import experiment_metric
+    from db.reads import experiment_metric
     from db.results import pivot, where
 
-    store = _store(args)
     try:
-        with store.read() as s:
+        with reader(args) as s:
             rows = experiment_metric(s, args.experiment, args.metric, args.reduce)
         rows = where(rows, args.where or ())
     except LookupError as e:
@@ -58,12 +56,11 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_correlate(args: argparse.Namespace) -> int:
     import math
 
-    from db.queries import experiment_metric
+    from db.reads import experiment_metric
     from db.results import correlate, where
 
-    store = _store(args)
     try:
-        with store.read() as s:
+        with reader(args) as s:
             xr = where(experiment_metric(s, args.experiment, args.x, args.reduce), args.x_where or ())
             yr = where(experiment_metric(s, args.experiment, args.y, args.reduce), args.y_where or ())
     except LookupError as e:
@@ -91,9 +88,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from db.export import export_rows, write_export
 
-    store = _store(args)
     try:
-        with store.read() as s:
+        with reader(args) as s:
             rows = export_rows(s, args.experiment)
     except LookupError as e:
         raise UserError(str(e).strip("'\"")) from None

@@ -48,6 +48,15 @@ def _home(args: argparse.Namespace) -> Path:
     return ensure_home(args.home)
 
 
+def _home_with_store(args: argparse.Namespace) -> Path:
+    """The home, its store opened (and migrated) once."""
+    from db.session import open_store
+
+    store = open_store(args.home)
+    store.dispose()
+    return store.home
+
+
 def _start(args: argparse.Namespace) -> int:
     from engine.control import start_detached, worker_alive
 
@@ -72,9 +81,10 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    from cli.common import home_path
     from engine.control import request_stop, status, wait_until_stopped
 
-    home = _home(args)
+    home = home_path(args)  # a stop creates nothing: no home, no worker to stop
     ok, message = request_stop(home, now=args.now)
     if not ok:
         print(message)
@@ -102,9 +112,16 @@ def _age(seconds: float | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from cli.common import UserError, home_path
+    from db import reads
     from engine.control import status
 
-    st = status(_home(args))
+    try:
+        st = status(home_path(args))
+    except reads.NoHome as e:
+        raise UserError(str(e)) from None
+    except reads.StoreNeedsMigration:
+        st = status(_home_with_store(args))
     if args.json:
         print(json.dumps(st.as_dict(), indent=2))
         return 0

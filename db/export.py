@@ -13,29 +13,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session
-
-from db.models import Experiment, Job, JobStatus
-from db.queries import latest_metrics
+from db.files import write_atomic, write_text_atomic
+from db.reads import as_connection, latest_metrics
 
 
-def export_rows(session: Session, experiment: str) -> list[dict[str, Any]]:
-    exp = session.execute(select(Experiment.id).where(Experiment.name == experiment)).first()
+def export_rows(c: Any, experiment: str) -> list[dict[str, Any]]:
+    """One flat row per job of `experiment` (a store session or a sqlite3 connection)."""
+    con = as_connection(c)
+    exp = con.execute("SELECT id FROM experiment WHERE name = ?", (experiment,)).fetchone()
     if exp is None:
         raise LookupError(f"experiment {experiment!r}: no such experiment")
-    jobs = session.execute(select(Job).where(Job.experiment_id == exp[0]).order_by(Job.id)).scalars().all()
-    metrics = latest_metrics(session, [j.id for j in jobs if j.id is not None])
+    jobs = con.execute(
+        "SELECT id, name, kind, status, attempt, queued_at, started_at, finished_at, failure_reason, spec, params "
+        "FROM job WHERE experiment_id = ? ORDER BY id", (exp[0],)).fetchall()
+    metrics = latest_metrics(con, [j[0] for j in jobs])
     rows = []
-    for j in jobs:
+    for jid, name, kind, status, attempt, queued, started, finished, reason, spec, params in jobs:
         row: dict[str, Any] = {
-            "id": j.id, "experiment": experiment, "name": j.name, "kind": j.kind,
-            "status": j.status.value if isinstance(j.status, JobStatus) else j.status,
-            "attempt": j.attempt, "queued_at": j.queued_at, "started_at": j.started_at,
-            "finished_at": j.finished_at, "failure_reason": j.failure_reason, "spec": j.spec,
+            "id": jid, "experiment": experiment, "name": name, "kind": kind, "status": status,
+            "attempt": attempt, "queued_at": queued, "started_at": started,
+            "finished_at": finished, "failure_reason": reason, "spec": spec,
         }
-        row |= {f"param.{k}": v for k, v in json.loads(j.params or "{}").items()}
-        row |= {f"metric.{k}": v for k, v in sorted(metrics.get(j.id or 0, {}).items())}
+        row |= {f"param.{k}": v for k, v in json.loads(params or "{}").items()}
+        row |= {f"metric.{k}": v for k, v in sorted(metrics.get(jid, {}).items())}
         rows.append(row)
     return rows
 
@@ -54,8 +54,8 @@ def _scalar(v: Any) -> Any:
 def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None) -> None:
     """Write rows as csv, json or parquet to `output` (stdout when None, text formats only).
 
-    The file is written to a temporary name and renamed, so a failed export never leaves a
-    half-written file behind.
+    The file is written through `db.files.write_atomic` (an unpredictable O_EXCL temporary file
+    beside it, then renamed), so a failed export never leaves a half-written file behind.
     """
     cols = _columns(rows)
     if fmt == "parquet":
@@ -64,9 +64,7 @@ def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None
 
         table = pa.Table.from_pylist([{c: _scalar(r.get(c)) for c in cols} for r in rows])
         assert output is not None
-        tmp = Path(f"{output}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(output)
+        write_atomic(output, lambda fh: pq.write_table(table, fh))
         return
     if fmt == "json":
         text = json.dumps(rows, indent=2) + "\n"
@@ -82,6 +80,4 @@ def write_export(rows: list[dict[str, Any]], fmt: str, output: str | Path | None
     if output is None:
         sys.stdout.write(text)
         return
-    tmp = Path(f"{output}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)
+    write_text_atomic(output, text)

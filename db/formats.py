@@ -9,8 +9,10 @@ import json
 from db.results import Pivot
 
 
-def _header(p: Pivot) -> list[str]:
-    return [f"{p.rows_field} \\ {p.cols_field}" if p.cols_field else p.rows_field, *p.col_labels]
+def _header(p: Pivot, esc=lambda s: s, sep: str = " \\ ") -> list[str]:  # noqa: ANN001 - a str -> str escape
+    """The header row; `esc` escapes the field names and labels, `sep` is labdeck's own rows-vs-columns mark."""
+    corner = f"{esc(p.rows_field)}{sep}{esc(p.cols_field)}" if p.cols_field else esc(p.rows_field)
+    return [corner, *(esc(c) for c in p.col_labels)]
 
 
 def _cell(p: Pivot, r: str, c: str) -> str:
@@ -32,24 +34,34 @@ def to_csv(p: Pivot) -> str:
     return out.getvalue()
 
 
+def _md(s: str) -> str:
+    """A Markdown table cell: a '|' would end the cell and a newline the row (backslash first, so
+    an escape already in the text stays literal)."""
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def to_markdown(p: Pivot) -> str:
-    head = _header(p)
+    head = _header(p, _md)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in p.row_labels:
-        lines.append("| " + " | ".join([r, *(_cell(p, r, c) for c in p.col_labels)]) + " |")
+        lines.append("| " + " | ".join(_md(x) for x in [r, *(_cell(p, r, c) for c in p.col_labels)]) + " |")
     return "\n".join(lines) + "\n"
 
 
+# LaTeX's special characters in text, each with what prints it literally. One pass, so the braces
+# an escape introduces are never escaped again.
+_TEX = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
-        s = s.replace(a, b)
-    return s
+    return "".join(_TEX.get(ch, ch) for ch in s)
 
 
 def to_latex(p: Pivot) -> str:
     cols = "l" + "r" * len(p.col_labels)
     lines = [rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(_tex(h) for h in _header(p)) + r" \\", r"\midrule"]
+             " & ".join(_header(p, _tex, r" \textbackslash{} ")) + r" \\", r"\midrule"]
     for r in p.row_labels:
         cells = []
         for c in p.col_labels:

@@ -9,47 +9,15 @@ Timestamps are Unix seconds (float, UTC): cheap to compare, sort and subtract, a
 
 from __future__ import annotations
 
-import enum
-
 from sqlmodel import Field, SQLModel
 
-
-class JobStatus(str, enum.Enum):
-    """Where a job is in its life. Every change between these goes through `db.queue`."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    interrupted = "interrupted"
-    skipped = "skipped"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted, JobStatus.skipped}
+# The status words and failure reasons live in `db.schema` (no SQLAlchemy there), re-exported here.
+from db.schema import (  # noqa: F401
+    RETRYABLE_STATUSES,
+    TERMINAL_STATUSES,
+    FailureReason,
+    JobStatus,
 )
-
-# A retry makes a new job from one of these (pueue's "restart", Slurm's requeue).
-RETRYABLE_STATUSES = frozenset({JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted, JobStatus.skipped})
-
-
-class FailureReason(str, enum.Enum):
-    """Why a job did not succeed, classified so that retry policies and filters can name it."""
-
-    nonzero_exit = "nonzero_exit"
-    signal = "signal"
-    time_limit = "time_limit"
-    cuda_oom = "cuda_oom"
-    spawn_error = "spawn_error"
-    bad_input = "bad_input"
-    worker_lost = "worker_lost"
-    dependency = "dependency"
-    cancelled = "cancelled"
 
 
 class Experiment(SQLModel, table=True):

@@ -39,6 +39,7 @@ from db.models import (
     Metric,
     Setting,
 )
+from db.schema import QUEUE_STATE_KEY, UnknownJob  # noqa: F401 - one definition, shared with db.reads
 
 S = JobStatus
 
@@ -62,8 +63,6 @@ class IllegalTransition(RuntimeError):
     """The job was not in a state from which the requested transition is allowed."""
 
 
-class UnknownJob(LookupError):
-    """No job has this id."""
 
 
 @dataclass(frozen=True)
@@ -374,9 +373,6 @@ def set_setting(session: Session, key: str, value: str) -> None:
 def get_setting(session: Session, key: str, default: str = "") -> str:
     row = session.get(Setting, key)
     return default if row is None else row.value
-
-
-QUEUE_STATE_KEY = "queue_state"  # "running" | "paused" | "draining"
 
 
 def set_queue_state(session: Session, state: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.queries import ResultRow
+from db.rows import ResultRow
 
 JOB_FIELDS = ("id", "name", "kind", "status")
 
@@ -127,7 +127,7 @@ def pivot(
 
 @dataclass(frozen=True)
 class Correlation:
-    """Spearman's ρ between two per-job metrics within one group (science.md §4.2)."""
+    """Spearman's ρ between two per-job metrics within one group (docs/science.md §4.2)."""
 
     group: str
     n: int

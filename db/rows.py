@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # A worker that has not beaten for this long is shown as offline.
@@ -113,3 +113,58 @@ def parse_gpu_snapshot(raw: str | None) -> tuple[float | None, list[GpuInfo]]:
         for g in data.get("gpus", [])
     ]
     return data.get("t"), gpus
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    kind: str
+    path: str
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    row: JobRow
+    spec: dict[str, Any]
+    run_dir: str
+    pid: int | None
+    host: str
+    exit_code: int | None
+    exit_signal: int | None
+    failure_detail: str
+    log_tail: str
+    heartbeat_at: float | None
+    cancel_requested: bool
+    parent_id: int | None
+    depends_on: list[int]
+    metrics: dict[str, float]  # latest value of every metric
+    artifacts: list[ArtifactRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.row.as_dict()
+        d.update(
+            spec=self.spec, run_dir=self.run_dir,
+            log_path=f"{self.run_dir}/log.txt" if self.run_dir else None,
+            pid=self.pid, host=self.host, exit_code=self.exit_code, exit_signal=self.exit_signal,
+            failure_detail=self.failure_detail, log_tail=self.log_tail, heartbeat_at=self.heartbeat_at,
+            cancel_requested=self.cancel_requested, parent_id=self.parent_id, depends_on=self.depends_on,
+            metrics=self.metrics,
+            artifacts=[{"kind": a.kind, "path": a.path, "meta": a.meta, "created_at": a.created_at} for a in self.artifacts],
+            timestamps={"queued": self.row.queued_at, "started": self.row.started_at,
+                        "finished": self.row.finished_at, "heartbeat": self.heartbeat_at},
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One job as the results pivot sees it: identity, parameters, spec and one reduced metric."""
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    spec: dict[str, Any]
+    value: float | None

@@ -1,4 +1,4 @@
-"""Cross-job analysis: how well a per-job metric predicts a per-job outcome (science.md §4).
+"""Cross-job analysis: how well a per-job metric predicts a per-job outcome (docs/science.md §4).
 
 CAR Table 4: for each base model B separately, Spearman's ρ between a metric of each generator's
 data (mean reward, IFD, CAR, ...) and the AP of B fine-tuned on that data, over the generators;

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from db.schema import WORKER_GPUS_KEY as GPUS_KEY  # noqa: F401 - the --gpus of the last `worker start`
+from db.schema import WORKER_STOP_KEY as STOP_KEY
+
 LOCK_NAME = "worker.lock"
 LOG_NAME = "worker.log"
-STOP_KEY = "worker_stop"
-GPUS_KEY = "worker_gpus"  # the --gpus of the last `labdeck worker start`, reused by automatic starts
 
 
 def lock_path(home: Path) -> Path:
@@ -180,19 +181,21 @@ class Status:
 
 
 def status(home: Path) -> Status:
+    """The worker's state as the lock and the store see it; read-only, no SQLAlchemy import."""
     import json
 
-    from db.queries import GPU_SNAPSHOT_KEY, count_jobs, list_jobs, worker_state
-    from db.queue import get_setting
-    from db.session import open_store
+    from db import reads
+    from db.schema import GPU_SNAPSHOT_KEY
 
     alive = worker_alive(home)
-    store = open_store(home)
-    with store.read() as s:
-        ws = worker_state(s)
-        counts = count_jobs(s)
-        running = [r.id for r in list_jobs(s, statuses=["running"], newest_first=False)]
-        raw = get_setting(s, GPU_SNAPSHOT_KEY, "")
+    con = reads.open_readonly(home)
+    try:
+        ws = reads.worker_state(con)
+        counts = reads.count_jobs(con)
+        running = [r.id for r in reads.list_jobs(con, statuses=["running"], newest_first=False)]
+        raw = reads.get_setting(con, GPU_SNAPSHOT_KEY, "")
+    finally:
+        con.close()
     now = time.time()
     state = ws.state if alive else ("none" if ws.state == "none" else "stopped")
     return Status(

@@ -25,9 +25,8 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from db.models import Job
+from db.schema import ARTIFACT_INSERT, METRIC_INSERT  # the statements, with every other one, in db.schema
 
-METRIC_INSERT = "INSERT INTO metric (job_id, name, step, value, time) VALUES (?, ?, ?, ?, ?)"
-ARTIFACT_INSERT = "INSERT INTO artifact (job_id, kind, path, meta, created_at) VALUES (?, ?, ?, ?, ?)"
 MAX_NAME = 200
 MAX_DETAIL = 2000
 KNOWN_REASONS = frozenset({"nonzero_exit", "signal", "time_limit", "cuda_oom", "spawn_error", "bad_input"})

@@ -215,8 +215,8 @@ def main(argv: list[str]) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    for forwarded in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(forwarded, forward)
 
     if os.environ.get("LABDECK_NO_GATE") != "1" and not _wait_for_gate():
         write_json_atomic(run_dir / EXIT_FILE, {**base, "started": False, "ended_at": time.time(),

@@ -57,7 +57,8 @@ class LabdeckApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "labdeck"
     COMMANDS = App.COMMANDS | {LabdeckCommands}
-    MODES = {"jobs": JobsScreen, "results": _results_screen, "gpus": _gpus_screen}
+    SCREENS = {"jobs-screen": JobsScreen}  # installed, so `get_screen` finds the one instance
+    MODES = {"jobs": "jobs-screen", "results": _results_screen, "gpus": _gpus_screen}
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
@@ -170,6 +171,8 @@ class LabdeckApp(App[int]):
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity=message.severity, timeout=4 if message.severity == "information" else 8)  # type: ignore[arg-type]
+        if message.select_id is not None:
+            self.select_job(message.select_id)
         if message.changed:
             self.action_reload()
 
@@ -188,13 +191,11 @@ class LabdeckApp(App[int]):
     # ------------------------------------------------------------------ navigation
 
     def jobs_screen(self) -> JobsScreen:
-        return self.get_screen_stack("jobs")[0]  # type: ignore[return-value]
+        return self.get_screen("jobs-screen")  # type: ignore[return-value]
 
-    def get_screen_stack(self, mode: str) -> list[Screen]:
-        stack = self._screen_stacks.get(mode)
-        if not stack:
-            raise LookupError(mode)
-        return stack
+    def select_job(self, job_id: int) -> None:
+        """The one route to "show this job": after a submit, a retry or a duplicate."""
+        self.jobs_screen().select_job(job_id)
 
     async def action_show_jobs(self) -> None:
         await self.switch_mode("jobs")
@@ -224,11 +225,7 @@ class LabdeckApp(App[int]):
     def open_new_job(self, spec: dict[str, Any] | None, title: str) -> None:
         from tui.screens.new_job import NewJobScreen
 
-        def queued(ids: list[int] | None) -> None:
-            if ids:
-                self.jobs_screen().select_job(ids[0])
-
-        self.push_screen(NewJobScreen(spec, title), queued)
+        self.push_screen(NewJobScreen(spec, title))  # it reports the ids it queued with ActionDone(select_id=...)
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen

@@ -11,15 +11,16 @@ use, inside the first worker thread, so the first frame is painted before that c
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from client import ClientError
+from db.schema import STATUS_WORDS  # noqa: F401 - stdlib only; the app's `status:` words
 
 if TYPE_CHECKING:  # pragma: no cover
     from db.queries import GpuInfo, JobDetail, JobRow, ResultRow, WorkerState
@@ -30,7 +31,6 @@ Clock = Callable[[], float]
 PAGE_SIZE = 100
 LOG_FIRST_BYTES = 64 * 1024  # a log opened for the first time shows its last 64 KiB
 LOG_CHUNK_BYTES = 256 * 1024  # at most this much new log per read
-STATUS_WORDS = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped")
 KIND_WORDS = ("command", "generate", "score", "finetune", "merge")
 REDUCTIONS = ("last", "min", "max", "mean")
 
@@ -143,8 +143,9 @@ class GpuData:
     job_names: dict[int, str]
 
 
-class ActionError(Exception):
-    """An action the store refused (an illegal transition, an unknown job): shown as a notice."""
+# An action the store refused (an illegal transition, an unknown job): shown as a notice. The
+# client layer raises it, for the CLI and the app alike.
+ActionError = ClientError
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -202,30 +203,30 @@ class Source:
     """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks."""
 
     def __init__(self, home: Path | str | None = None, *, store: Store | None = None, clock: Clock = time.time) -> None:
+        from client import Client
+
         self._home = home
-        self._store = store
-        self._lock = threading.Lock()
+        self.client = Client(home, store=store)  # every write goes through the one client layer
         self.clock = clock
 
     # The store is opened on first use, in whichever worker thread gets there first.
     @property
     def store(self) -> Store:
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    from db.session import Store
-
-                    self._store = Store(self._home)
-        return self._store
+        return self.client.store
 
     @property
     def home(self) -> Path:
         return self.store.home
 
+    @property
+    def open_home(self) -> Path | None:
+        """The home once the store is open, else None (never opens it: for display only)."""
+        return self.client.store.home if self.client.is_open else None
+
     def db_path(self) -> Path:
         """The database file, without opening the store (no SQLAlchemy import)."""
-        if self._store is not None:
-            return self._store.path
+        if self.client.is_open:
+            return self.store.path
         from db.home import db_path, ensure_home
 
         return db_path(ensure_home(self._home))
@@ -233,7 +234,7 @@ class Source:
     @property
     def cold(self) -> bool:
         """True until the store is open: reads that can go through `tui.fastread` do."""
-        return self._store is None
+        return not self.client.is_open
 
     def warm_up(self) -> None:
         """Import and open the store (and migrate it if needed) ahead of the first real need, and
@@ -244,15 +245,9 @@ class Source:
 
     def fingerprint(self) -> tuple[int, ...]:
         """Changes whenever any process commits to the database (WAL size or mtime, database mtime)."""
-        path = self.db_path()
-        out: list[int] = []
-        for p in (path, Path(f"{path}-wal")):
-            try:
-                st = os.stat(p)
-                out += [st.st_mtime_ns, st.st_size]
-            except FileNotFoundError:
-                out += [0, 0]
-        return tuple(out)
+        from db.reads import fingerprint
+
+        return fingerprint(self.db_path())
 
     # ---------------------------------------------------------------- reads
 
@@ -299,16 +294,12 @@ class Source:
 
     def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
         """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""
-        from sqlalchemy import func, select
-
-        from db.models import Job
+        from db import queries as Q
 
         if query.sort not in ("newest", "oldest") or query.filtered:
             return None
         with self.store.read() as s:
-            cmp = Job.id > job_id if query.sort == "newest" else Job.id < job_id
-            before = s.execute(select(func.count()).select_from(Job).where(cmp)).scalar_one()
-        return int(before) // limit * limit
+            return Q.offset_of(s, job_id, query.sort, limit)
 
     def detail(self, job_id: int) -> DetailData:
         from db import queries as Q
@@ -362,15 +353,11 @@ class Source:
         return LogChunk(path, tuple(lines), offset + end + 1, reset)
 
     def gpus(self) -> GpuData:
-        from sqlalchemy import select
-
         from db import queries as Q
-        from db.models import Job
 
         with self.store.read() as s:
             t, gpus = Q.gpu_snapshot(s)
-            ids = {p.job_id for g in gpus for p in g.processes if p.job_id is not None}
-            names = dict(s.execute(select(Job.id, Job.name).where(Job.id.in_(ids))).all()) if ids else {}
+            names = Q.job_names(s, sorted({p.job_id for g in gpus for p in g.processes if p.job_id is not None}))
         return GpuData(t, tuple(gpus), names)
 
     def specs(self, job_ids: Sequence[int]) -> list[tuple[int, str, dict[str, Any]]]:
@@ -425,96 +412,45 @@ class Source:
     # ---------------------------------------------------------------- writes
 
     def cancel(self, job_ids: Sequence[int]) -> list[tuple[int, str]]:
-        from db.queue import UnknownJob, request_cancel
-
-        try:
-            with self.store.write() as s:
-                return [(i, request_cancel(s, i).value) for i in job_ids]
-        except UnknownJob as e:
-            raise ActionError(str(e)) from None
+        return self.client.cancel(job_ids)
 
     def retry(self, job_ids: Sequence[int]) -> list[dict[int, int]]:
         """Retry each job with the jobs skipped because of it: one {old: new} mapping per job."""
-        from db.queue import IllegalTransition, UnknownJob, retry_with_dependents
-
-        try:
-            with self.store.write() as s:
-                return [retry_with_dependents(s, i) for i in job_ids]
-        except (IllegalTransition, UnknownJob) as e:
-            raise ActionError(str(e)) from None
+        return self.client.retry(job_ids)
 
     def delete(self, job_ids: Sequence[int]) -> list[int]:
         """Delete finished jobs with their rows and run folders (all or none)."""
-        from db.queue import IllegalTransition, UnknownJob
-        from db.removal import delete_runs
-
-        try:
-            return delete_runs(self.store, job_ids)
-        except (IllegalTransition, UnknownJob) as e:
-            raise ActionError(str(e)) from None
+        return self.client.rm(job_ids)
 
     def change_priority(self, job_ids: Sequence[int], delta: int) -> list[tuple[int, int]]:
-        from sqlalchemy import select
-
-        from db.models import Job
-        from db.queue import IllegalTransition, UnknownJob, set_priority
-
-        out = []
-        try:
-            with self.store.write() as s:
-                for i in job_ids:
-                    current = s.execute(select(Job.priority).where(Job.id == i)).scalar_one_or_none()
-                    if current is None:
-                        raise UnknownJob(f"job {i}: no such job")
-                    new = max(-1000, min(1000, current + delta))
-                    set_priority(s, i, new)
-                    out.append((i, new))
-        except (IllegalTransition, UnknownJob) as e:
-            raise ActionError(str(e)) from None
-        return out
+        return self.client.priority(job_ids, delta=delta)
 
     def set_queue_state(self, state: str) -> str:
-        from db.queue import set_queue_state
-
-        with self.store.write() as s:
-            set_queue_state(s, state)
-        return state
+        return self.client.set_queue_state(state)
 
     def submit(self, data: dict[str, Any], source: str = "form") -> list[int]:
         """Validate and queue a spec mapping (one job, a sweep or a pipeline); the new ids."""
-        from db.queue import UnknownJob, enqueue
-        from engine.specfile import SpecError, expand
-
-        try:
-            exp = expand(data, source)
-        except SpecError as e:
-            raise ActionError(str(e)) from None
-        try:
-            with self.store.write() as s:
-                return enqueue(s, exp.drafts, resolve=exp.resolver(self.home))
-        except UnknownJob as e:
-            raise ActionError(f"after: {e}") from None
+        return self.client.submit(data=data, source=source)
 
     def write_text(self, path: str, text: str) -> str:
-        """Write a file atomically (temporary name, then rename); the absolute path written."""
+        """Write a file atomically (`db.files`: an unpredictable temporary name, then rename); the path written."""
         target = Path(path).expanduser()
         if not target.is_absolute():
             target = Path.cwd() / target
         if target.is_dir():
             raise ActionError(f"{target}: is a folder")
         try:
+            from db.files import write_text_atomic
+
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+            write_text_atomic(target, text)
         except OSError as e:
             raise ActionError(f"{target}: {e.strerror or e}") from None
         return str(target)
 
     def ensure_worker(self) -> bool:
-        from engine.control import ensure_worker
-
-        ok, _message = ensure_worker(self.home)
+        """Start a worker if none runs (not when LABDECK_NO_AUTOSTART is set); True if one runs."""
+        ok, _message = self.client.ensure_worker()
         return ok
 
 

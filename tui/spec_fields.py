@@ -4,7 +4,7 @@ The form is generated from the pydantic spec classes in `engine.specs`: one edit
 the class's order, grouped kind → model → dataset → parameters → resources → sweep; defaults and
 help text come from the class (a docstring per field). What the person typed is turned back into
 a spec mapping holding only what differs from the defaults, and validated by
-`engine.specfile.expand`, the same code `labdeck submit` runs, so a spec the form accepts is one
+`client.Client.expand`, the same call `labdeck submit` makes, so a spec the form accepts is one
 the CLI accepts, and the YAML preview is a file `labdeck submit` can read.
 """
 
@@ -335,16 +335,17 @@ def to_yaml(data: dict[str, Any]) -> str:
 
 
 def validate(kind: str, raw: dict[str, Any]) -> Validation:
-    """Collect and validate through `engine.specfile.expand`; errors keyed by the field they name."""
-    from engine.specfile import SpecError, expand
+    """Collect and validate through the client layer (`Client.expand`, what a submit runs); errors
+    keyed by the field they name."""
+    from client import Client, ClientError
 
     data, errors = collect(kind, raw)
     text = to_yaml(data)
     if errors:
         return Validation(data, errors, (), text)
     try:
-        exp = expand(json.loads(json.dumps(data)), "form")
-    except SpecError as e:
+        (exp,) = Client.expand(data=json.loads(json.dumps(data)), source="form")
+    except ClientError as e:
         where, msg = _split_error(str(e))
         return Validation(data, {where: msg, **_all_field_errors(data)}, (), text)
     return Validation(data, {}, tuple(d.name for d in exp.drafts), text)

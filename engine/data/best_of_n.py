@@ -1,4 +1,4 @@
-"""Best-of-N generation output to SFT records (science.md §5, CAR Table 3).
+"""Best-of-N generation output to SFT records (docs/science.md §5, CAR Table 3).
 
 A generate job samples N responses per instruction and a score job attaches one reward per
 response; this picks the response each variant trains on. Ties go to the first index

@@ -3,7 +3,7 @@
 Why: padding is wasted compute. Sorting by length (longest first, as lm-eval-harness does, so an
 OOM shows in the first batch and the ETA is pessimistic) and capping each batch by a token budget
 (rows x longest row) rather than a row count keeps the padding fraction small on prompts of very
-different lengths (practices.md, "Scoring"). Callers restore dataset order from the indices.
+different lengths (docs/science.md §14). Callers restore dataset order from the indices.
 """
 
 from __future__ import annotations

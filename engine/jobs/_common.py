@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,21 @@ def is_cuda_oom(exc: BaseException) -> bool:
     """torch.OutOfMemoryError, or any error whose text says CUDA ran out of memory."""
     name = type(exc).__name__
     return name in ("OutOfMemoryError", "CUDAOutOfMemoryError") or "CUDA out of memory" in str(exc)
+
+
+# Test aid: "N:PATH" makes a job wait, once it has done N units of work (rows written, optimizer
+# steps), until PATH exists. A test then kills or inspects the job at a known point instead of
+# racing it; unset, it costs one dictionary lookup per unit.
+HOLD_ENV = "LABDECK_HOLD_AFTER"
+
+
+def hold_point(done: int) -> None:
+    """Wait here while LABDECK_HOLD_AFTER="N:PATH" is set, `done` >= N and PATH does not exist."""
+    value = os.environ.get(HOLD_ENV)
+    if not value:
+        return
+    n, _, path = value.partition(":")
+    if done < int(n):
+        return
+    while not os.path.exists(path):
+        time.sleep(0.01)

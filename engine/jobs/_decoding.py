@@ -1,5 +1,5 @@
 """Decoding with transformers: the per-row seeded sampler, OpenAI-style presence/frequency penalties and
-the HF generator of the generate job (science.md §5, §8.3).
+the HF generator of the generate job (docs/science.md §5, §8.3).
 
 Sampling runs as greedy search over a last logits processor that draws each row's token from its
 own `torch.Generator` (seeded from (seed, record key, sample index)), so a sample does not depend

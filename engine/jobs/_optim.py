@@ -4,9 +4,9 @@ AdamW with decoupled weight decay on matrices only (biases, norm weights and 1-d
 never decayed, as transformers' Trainer does); torch's fused kernel (CUDA and CPU), as the Trainer's
 default `adamw_torch_fused`. The schedule is
 transformers' cosine / linear / constant-with-warmup, with the warmup in steps or as a ratio of all
-steps (science.md §6: 100 steps for CAR; §9.4: 3% for StruQ).
+steps (docs/science.md §6: 100 steps for CAR; §9.4: 3% for StruQ).
 
-FLOPs per real (non-pad) token follow practices.md: 6·N + 12·L·H·Q·T for full fine-tuning (N the
+FLOPs per real (non-pad) token follow docs/science.md §14: 6·N + 12·L·H·Q·T for full fine-tuning (N the
 matmul parameters including lm_head even when tied, embedding lookups excluded), about 4·N (+
 attention) with LoRA, since frozen weights get no weight gradients.
 """
@@ -72,7 +72,7 @@ def matmul_params(model: Any) -> int:
 
 
 def flops_per_token(n_matmul: int, shape: dict[str, int], seq_len: float, lora: bool) -> float:
-    """practices.md: 6N + 12·L·H·Q·T (full), ≈ 4N + attention (LoRA). T = mean sequence length."""
+    """docs/science.md §14: 6N + 12·L·H·Q·T (full), ≈ 4N + attention (LoRA). T = mean sequence length."""
     attn = 12 * shape["L"] * shape["H"] * shape["Q"] * seq_len
     return (4 if lora else 6) * n_matmul + attn
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.jobs._common import JobInputError
+from engine.jobs._common import JobInputError, hold_point
 
 INDEX = "_index"
 
@@ -46,6 +46,7 @@ class ResumableRows:
         self.fp = fp
         self.rank = rank
         self._fh = None
+        self._appended = 0  # rows this attempt wrote
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class ResumableRows:
         self._fh.write(data)
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        self._appended += len(rows)
+        hold_point(self._appended)
 
     def close(self) -> None:
         if self._fh is not None:

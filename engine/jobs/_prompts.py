@@ -1,9 +1,9 @@
 """Prompt rendering shared by generation and scoring: the model's chat template or a named format.
 
-Every metric that conditions on a prompt depends on how the prompt was built (science.md §0:
+Every metric that conditions on a prompt depends on how the prompt was built (docs/science.md §0:
 "Record the template used to build P"), so the choice is a spec field and `describe()` returns
 what to record. The StruQ/SecAlign strings and the test-time attacks live in
-`engine.data.injection` (science.md §9.1, §9.5); this module only decides which to apply.
+`engine.data.injection` (docs/science.md §9.1, §9.5); this module only decides which to apply.
 
 Special tokens: a chat template writes its own (e.g. Llama-3's <|begin_of_text|>), so its text is
 tokenized with `add_special_tokens=False`; the plain-text formats are tokenized with the

@@ -2,13 +2,13 @@
 
 Pieces, in the order the job uses them:
 
-- `read_records`: a DatasetRef's records (local jsonl/json/parquet, or a hub dataset through
-  `datasets`), with a one-line `JobInputError` for a missing file or missing fields.
-- `apply_transform`: the named dataset transforms of science.md §9.2 (StruQ training mix, SecAlign
+- `need`: the fields a method reads are in every record (records themselves come from
+  `_loading.read_dataset`, the reader every job shares).
+- `apply_transform`: the named dataset transforms of docs/science.md §9.2 (StruQ training mix, SecAlign
   preference set) and best-of-N output -> SFT records, all from `engine.data.injection`.
 - `sft_segments` / `dpo_texts` / `calibration_texts`: what text each record becomes under the
   spec's template, split into (text, trained?) segments.
-- `tokenize_segments`: the whole string is tokenised at once (science.md §0: tokenize P + A as one
+- `tokenize_segments`: the whole string is tokenised at once (docs/science.md §0: tokenize P + A as one
   string) and a token is trained when its first character lies in a trained segment; labels of
   prompt tokens are -100, so prompt tokens contribute nothing to the loss.
 - `Plan`: which examples each optimizer step sees, a pure function of (seed, epoch, step), so a
@@ -20,16 +20,15 @@ Imports only numpy at module level; the tokenizer is passed in.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.jobs._common import JobInputError
+from engine.jobs._loading import check_fields, source_of
 from engine.specs.common import DatasetRef
 
 IGNORE = -100
@@ -37,65 +36,10 @@ IGNORE = -100
 # --------------------------------------------------------------------------------------------- records
 
 
-def read_records(ref: DatasetRef) -> list[dict[str, Any]]:
-    """All records of a DatasetRef, in file order, cut to `ref.limit`."""
-    paths = [ref.path] if isinstance(ref.path, str) else list(ref.path)
-    records: list[dict[str, Any]] = []
-    for p in paths:
-        records.extend(_read_one(p, ref))
-        if ref.limit is not None and len(records) >= ref.limit:
-            break
-    if ref.limit is not None:
-        records = records[: ref.limit]
-    if not records:
-        raise JobInputError(f"dataset {ref.path}: no records")
-    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise JobInputError(f"dataset {ref.path}: record {bad} is not a JSON object")
-    return records
-
-
-def _read_one(path: str, ref: DatasetRef) -> list[dict[str, Any]]:
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / "records.jsonl").is_file():  # a generate/score job's outputs folder
-        p = p / "records.jsonl"
-    if p.is_file():
-        try:
-            if p.suffix == ".jsonl":
-                with open(p, encoding="utf-8") as fh:
-                    return [json.loads(line) for line in fh if line.strip()]
-            if p.suffix == ".json":
-                data = json.loads(p.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and isinstance(data.get("data"), list):
-                    data = data["data"]
-                if not isinstance(data, list):
-                    raise JobInputError(f"dataset {p}: a .json file must hold a list of records")
-                return data
-            if p.suffix == ".parquet":
-                import pyarrow.parquet as pq
-
-                return pq.read_table(p).to_pylist()
-        except (ValueError, OSError) as e:
-            raise JobInputError(f"dataset {p}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        raise JobInputError(f"dataset {p}: use .jsonl, .json or .parquet")
-    if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise JobInputError(f"dataset {path}: no such file (and not a hub dataset id)")
-    try:  # a hub dataset id, e.g. tatsu-lab/alpaca (needs the cache when offline)
-        import datasets
-
-        ds = datasets.load_dataset(path, ref.config, split=ref.split)
-        return list(ds.select(range(min(len(ds), ref.limit))) if ref.limit else ds)
-    except Exception as e:  # noqa: BLE001 - any failure to fetch is bad input
-        raise JobInputError(f"dataset {path}: not a local file, and the hub dataset could not be loaded ({type(e).__name__})") from None
-
-
-def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], what: str) -> None:
-    """One line naming the first record that lacks a needed field."""
-    for i, r in enumerate(records):
-        for f in fields:
-            if f not in r or r[f] is None:
-                have = ", ".join(sorted(r)[:8])
-                raise JobInputError(f"dataset: record {i} has no field {f!r} needed for {what} (it has: {have})")
+def need(records: list[dict[str, Any]], fields: dict[str, str | None], ref: DatasetRef | None = None,
+         label: str = "dataset") -> None:
+    """`_loading.check_fields` for training data: every mapped field present and not null."""
+    check_fields(records, fields, label, source_of(ref.path) if ref is not None else "", allow_null=False)
 
 
 # ------------------------------------------------------------------------------------------ transforms
@@ -103,7 +47,7 @@ def require_fields(records: Sequence[dict[str, Any]], fields: Sequence[str], wha
 
 def apply_transform(name: str, records: list[dict[str, Any]], ref: DatasetRef, eos: str, seed: int,
                     reference_lookup: dict[str, str] | None = None, bon_select: str = "best") -> list[dict[str, Any]]:
-    """Run a named transform from engine.data (science.md §9.2; best-of-N -> SFT, §5).
+    """Run a named transform from engine.data (docs/science.md §9.2; best-of-N -> SFT, §5).
 
     - 'struq': the StruQ training mix; rows {'prompt' (already in the StruQ format), 'completion'
       (output + eos)}, trained as given.
@@ -119,8 +63,7 @@ def apply_transform(name: str, records: list[dict[str, Any]], ref: DatasetRef, e
     if name in ("struq", "secalign"):
         from engine.data import injection
 
-        fields = [ref.instruction_field, ref.output_field]
-        require_fields(records, fields, f"transform {name}")
+        need(records, {"dataset.instruction_field": ref.instruction_field, "dataset.output_field": ref.output_field}, ref)
         alpaca = [_alpaca(r, ref) for r in records]
         if name == "struq":
             return injection.build_struq_dataset(alpaca, seed, reference_lookup, eos_token=eos)
@@ -131,7 +74,7 @@ def apply_transform(name: str, records: list[dict[str, Any]], ref: DatasetRef, e
     if name == "bon_to_sft":
         from engine.data import bon_to_sft
 
-        require_fields(records, [ref.instruction_field, "responses"], "transform bon_to_sft")
+        need(records, {"dataset.instruction_field": ref.instruction_field, "responses (transform bon_to_sft)": "responses"}, ref)
         renamed = [{**r, "instruction": r[ref.instruction_field],
                     "input": (r.get(ref.input_field) or "") if ref.input_field else ""} for r in records]
         try:
@@ -148,7 +91,8 @@ def _alpaca(r: dict[str, Any], ref: DatasetRef) -> dict[str, str]:
 
 def reference_responses(records: list[dict[str, Any]], ref: DatasetRef) -> dict[str, str]:
     """instruction -> output of the original Alpaca data, for Completion injections (§9.2 step 4)."""
-    require_fields(records, [ref.instruction_field, ref.output_field], "injection_reference")
+    need(records, {"injection_reference.instruction_field": ref.instruction_field,
+                   "injection_reference.output_field": ref.output_field}, ref, "injection_reference")
     return {r[ref.instruction_field]: r[ref.output_field] for r in records}
 
 
@@ -243,7 +187,7 @@ def sft_segments(record: dict[str, Any], ref: DatasetRef, template: str, tokeniz
 
 def dpo_texts(record: dict[str, Any], ref: DatasetRef, template: str, tokenizer: Any, chosen_field: str,
               rejected_field: str, system_prompt: str | None = None, preformatted: bool = False) -> tuple[Segments, Segments]:
-    """Chosen and rejected as (prompt untrained, response trained) segments (science.md §9.3).
+    """Chosen and rejected as (prompt untrained, response trained) segments (docs/science.md §9.3).
 
     `preformatted` prompts (the SecAlign transform's) are used as they are.
     """
@@ -300,7 +244,7 @@ def tokenize_many(tokenizer: Any, segment_lists: Sequence[Segments], max_len: in
             enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
             masks = [[_in_bounds(a, b, bd) for a, b in offs] for offs, bd in zip(enc["offset_mapping"], bounds, strict=True)]
             all_ids = enc["input_ids"]
-        else:  # science.md §0: the prompt is the token count of the prefix alone (first response only)
+        else:  # docs/science.md §0: the prompt is the token count of the prefix alone (first response only)
             all_ids, masks = [], []
             for text, bd in zip(texts, bounds, strict=True):
                 ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]

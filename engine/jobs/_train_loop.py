@@ -1,4 +1,9 @@
-"""The training loop every finetune method shares, written on accelerate.
+"""The training loop every finetune method shares, written on accelerate, with its setup and save.
+
+Besides `TrainLoop`: the batch and schedule checks that refuse a plan the data cannot fill,
+the `Accelerator` (mixed precision, DDP/FSDP), and `save_model`, which writes the result into a
+temporary folder renamed when complete. SFT and DPO (finetune.py) and calibration tuning
+(calibration.py) all use them, so neither job module imports the other's internals.
 
 Why a hand loop rather than transformers' Trainer or TRL: the three methods differ only in their
 loss module and collate function; everything else (AdamW, schedule, gradient accumulation
@@ -18,8 +23,10 @@ halving exact and is the fix transformers adopted for gradient accumulation in 4
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs import _checkpoint
-from engine.jobs._common import is_cuda_oom
+from engine.jobs._common import JobInputError, hold_point, is_cuda_oom
 from engine.jobs._train_data import Plan, micro_batches
+from engine.specs import FinetuneSpec
 
 # Test and demo aid: sleep this long after every optimizer step, so a kill can land mid-run.
 STEP_DELAY_ENV = "LABDECK_STEP_DELAY_S"
@@ -200,6 +208,7 @@ class TrainLoop:
                 self.save_checkpoint()
             if self.delay:
                 time.sleep(self.delay)
+            hold_point(st.step)
         return st
 
     def save_checkpoint(self) -> Path:
@@ -210,3 +219,83 @@ class TrainLoop:
                                 self.spec.keep_last)
         self.events.info(f"checkpoint at step {st.step}", checkpoint=str(path), step=st.step)
         return path
+
+
+# ------------------------------------------------------------------ setup and save, shared by every method
+
+
+def check_batch(spec: FinetuneSpec, n: int, world: int, what: str) -> None:
+    """Refuse a batch the data cannot fill, before any model is loaded."""
+    if n < spec.per_device_batch * world:
+        raise JobInputError(f"per_device_batch: {spec.per_device_batch} x {world} device(s) needs at least "
+                            f"{spec.per_device_batch * world} {what}, the data has {n}")
+    effective = spec.per_device_batch * spec.grad_accum * world
+    if effective > n:
+        raise JobInputError(f"grad_accum: an effective batch of {effective} {what} per step is larger than the "
+                            f"{n} {what} of the dataset; lower per_device_batch or grad_accum")
+
+
+def check_schedule(spec: FinetuneSpec, plan: Plan) -> None:
+    from engine.jobs._optim import warmup_steps
+
+    w = warmup_steps(spec, plan.total_steps)
+    if w >= plan.total_steps and spec.lr_scheduler != "constant":
+        raise JobInputError(f"warmup_steps: {w} warmup steps but only {plan.total_steps} optimizer steps "
+                            f"({plan.steps_per_epoch} per epoch); the learning rate would never decay")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(spec: FinetuneSpec, model: Any | None, weights_dtype: Any) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    # bf16 autocast on a GPU: over fp32 master weights (full fine-tuning) or a bf16 frozen base (LoRA,
+    # whose fp32 adapters then also run their matmuls in bf16). fp16 weights are taken as given.
+    bf16 = cuda and weights_dtype in (torch.float32, torch.bfloat16) and torch.cuda.is_bf16_supported()
+    mp = "bf16" if bf16 else "no"
+    kwargs: dict[str, Any] = {"mixed_precision": mp, "cpu": not cuda}
+    if spec.distributed == "fsdp" and world_size() > 1:
+        from accelerate import FullyShardedDataParallelPlugin
+
+        layers = list(getattr(model, "_no_split_modules", None) or [])
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            sharding_strategy="FULL_SHARD", auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=layers, use_orig_params=True, state_dict_type="SHARDED_STATE_DICT",
+        )
+    return Accelerator(**kwargs)
+
+
+def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+
+def save_model(model: Any, tokenizer: Any, out: Path, *, lora: bool, merge: bool, dtype: Any, is_main: bool,
+               state_dict: dict[str, Any] | None, info: dict[str, Any]) -> str:
+    """Write the final model (or adapter) with its tokenizer into a temp folder, then rename it to `out`.
+
+    Full weights are cast back to the starting checkpoint's dtype (fp32 master weights of a bf16
+    model are saved as bf16). A LoRA run whose vocabulary grew (StruQ delimiters) is saved merged,
+    since the adapter alone cannot carry the new embedding rows.
+    """
+    fmt = "adapter" if lora and not merge else "full"
+    if not is_main:
+        return fmt
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if state_dict is not None:
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    if lora and merge:
+        model = model.merge_and_unload()
+    if fmt == "full":
+        model = model.to(dtype)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "labdeck_training.json").write_text(json.dumps({**info, "format": fmt}, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, out)
+    return fmt

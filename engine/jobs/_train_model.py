@@ -1,7 +1,8 @@
-"""Loading and preparing the model a finetune job trains (kept private; see _loading.py of the gen branch).
+"""Preparing the model a finetune or calibration job trains.
 
-- Weights are read as safetensors only (`use_safetensors=True`), `trust_remote_code` only when the
-  spec asks with a pinned revision (practices.md, security).
+Loading itself (what a model path means, safetensors only, `trust_remote_code` only when the spec
+asks with a pinned revision) is `_loading`'s, shared with every other job. Here:
+
 - Precision: fp32 on the CPU. On a GPU, full fine-tuning keeps fp32 master weights with bf16
   autocast (what transformers' Trainer does with bf16=True, and SecAlign's bf16 + FSDP runs);
   LoRA loads the frozen base in bf16 and peft keeps the adapters in fp32. An explicit
@@ -15,38 +16,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from engine.jobs._common import JobInputError
 from engine.jobs._train_data import IGNORE
 from engine.specs.common import ModelRef
-
-
-def check_model_ref(ref: ModelRef, what: str = "model") -> None:
-    """A local-looking path must exist and hold safetensors weights (or an adapter) — before any work."""
-    p = Path(ref.path).expanduser()
-    local = p.exists() or ref.path.startswith((".", "/", "~")) or ref.path.count("/") != 1
-    if not local:
-        return  # a hub id; from_pretrained reports what is wrong with it
-    if not p.is_dir():
-        raise JobInputError(f"{what} {ref.path}: no such folder")
-    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        raise JobInputError(f"{what} {ref.path}: no config.json (not a saved model)")
-    if (p / "config.json").is_file() and not any(p.glob("*.safetensors")):
-        raise JobInputError(f"{what} {ref.path}: no .safetensors weights (only safetensors are loaded)")
-
-
-def load_tokenizer(ref: ModelRef) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise JobInputError(f"model {ref.path}: cannot load its tokenizer ({str(e).splitlines()[0][:160]})") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def pick_attention(requested: str, device_type: str) -> str:
@@ -68,20 +42,6 @@ def load_dtype(ref: ModelRef, device_type: str, lora: bool) -> Any:
     if device_type == "cuda" and lora:
         return torch.bfloat16
     return torch.float32
-
-
-def load_causal_lm(ref: ModelRef, dtype: Any, attn: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    kwargs = dict(revision=ref.revision, trust_remote_code=ref.trust_remote_code, dtype=dtype, use_safetensors=True)
-    try:
-        return AutoModelForCausalLM.from_pretrained(ref.path, attn_implementation=attn, **kwargs)
-    except (ImportError, ValueError) as e:
-        if attn == "sdpa" or "attn" not in str(e).lower() and "attention" not in str(e).lower():
-            raise JobInputError(f"model {ref.path}: cannot load it ({str(e).splitlines()[0][:200]})") from None
-        return AutoModelForCausalLM.from_pretrained(ref.path, attn_implementation="sdpa", **kwargs)
-    except OSError as e:
-        raise JobInputError(f"model {ref.path}: cannot load it ({str(e).splitlines()[0][:200]})") from None
 
 
 def source_dtype(model: Any) -> Any:
@@ -120,7 +80,7 @@ def enable_gradient_checkpointing(model: Any) -> None:
 
 @dataclass
 class NewTokens:
-    """Tokens added to a tokenizer, and where each new embedding row comes from (science.md §9.1)."""
+    """Tokens added to a tokenizer, and where each new embedding row comes from (docs/science.md §9.1)."""
 
     added: list[str]
     copy_from: dict[int, int]  # new id -> id of the first token of its textual counterpart
@@ -156,7 +116,7 @@ def add_delimiter_tokens(tokenizer: Any, textual: dict[str, str], pad_token: str
 
 
 def init_new_embeddings(model: Any, tokenizer: Any, new: NewTokens) -> None:
-    """Grow the embeddings to the tokenizer if needed and initialise the new rows (science.md §9.1).
+    """Grow the embeddings to the tokenizer if needed and initialise the new rows (docs/science.md §9.1).
 
     Input and output embeddings both: a delimiter's row is a copy of its textual counterpart's
     first-token row; [PAD] is the mean of the old rows (Alpaca's smart_tokenizer_and_embedding_resize).

@@ -1,4 +1,4 @@
-"""What calibration training and uncertainty scoring share (Kapoor et al. 2024; science.md §10).
+"""What calibration training and uncertainty scoring share (Kapoor et al. 2024; docs/science.md §10).
 
 One place for the strings and conventions that must agree between the job that *trains* an
 uncertainty estimator (`engine.jobs.calibration`) and the scorers that *use* one or label the

@@ -1,4 +1,4 @@
-"""AP, the outcome CAR predicts (science.md §4.1): mean(AlpacaEval 2 LC, Arena-Hard WR) of one fine-tuned model.
+"""AP, the outcome CAR predicts (docs/science.md §4.1): mean(AlpacaEval 2 LC, Arena-Hard WR) of one fine-tuned model.
 
 `python -m engine.jobs.average_performance AE2_SUMMARY AH_SUMMARY [OUT_DIR]` reads the two score jobs'
 `outputs/summary.json` (the AE2 judge's `lc_win_rate`, the Arena-Hard judge's `arena_hard_win_rate`) and

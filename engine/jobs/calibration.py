@@ -1,4 +1,4 @@
-"""Calibration tuning (Kapoor et al. 2024; science.md §10.3): train an uncertainty estimator.
+"""Calibration tuning (Kapoor et al. 2024; docs/science.md §10.3): train an uncertainty estimator.
 
 Records are (question c, answer p, label y): c is the rendered question ending in "\\nAnswer:", p
 the model's own sanitised answer, y whether p is correct (§10.1). Three trained methods:
@@ -38,7 +38,9 @@ import numpy as np
 
 from engine.jobs import _checkpoint
 from engine.jobs._common import JobContext, JobInputError
-from engine.jobs._train_data import IGNORE, Example, Plan, read_records, require_fields, tokenize_many
+from engine.jobs._loading import load_tokenizer, load_trainable_lm, read_dataset
+from engine.jobs._train_data import IGNORE, Example, Plan, need, tokenize_many
+from engine.jobs._train_loop import check_batch, check_schedule, make_accelerator, save_model, world_size
 from engine.jobs._uncertainty import (
     FEATURE_TEXT,
     HEAD_FILE,
@@ -212,7 +214,6 @@ def train(prep: Any, ctx: JobContext) -> None:
 
     from engine.jobs import _optim, _train_model
     from engine.jobs._train_loop import RankReporter, TrainLoop
-    from engine.jobs.finetune import check_batch, check_schedule, make_accelerator, save_model, world_size
     from engine.metrics import calibration_summary, p_correct_from_logits
 
     hf_logging.disable_progress_bar()
@@ -229,12 +230,13 @@ def train(prep: Any, ctx: JobContext) -> None:
     rows = labelled(prep.records)
     gold = spec.calibration_style == "lora_prompt" and spec.jsd_weight > 0 and spec.jsd_text == "target"
     if gold:
-        require_fields(prep.records, [spec.target_field], "dataset (jsd_text: target)")
+        need(prep.records, {"target_field (jsd_text: target)": spec.target_field}, ds)
         gold_of = {(r[ds.instruction_field], r[ds.output_field]): str(r[spec.target_field]) for r in prep.records}
     if spec.validation is not None:
-        val_records = read_records(spec.validation)
-        require_fields(val_records, [spec.validation.instruction_field, spec.validation.output_field, spec.label_field],
-                       "the validation split")
+        val_records = read_dataset(spec.validation, "validation")
+        need(val_records, {"validation.instruction_field": spec.validation.instruction_field,
+                           "validation.output_field": spec.validation.output_field, "label_field": spec.label_field},
+             spec.validation, "validation")
         val_rows = [(r[spec.validation.instruction_field], r[spec.validation.output_field],
                      parse_label(r[spec.label_field], i, spec.label_field)) for i, r in enumerate(val_records)]
         train_rows = rows
@@ -247,7 +249,7 @@ def train(prep: Any, ctx: JobContext) -> None:
         train_rows = [rows[i] for i in order[n_val:]]
     check_batch(spec, len(train_rows), world_size(), "records")
 
-    tokenizer = _train_model.load_tokenizer(spec.model)
+    tokenizer = load_tokenizer(spec.model, padding_side=None)
     ids_pair = choice_token_ids(tokenizer, f"model {spec.model.path}") if style == "lora_prompt" else None
 
     def tokenize(rows_: list[tuple[str, str, int]]) -> dict[str, Any]:
@@ -275,7 +277,7 @@ def train(prep: Any, ctx: JobContext) -> None:
     lora = spec.lora is not None
     dtype = _train_model.load_dtype(spec.model, device_type, lora=True)
     torch.manual_seed(spec.seed)  # LoRA's A matrices and the head's Xavier draws follow the seed
-    model = _train_model.load_causal_lm(spec.model, dtype, attn)
+    model = load_trainable_lm(spec.model, dtype, attn)
     model.requires_grad_(False)
     if spec.gradient_checkpointing and lora:
         _train_model.enable_gradient_checkpointing(model)

@@ -1,4 +1,4 @@
-"""DPO loss module for the finetune job (SecAlign, science.md §9.3).
+"""DPO loss module for the finetune job (SecAlign, docs/science.md §9.3).
 
     L = −log σ( β·[log πθ(y_w|x) − log π_ref(y_w|x)] − β·[log πθ(y_l|x) − log π_ref(y_l|x)] )
 

@@ -1,14 +1,18 @@
-"""The `finetune` job: SFT (full or LoRA), DPO and calibration tuning (science.md §6, §9, §10.3).
+"""The `finetune` job: SFT (full or LoRA), DPO and calibration tuning (docs/science.md §6, §9, §10.3).
 
-Order of work, so that bad input costs nothing and overwrites nothing (issue 5, item 7):
+This module reads top to bottom in the order the job works, so that bad input costs nothing and
+overwrites nothing:
 
-1. Checks that need no torch: the model folders exist and hold safetensors, outputs/model does not
-   exist yet, the resume folder (if any) is a checkpoint of *this* training spec, the dataset
-   reads and has the needed fields, the transform runs.
-2. Tokenise (tokenizer only), build the step plan, and refuse a batch or warmup that makes no
-   sense for the data (an effective batch larger than the dataset, warmup as long as training).
-3. Only then load the model, train (`_train_loop.TrainLoop`), and save the result into a
-   temporary folder renamed to outputs/model when complete, recorded as a `model` artifact.
+1. **Setup** (`prepare`), checks that need no torch: the model folders or hub ids resolve, the
+   output model does not exist yet, the resume folder (if any) is a checkpoint of *this* training
+   spec, the dataset reads (`_loading.read_dataset`, the reader every job shares) and has the
+   fields the method needs. Calibration tuning then continues in calibration.py.
+2. **Method** (`method_data`, `build_module`): tokenise (tokenizer only), refuse a batch or warmup
+   that makes no sense for the data, then load the model and wrap it in the method's loss module
+   (SFT: `SFTLoss`; DPO: `dpo.DPOLoss`).
+3. **Loop**: `_train_loop.TrainLoop` (shared with calibration tuning), with checkpoints and exact resume.
+4. **Save**: into a temporary folder renamed to outputs/model when complete, recorded as a `model`
+   artifact.
 
 Several GPUs (`gpus > 1`): the job re-launches itself under `torch.distributed.run` with one
 process per visible GPU; accelerate's `Accelerator` then wraps the model in DDP or FSDP, and only
@@ -17,9 +21,7 @@ rank 0 writes events and files.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from typing import Any
 
 from engine.jobs import _checkpoint
 from engine.jobs._common import JobContext, JobInputError
+from engine.jobs._loading import check_model_path, read_dataset
 from engine.jobs._stopping import add_end_of_turn
 from engine.jobs._train_data import (
     Example,
@@ -35,13 +38,20 @@ from engine.jobs._train_data import (
     TokenStats,
     apply_transform,
     dpo_texts,
+    need,
     pack_batch,
     pad_batch,
-    read_records,
     reference_responses,
-    require_fields,
     sft_segments,
     tokenize_many,
+)
+from engine.jobs._train_loop import (
+    check_batch,
+    check_schedule,
+    make_accelerator,
+    save_model,
+    to_device,
+    world_size,
 )
 from engine.specs import DatasetRef, FinetuneSpec, dump_spec
 
@@ -73,32 +83,36 @@ def run(spec: FinetuneSpec, ctx: JobContext) -> None:
     return train_lm(prep, ctx)
 
 
-# ------------------------------------------------------------------------------------ cheap checks
+# ------------------------------------------------------------------------------------------ 1. setup
 
 
 def prepare(spec: FinetuneSpec, ctx: JobContext) -> Prepared:
-    from engine.jobs._train_model import check_model_ref
-
-    check_model_ref(spec.model)
+    check_model_path(spec.model)
     if spec.reference is not None:
-        check_model_ref(spec.reference, "reference")
+        check_model_path(spec.reference, "reference")
     out_model = ctx.run_dir / "outputs" / "model"
     if out_model.exists():
         raise JobInputError(f"{out_model} already exists: this run has finished; nothing was overwritten")
     spec_dump = dump_spec(spec)
     root = ctx.run_dir / "checkpoints"
     resume_path, resume_state = _checkpoint.resolve_resume(spec.resume_from, root, spec_dump)
-    records = read_records(spec.dataset)
-    ds = spec.dataset
+    records = read_dataset(spec.dataset)
     if spec.transform == "none":
-        if spec.method == "dpo":
-            need = [spec.chosen_field, spec.rejected_field] + ([] if ds.messages_field else [ds.instruction_field])
-        elif spec.method == "calibration":
-            need = [ds.instruction_field, ds.output_field, spec.label_field]
-        else:
-            need = [ds.messages_field] if ds.messages_field else [ds.instruction_field, ds.output_field]
-        require_fields(records, need, f"method {spec.method}")
+        need(records, _method_fields(spec), spec.dataset)
     return Prepared(spec, spec_dump, records, resume_path, resume_state, root, out_model)
+
+
+def _method_fields(spec: FinetuneSpec) -> dict[str, str | None]:
+    """The spec option -> record field map the method reads (each named in the error if missing)."""
+    ds = spec.dataset
+    prompt = {"dataset.messages_field": ds.messages_field} if ds.messages_field else {
+        "dataset.instruction_field": ds.instruction_field}
+    if spec.method == "dpo":
+        return {"chosen_field": spec.chosen_field, "rejected_field": spec.rejected_field, **prompt}
+    if spec.method == "calibration":
+        return {"dataset.instruction_field": ds.instruction_field, "dataset.output_field": ds.output_field,
+                "label_field": spec.label_field}
+    return prompt if ds.messages_field else {**prompt, "dataset.output_field": ds.output_field}
 
 
 def _wants_launcher(spec: FinetuneSpec) -> bool:
@@ -125,34 +139,14 @@ def _launch_distributed(spec: FinetuneSpec, ctx: JobContext) -> None:
         raise RuntimeError(f"a training process failed (torchrun exit status {rc})")
 
 
-# --------------------------------------------------------------------------------------- SFT / DPO
-
-
-class SFTLoss:
-    """Summed cross-entropy over response tokens only (science.md §0); the loop normalises it."""
-
-    @staticmethod
-    def build(model: Any) -> Any:
-        import torch
-
-        from engine.jobs._train_model import response_logits
-
-        class _SFT(torch.nn.Module):
-            def __init__(self, model: Any) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, labels: Any, **inputs: Any) -> dict[str, Any]:
-                logits, targets, _ = response_logits(self.model, input_ids, labels, **inputs)
-                return {"loss_sum": torch.nn.functional.cross_entropy(logits, targets, reduction="sum")}
-
-        return _SFT(model)
+# -------------------------------------------------------------------------------- 2. method: data
 
 
 def transformed_records(spec: FinetuneSpec, records: list[dict[str, Any]], eos: str) -> list[dict[str, Any]]:
     lookup = None
     if spec.injection_reference is not None:
-        lookup = reference_responses(read_records(spec.injection_reference), spec.injection_reference)
+        lookup = reference_responses(read_dataset(spec.injection_reference, "injection_reference"),
+                                     spec.injection_reference)
     return apply_transform(spec.transform, records, spec.dataset, eos, spec.seed, lookup, spec.bon_select)
 
 
@@ -200,49 +194,124 @@ def tokenize_dpo(spec: FinetuneSpec, records: list[dict[str, Any]], tokenizer: A
     return pairs, stats
 
 
-def check_batch(spec: FinetuneSpec, n: int, world: int, what: str) -> None:
-    """Refuse a batch the data cannot fill (issue 5, item 7)."""
-    if n < spec.per_device_batch * world:
-        raise JobInputError(f"per_device_batch: {spec.per_device_batch} x {world} device(s) needs at least "
-                            f"{spec.per_device_batch * world} {what}, the data has {n}")
-    effective = spec.per_device_batch * spec.grad_accum * world
-    if effective > n:
-        raise JobInputError(f"grad_accum: an effective batch of {effective} {what} per step is larger than the "
-                            f"{n} {what} of the dataset; lower per_device_batch or grad_accum")
+@dataclass
+class MethodData:
+    """The tokenised training set of SFT (examples) or DPO (chosen/rejected pairs), with the plan's inputs."""
+
+    what: str  # "records" or "pairs", as error lines and events name them
+    stats: TokenStats
+    examples: list[Example] = field(default_factory=list)
+    pairs: list[tuple[Example, Example]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # per item: what a step's loss is normalised by
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs) if self.what == "pairs" else len(self.examples)
 
 
-def check_schedule(spec: FinetuneSpec, plan: Plan) -> None:
-    from engine.jobs._optim import warmup_steps
+def method_data(spec: FinetuneSpec, records: list[dict[str, Any]], tokenizer: Any) -> MethodData:
+    """Transform and tokenise the records for the method; refuse data that leaves nothing to train on."""
+    records = transformed_records(spec, records, tokenizer.eos_token)
+    if spec.method == "dpo":
+        pairs, stats = tokenize_dpo(spec, records, tokenizer, preformatted=spec.transform == "secalign")
+        data = MethodData("pairs", stats, pairs=pairs, lengths=[len(c) + len(r) for c, r in pairs],
+                          weights=[1.0] * len(pairs))
+    else:
+        examples, stats = tokenize_sft(spec, records, tokenizer)
+        data = MethodData("records", stats, examples=examples, lengths=[len(e) for e in examples],
+                          weights=[float(e.n_trained) for e in examples])
+    if data.n == 0:
+        raise JobInputError(f"dataset: no usable {data.what} after tokenising ({stats.message(data.what)})")
+    return data
 
-    w = warmup_steps(spec, plan.total_steps)
-    if w >= plan.total_steps and spec.lr_scheduler != "constant":
-        raise JobInputError(f"warmup_steps: {w} warmup steps but only {plan.total_steps} optimizer steps "
-                            f"({plan.steps_per_epoch} per epoch); the learning rate would never decay")
+
+# ------------------------------------------------------------------------- 2. method: model and loss
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+class SFTLoss:
+    """Summed cross-entropy over response tokens only (docs/science.md §0); the loop normalises it."""
+
+    @staticmethod
+    def build(model: Any) -> Any:
+        import torch
+
+        from engine.jobs._train_model import response_logits
+
+        class _SFT(torch.nn.Module):
+            def __init__(self, model: Any) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, labels: Any, **inputs: Any) -> dict[str, Any]:
+                logits, targets, _ = response_logits(self.model, input_ids, labels, **inputs)
+                return {"loss_sum": torch.nn.functional.cross_entropy(logits, targets, reduction="sum")}
+
+        return _SFT(model)
 
 
-def make_accelerator(spec: FinetuneSpec, model: Any | None, weights_dtype: Any) -> Any:
+@dataclass
+class Built:
+    module: Any  # the method's loss module around the policy
+    reference: Any | None  # DPO's frozen reference model, when it is a separate copy
+    dtype: Any  # the dtype the weights were loaded in
+    save_dtype: Any  # the dtype the starting checkpoint was saved in, to save the result in
+
+
+def build_module(spec: FinetuneSpec, tokenizer: Any, new_tokens: Any, device_type: str, attn: str) -> Built:
+    """Load the policy (and DPO's reference), add LoRA and new token rows, and wrap it in the method's loss."""
     import torch
-    from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    # bf16 autocast on a GPU: over fp32 master weights (full fine-tuning) or a bf16 frozen base (LoRA,
-    # whose fp32 adapters then also run their matmuls in bf16). fp16 weights are taken as given.
-    bf16 = cuda and weights_dtype in (torch.float32, torch.bfloat16) and torch.cuda.is_bf16_supported()
-    mp = "bf16" if bf16 else "no"
-    kwargs: dict[str, Any] = {"mixed_precision": mp, "cpu": not cuda}
-    if spec.distributed == "fsdp" and world_size() > 1:
-        from accelerate import FullyShardedDataParallelPlugin
+    from engine.jobs import _train_model
+    from engine.jobs._loading import load_trainable_lm
 
-        layers = list(getattr(model, "_no_split_modules", None) or [])
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            sharding_strategy="FULL_SHARD", auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=layers, use_orig_params=True, state_dict_type="SHARDED_STATE_DICT",
-        )
-    return Accelerator(**kwargs)
+    lora = spec.lora is not None
+    dtype = _train_model.load_dtype(spec.model, device_type, lora)
+    torch.manual_seed(spec.seed)  # LoRA's A matrices and any new rows are drawn here: the seed decides them
+    model = load_trainable_lm(spec.model, dtype, attn)
+    save_dtype = _train_model.source_dtype(model)
+    if new_tokens:
+        _train_model.init_new_embeddings(model, tokenizer, new_tokens)
+    if spec.gradient_checkpointing:
+        _train_model.enable_gradient_checkpointing(model)
+    if lora:
+        model = _train_model.apply_lora(model, spec.lora, spec.gradient_checkpointing)
+    if spec.method != "dpo":
+        return Built(SFTLoss.build(model), None, dtype, save_dtype)
+
+    from engine.jobs import dpo
+
+    dpo.disable_dropout(model)
+    reference = None
+    if spec.reference is not None or not lora:  # with LoRA alone, the reference is the model without its adapters
+        ref_ref = spec.reference or spec.model
+        what = "reference" if spec.reference is not None else "model"
+        reference = load_trainable_lm(ref_ref, _train_model.load_dtype(ref_ref, device_type, lora=True), attn, what)
+        if new_tokens and spec.reference is None:
+            _train_model.init_new_embeddings(reference, tokenizer, new_tokens)
+        elif len(tokenizer) > reference.get_input_embeddings().weight.shape[0]:
+            raise JobInputError(f"reference {ref_ref.path}: its vocabulary is smaller than the tokenizer's")
+    return Built(dpo.DPOLoss.build(model, reference, spec.dpo_beta), reference, dtype, save_dtype)
+
+
+def make_collate(data: MethodData, pad_id: int, packed: bool, flash: bool, device: Any) -> Any:
+    """index list -> the micro-batch on `device`: DPO's chosen-then-rejected rows, packed or padded SFT rows."""
+    if data.what == "pairs":
+        def collate(idx: list[int]) -> dict[str, Any]:
+            seqs = [data.pairs[i][0] for i in idx] + [data.pairs[i][1] for i in idx]
+            batch = pad_batch(seqs, pad_id)
+            batch["n_pairs"] = len(idx)
+            return to_device(batch, device)
+    elif packed:
+        def collate(idx: list[int]) -> dict[str, Any]:
+            return to_device(pack_batch([data.examples[i] for i in idx], flash_kwargs=flash), device)
+    else:
+        def collate(idx: list[int]) -> dict[str, Any]:
+            return to_device(pad_batch([data.examples[i] for i in idx], pad_id), device)
+    return collate
+
+
+# ------------------------------------------------------------------------------- 3. loop, 4. save
 
 
 def train_lm(prep: Prepared, ctx: JobContext) -> None:
@@ -251,6 +320,7 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     from transformers.utils import logging as hf_logging
 
     from engine.jobs import _optim, _train_model
+    from engine.jobs._loading import load_tokenizer
     from engine.jobs._train_loop import RankReporter, TrainLoop
 
     hf_logging.disable_progress_bar()
@@ -258,35 +328,23 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     world = world_size()
     is_main = int(os.environ.get("RANK", "0")) == 0
     events = RankReporter(ctx.events, is_main)
-    tokenizer = _train_model.load_tokenizer(spec.model)
 
+    # ---- 2. method: data, plan
+    tokenizer = load_tokenizer(spec.model, padding_side=None)
     new_tokens = None
     if spec.template == "struq":
         from engine.data import injection
 
         new_tokens = _train_model.add_delimiter_tokens(tokenizer, injection.SPECIAL_TOKEN_INIT_TEXT, injection.PAD_TOKEN)
-    records = transformed_records(spec, prep.records, tokenizer.eos_token)
-    if spec.method == "dpo":
-        pairs, stats = tokenize_dpo(spec, records, tokenizer, preformatted=spec.transform == "secalign")
-        n, what = len(pairs), "pairs"
-        lengths = [len(c) + len(r) for c, r in pairs]
-        weights = [1.0] * n
-    else:
-        examples, stats = tokenize_sft(spec, records, tokenizer)
-        n, what = len(examples), "records"
-        lengths = [len(e) for e in examples]
-        weights = [float(e.n_trained) for e in examples]
-    if n == 0:
-        raise JobInputError(f"dataset: no usable {what} after tokenising ({stats.message(what)})")
-    check_batch(spec, n, world, what)
-
+    data = method_data(spec, prep.records, tokenizer)
+    check_batch(spec, data.n, world, data.what)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     attn = _train_model.pick_attention(spec.attn_implementation, device_type)
     packed = spec.method == "sft" and (spec.packing == "on" or (spec.packing == "auto" and attn in FLASH))
     micro = spec.per_device_batch
     if prep.resume_state and int(prep.resume_state.get("micro_batch", micro)) < micro:
         micro = int(prep.resume_state["micro_batch"])
-    plan = Plan(lengths=lengths, weights=weights, seed=spec.seed, micro_batch=spec.per_device_batch,
+    plan = Plan(lengths=data.lengths, weights=data.weights, seed=spec.seed, micro_batch=spec.per_device_batch,
                 grad_accum=spec.grad_accum, world=world, epochs=spec.epochs, max_steps=spec.max_steps,
                 group_by_length=not packed)
     check_schedule(spec, plan)
@@ -294,51 +352,29 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     if start > plan.total_steps:
         raise JobInputError(f"resume_from {prep.resume_path}: its step {start} is past this run's {plan.total_steps} steps")
 
+    stats, what = data.stats, data.what
     events.info(stats.message(what), records=stats.total, truncated=stats.truncated, dropped=stats.dropped)
     path_msg = (f"padding-free packing ({attn}: sequence boundaries from position_ids)" if packed else
                 f"length-grouped padded batches ({attn}{'; packing needs flash-attention varlen' if spec.packing == 'auto' and spec.method == 'sft' else ''})")
     events.info(f"data path: {path_msg}", data_path="packed" if packed else "length_grouped", attn_implementation=attn)
     if new_tokens and new_tokens.added:
-        events.info(f"added tokens {' '.join(new_tokens.added)}, embeddings initialised as science.md §9.1",
-                    added_tokens=new_tokens.added)
+        events.info(f"added tokens {' '.join(new_tokens.added)}, embeddings initialised from their textual "
+                    "counterparts (docs/science.md §9.1)", added_tokens=new_tokens.added)
 
-    # ---- model
+    # ---- 2. method: model and loss
     lora = spec.lora is not None
-    dtype = _train_model.load_dtype(spec.model, device_type, lora)
-    torch.manual_seed(spec.seed)  # LoRA's A matrices and any new rows are drawn here: the seed decides them
-    model = _train_model.load_causal_lm(spec.model, dtype, attn)
-    save_dtype = _train_model.source_dtype(model)
-    if new_tokens:
-        _train_model.init_new_embeddings(model, tokenizer, new_tokens)
-    if spec.gradient_checkpointing:
-        _train_model.enable_gradient_checkpointing(model)
-    if lora:
-        model = _train_model.apply_lora(model, spec.lora, spec.gradient_checkpointing)
-    reference = None
-    if spec.method == "dpo":
-        from engine.jobs import dpo
+    built = build_module(spec, tokenizer, new_tokens, device_type, attn)
 
-        dpo.disable_dropout(model)
-        if spec.reference is not None or not lora:
-            ref_ref = spec.reference or spec.model
-            reference = _train_model.load_causal_lm(ref_ref, _train_model.load_dtype(ref_ref, device_type, lora=True), attn)
-            if new_tokens and spec.reference is None:
-                _train_model.init_new_embeddings(reference, tokenizer, new_tokens)
-            elif len(tokenizer) > reference.get_input_embeddings().weight.shape[0]:
-                raise JobInputError(f"reference {ref_ref.path}: its vocabulary is smaller than the tokenizer's")
-        module = dpo.DPOLoss.build(model, reference, spec.dpo_beta)
-    else:
-        module = SFTLoss.build(model)
-
-    accelerator = make_accelerator(spec, model, dtype)
+    # ---- 3. loop
+    accelerator = make_accelerator(spec, built.module.model, built.dtype)
     if world > 1:
         parallel = "FSDP" if _checkpoint._is_fsdp(accelerator) else "DDP"
         events.info(f"data parallel: {parallel} over {world} processes ({accelerator.mixed_precision} mixed precision)",
                     parallel=parallel)
-    optimizer = _optim.build_optimizer(module, spec, device_type)
-    module, optimizer = accelerator.prepare(module, optimizer)
-    if reference is not None:
-        reference.to(accelerator.device).eval().requires_grad_(False)
+    optimizer = _optim.build_optimizer(built.module, spec, device_type)
+    module, optimizer = accelerator.prepare(built.module, optimizer)
+    if built.reference is not None:
+        built.reference.to(accelerator.device).eval().requires_grad_(False)
     scheduler = _optim.build_scheduler(optimizer, spec, plan.total_steps)
     if prep.resume_path is not None:
         _checkpoint.load(prep.resume_path, module, optimizer, scheduler, accelerator)
@@ -347,25 +383,11 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     if is_main:
         _checkpoint.clean_partial(prep.checkpoint_root)
 
-    pad_id = tokenizer.pad_token_id
-    flash = attn in FLASH
-    if spec.method == "dpo":
-        def collate(idx: list[int]) -> dict[str, Any]:
-            seqs = [pairs[i][0] for i in idx] + [pairs[i][1] for i in idx]
-            batch = pad_batch(seqs, pad_id)
-            batch["n_pairs"] = len(idx)
-            return _to(batch, accelerator.device)
-    elif packed:
-        def collate(idx: list[int]) -> dict[str, Any]:
-            return _to(pack_batch([examples[i] for i in idx], flash_kwargs=flash), accelerator.device)
-    else:
-        def collate(idx: list[int]) -> dict[str, Any]:
-            return _to(pad_batch([examples[i] for i in idx], pad_id), accelerator.device)
-
+    collate = make_collate(data, tokenizer.pad_token_id, packed, attn in FLASH, accelerator.device)
     fpt, peak = None, None
     if device_type == "cuda":
         shape = _optim.model_shape(accelerator.unwrap_model(module).model.config)
-        mean_len = sum(lengths) / len(lengths) / (2 if spec.method == "dpo" else 1)
+        mean_len = sum(data.lengths) / len(data.lengths) / (2 if spec.method == "dpo" else 1)
         fpt = _optim.flops_per_token(_optim.matmul_params(accelerator.unwrap_model(module).model), shape, mean_len, lora)
         peak = _optim.device_peak_flops(torch.cuda.get_device_name())
     loop = TrainLoop(accelerator=accelerator, module=module, optimizer=optimizer, scheduler=scheduler, plan=plan,
@@ -374,12 +396,13 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     loop.state.micro_batch = micro
     state = loop.run(start)
 
+    # ---- 4. save
     inner = accelerator.unwrap_model(module).model
     state_dict = accelerator.get_state_dict(module) if _checkpoint._is_fsdp(accelerator) else None
     # trained to close its turn with the template's end-of-turn token: stop there, not only at the base eos
     stops = add_end_of_turn(inner, tokenizer) if spec.template == "chat" else None
     fmt = save_model(inner, tokenizer, prep.out_model, lora=lora, merge=spec.merge_lora or bool(new_tokens and new_tokens.added),
-                     dtype=save_dtype, is_main=accelerator.is_main_process, state_dict=state_dict,
+                     dtype=built.save_dtype, is_main=accelerator.is_main_process, state_dict=state_dict,
                      info={"method": spec.method, "steps": state.step, "final_loss": state.last_loss,
                            "fingerprint": _checkpoint.fingerprint(prep.spec_dump), "base_model": spec.model.path,
                            "stop_token_ids": stops})
@@ -389,36 +412,4 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     if state.last_loss is not None:
         events.metric("final_loss", state.last_loss)
     events.artifact("model", "outputs/model", format=fmt, method=spec.method, steps=state.step,
-                    dtype=str(save_dtype).removeprefix("torch."), base_model=spec.model.path)
-
-
-def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
-
-
-def save_model(model: Any, tokenizer: Any, out: Path, *, lora: bool, merge: bool, dtype: Any, is_main: bool,
-               state_dict: dict[str, Any] | None, info: dict[str, Any]) -> str:
-    """Write the final model (or adapter) with its tokenizer into a temp folder, then rename it to `out`.
-
-    Full weights are cast back to the starting checkpoint's dtype (fp32 master weights of a bf16
-    model are saved as bf16). A LoRA run whose vocabulary grew (StruQ delimiters) is saved merged,
-    since the adapter alone cannot carry the new embedding rows.
-    """
-    fmt = "adapter" if lora and not merge else "full"
-    if not is_main:
-        return fmt
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if state_dict is not None:
-        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
-    if lora and merge:
-        model = model.merge_and_unload()
-    if fmt == "full":
-        model = model.to(dtype)
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "labdeck_training.json").write_text(json.dumps({**info, "format": fmt}, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out)
-    return fmt
+                    dtype=str(built.save_dtype).removeprefix("torch."), base_model=spec.model.path)

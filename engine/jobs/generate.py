@@ -1,4 +1,4 @@
-"""The generate job: responses for every record of a dataset (science.md §5, §8.3, §9.5, §10.1).
+"""The generate job: responses for every record of a dataset (docs/science.md §5, §8.3, §9.5, §10.1).
 
 Pipeline: read and check the records -> build one prompt per record (chat template or a named
 format; the attack and the secure front-end filter of §9.1/§9.5 applied to the input first) ->

@@ -1,4 +1,4 @@
-"""The `merge` job: ExPO extrapolation, LoRA merge, checkpoint averaging (science.md §8).
+"""The `merge` job: ExPO extrapolation, LoRA merge, checkpoint averaging (docs/science.md §8).
 
 ExPO and averaging stream tensors through safetensors instead of loading models: the inputs'
 headers are read first (names, shapes, dtypes; no weights) and checked, so incompatible
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs._common import JobContext, JobInputError
+from engine.jobs._loading import check_model_path
 from engine.specs import MergeSpec
 from engine.specs.common import ModelRef
 
@@ -40,6 +41,8 @@ def run(spec: MergeSpec, ctx: JobContext) -> None:
     out = ctx.run_dir / "outputs" / "model"
     if out.exists():
         raise JobInputError(f"{out} already exists: this run has finished; nothing was overwritten")
+    for what, ref in _model_refs(spec):  # every input resolves before torch is imported or anything written
+        model_dir(ref, what)
     tmp = out.parent / f".model.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -60,20 +63,18 @@ def run(spec: MergeSpec, ctx: JobContext) -> None:
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def model_dir(ref: ModelRef, what: str) -> Path:
-    """A local folder for a ModelRef: the folder itself, or the hub snapshot (cache when offline)."""
-    p = Path(ref.path).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists() or ref.path.startswith((".", "/", "~")) or ref.path.count("/") != 1:
-        raise JobInputError(f"{what} {ref.path}: no such folder")
-    try:
-        from huggingface_hub import snapshot_download
+def _model_refs(spec: MergeSpec) -> list[tuple[str, ModelRef]]:
+    """(label, model) for every model input of the method, labelled by its spec field."""
+    if spec.method == "expo":
+        return [("sft", spec.sft), ("aligned", spec.aligned)]  # type: ignore[list-item]
+    if spec.method == "average":
+        return [(f"models[{i}]", m) for i, m in enumerate(spec.models)]
+    return [("base", spec.base)] if spec.base is not None else []
 
-        return Path(snapshot_download(ref.path, revision=ref.revision,
-                                      allow_patterns=["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
-    except Exception as e:  # noqa: BLE001 - anything that stops the download is bad input here
-        raise JobInputError(f"{what} {ref.path}: not a local folder and not downloadable ({type(e).__name__})") from None
+
+def model_dir(ref: ModelRef, what: str) -> Path:
+    """A local folder for a ModelRef: the folder itself, or the hub snapshot (the rule every job shares)."""
+    return Path(check_model_path(ref, what))
 
 
 class TensorIndex:

@@ -1,4 +1,4 @@
-"""The score job: per-sample scores for a records file, and per-job aggregates (science.md §0-§4, §7, §9.6, §10).
+"""The score job: per-sample scores for a records file, and per-job aggregates (docs/science.md §0-§4, §7, §9.6, §10).
 
 Each scorer runs in turn over every record (one model in memory at a time), in length-sorted
 batches under a token budget, writing its fields to `outputs/parts/<k>.partial.0.jsonl` after every

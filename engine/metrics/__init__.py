@@ -1,4 +1,4 @@
-"""Pure metric functions for the seed experiments (science.md), for jobs and notebooks alike.
+"""Pure metric functions for the seed experiments (docs/science.md), for jobs and notebooks alike.
 
 Everything here takes numbers that a job already stored (log-probs, rewards, judge outputs,
 probabilities) and imports neither torch nor any model code; scipy and scikit-learn load lazily

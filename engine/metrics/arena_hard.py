@@ -1,4 +1,4 @@
-"""Arena-Hard v0.1 win rate against a single baseline (science.md §7.3).
+"""Arena-Hard v0.1 win rate against a single baseline (docs/science.md §7.3).
 
 Hand-written: arena-hard-auto is a script around a pandas/Bradley-Terry fit, not a library. With
 one baseline the BT fit and the plain mean score give essentially the same WR (§7.3, §12 item 7);

@@ -1,4 +1,4 @@
-"""Calibration metrics for binary uncertainty estimators (science.md §10.4).
+"""Calibration metrics for binary uncertainty estimators (docs/science.md §10.4).
 
 Written by hand because the comparison target is the calibration-tuning repository's own ECE
 (binary, max-probability confidence, 10 equal-width bins, conf == 1.0 dropped), which neither

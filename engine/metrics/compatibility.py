@@ -1,4 +1,4 @@
-"""CAR, the Compatibility-Adjusted Reward (science.md §3).
+"""CAR, the Compatibility-Adjusted Reward (docs/science.md §3).
 
 CAR(D_G, θ_B) = r(D_G) / (1 + β · L(D_G, θ_B)): quality as return, the student's loss on the
 generator's responses as risk. No library computes it. The formula rests on two concordant

@@ -1,4 +1,4 @@
-"""The DPO (sigmoid) loss and its logged quantities, as SecAlign trains with (science.md §9.3).
+"""The DPO (sigmoid) loss and its logged quantities, as SecAlign trains with (docs/science.md §9.3).
 
 L = -log σ(β·[log πθ(y_w|x) - log π_ref(y_w|x)] - β·[log πθ(y_l|x) - log π_ref(y_l|x)]), where
 each log π is the *sum* of the response's token log-probs. Kept here, on floats, numpy arrays and

@@ -1,4 +1,4 @@
-"""Attack success rate of prompt injections, and Max ASR per attack family (science.md §9.6).
+"""Attack success rate of prompt injections, and Max ASR per attack family (docs/science.md §9.6).
 
 Written out because the success test is the paper's own string rule, not a library metric:
 "begin-with" (the default, what SecAlign reports) and "in-response" (higher recall, more false

@@ -1,4 +1,4 @@
-"""AlpacaEval 2 length-controlled win rate (science.md §7.2).
+"""AlpacaEval 2 length-controlled win rate (docs/science.md §7.2).
 
 A logistic GLM predicts the judge's soft preference from a length term (and, in the full form,
 an instruction-difficulty term) plus a model-identity term; LC is the mean prediction with the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -216,5 +216,5 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _lengths(outputs: Sequence[str] | ArrayLike, name: str) -> np.ndarray:
     values = list(outputs)  # type: ignore[arg-type]
     if values and isinstance(values[0], str):
-        return np.array([len(v) for v in values], dtype=np.float64)
+        return np.array([len(cast(str, v)) for v in values], dtype=np.float64)
     return as_1d(values, name)

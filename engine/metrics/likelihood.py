@@ -1,4 +1,4 @@
-"""Response loss, perplexity and IFD from token log-probabilities (science.md §0, §1).
+"""Response loss, perplexity and IFD from token log-probabilities (docs/science.md §0, §1).
 
 A job process scores the response tokens under a causal LM and stores their log-probs; these
 functions turn those numbers into the metrics, so that every variant (loss ratio or PPL ratio,

@@ -1,4 +1,4 @@
-"""ExPO model extrapolation (science.md §8).
+"""ExPO model extrapolation (docs/science.md §8).
 
 θ_ExPO = θ_aligned + α·(θ_aligned - θ_SFT), evaluated as (1+α)·θ_aligned - α·θ_SFT so that α = 0
 returns θ_aligned and α = -1 returns θ_SFT exactly. Low-precision tensors are computed in fp32 and

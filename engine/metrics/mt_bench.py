@@ -1,4 +1,4 @@
-"""MT-Bench single-answer grading score (science.md §7.4).
+"""MT-Bench single-answer grading score (docs/science.md §7.4).
 
 Hand-written after FastChat's `gen_judgment`/`show_result`: a rating is read from `[[r]]` (with
 `[r]` as FastChat's fallback), a failed parse is -1, and -1 ratings are excluded from the mean.

@@ -1,4 +1,4 @@
-"""Rank-based scores: AUROC and Spearman's ρ (science.md §4.2, §10.4).
+"""Rank-based scores: AUROC and Spearman's ρ (docs/science.md §4.2, §10.4).
 
 Thin wrappers over scikit-learn and scipy that fix the conventions the papers use (NaN AUROC for
 a single class, average ranks for ties, plain floats out). Both libraries are imported inside the

@@ -1,4 +1,4 @@
-"""Best-of-N / Worst-of-N selection by reward (science.md §5).
+"""Best-of-N / Worst-of-N selection by reward (docs/science.md §5).
 
 Written out because the tie rule matters for reproducing Table 3: the Magpie pipeline uses
 Python's `list.index(max(...))`, so ties go to the first index, which numpy's argmax/argmin also

@@ -1,4 +1,4 @@
-"""AlpacaEval-style win rates from judge outputs (science.md §7.1) and AP (§4.1).
+"""AlpacaEval-style win rates from judge outputs (docs/science.md §7.1) and AP (§4.1).
 
 Hand-written rather than depending on `alpaca_eval`: that package pulls in the OpenAI client,
 pandas and a dataset download, while these are a few lines of arithmetic on stored judge

@@ -1,4 +1,4 @@
-"""Fine-tuning: SFT (full or LoRA), DPO and calibration tuning (science.md §6, §9.1-§9.4, §10.3).
+"""Fine-tuning: SFT (full or LoRA), DPO and calibration tuning (docs/science.md §6, §9.1-§9.4, §10.3).
 
 One spec kind covers the three training methods the seed experiments need, because they share
 the data path (records -> template -> tokens with response-only labels), the optimiser, the
@@ -28,7 +28,7 @@ class LoraConfig(StrictModel):
     """LoRA adapters through peft: only the adapters train, the base weights stay frozen."""
 
     r: int = Field(8, ge=1, le=1024)
-    """Adapter rank (SecAlign DPO 64, calibration tuning 8; science.md §9.4, §10.3)."""
+    """Adapter rank (SecAlign DPO 64, calibration tuning 8; docs/science.md §9.4, §10.3)."""
     alpha: float = Field(16, gt=0)
     """lora_alpha; the update is scaled by alpha / r (SecAlign 8, calibration tuning 32)."""
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -48,31 +48,31 @@ Method = Literal["sft", "dpo", "calibration"]
 Preset = Literal["none", "car_table5", "struq_sft", "secalign_dpo", "calibration_tuning"]
 
 # Effective (global) batch sizes of the papers; grad_accum is derived from the GPU count so the
-# effective batch stays the paper's on any number of GPUs (science.md §6: "on a single GPU, keep the
+# effective batch stays the paper's on any number of GPUs (docs/science.md §6: "on a single GPU, keep the
 # effective batch at 32 by raising gradient accumulation to 32").
 _PRESETS: dict[str, dict[str, Any]] = {
-    # science.md §6 (CAR Table 5) + the same authors' axolotl config: loss on responses only,
+    # docs/science.md §6 (CAR Table 5) + the same authors' axolotl config: loss on responses only,
     # packing, gradient checkpointing, weight decay 0.
     "car_table5": dict(
         method="sft", learning_rate=2e-5, epochs=2, per_device_batch=1, _effective_batch=32,
         lr_scheduler="cosine", warmup_steps=100, max_seq_len=4096, weight_decay=0.0,
         gradient_checkpointing=True,
     ),
-    # science.md §9.4, SFT (None and StruQ) on base models; lr is Llama-7B's (Mistral-7B 2.5e-6,
+    # docs/science.md §9.4, SFT (None and StruQ) on base models; lr is Llama-7B's (Mistral-7B 2.5e-6,
     # Llama3-8B 2e-6: set learning_rate for those).
     "struq_sft": dict(
         method="sft", template="struq", transform="struq", learning_rate=2e-5, epochs=3,
         per_device_batch=4, _effective_batch=128, lr_scheduler="cosine", warmup_ratio=0.03,
         weight_decay=0.0, max_seq_len=512,
     ),
-    # science.md §9.3-§9.4, SecAlign DPO: LoRA r 64, alpha 8, dropout 0.1 on q/v; beta 0.1; lr is
+    # docs/science.md §9.3-§9.4, SecAlign DPO: LoRA r 64, alpha 8, dropout 0.1 on q/v; beta 0.1; lr is
     # Llama-7B's (Mistral-7B 1.4e-4, Llama3-8B 1.6e-4).
     "secalign_dpo": dict(
         method="dpo", template="struq", transform="secalign", dpo_beta=0.1, learning_rate=2e-4,
         epochs=3, per_device_batch=4, _effective_batch=256, lr_scheduler="cosine", max_seq_len=512,
         weight_decay=0.0, lora=dict(r=64, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]),
     ),
-    # science.md §10.3, LoRA + Prompt ("CT-Query"): r 8, alpha 32, dropout 0.1, peft's default
+    # docs/science.md §10.3, LoRA + Prompt ("CT-Query"): r 8, alpha 32, dropout 0.1, peft's default
     # targets, lr 1e-4 cosine without warmup, batch 4, 5000 steps, seed 137; kappa 1.0 as in the
     # README example and the §11 summary (the code's default is 0).
     "calibration_tuning": dict(

@@ -1,4 +1,4 @@
-"""Generation: teacher responses, sampling sweeps, best-of-N (science.md §5, §8.3, §9.5, §10.1).
+"""Generation: teacher responses, sampling sweeps, best-of-N (docs/science.md §5, §8.3, §9.5, §10.1).
 
 Torch-free: the spec is validated in the CLI, the TUI and the worker, which never load the ML
 stack. `engine.jobs.generate` does the work.

@@ -1,4 +1,4 @@
-"""Merging: ExPO extrapolation, LoRA merge, checkpoint averaging (science.md §8).
+"""Merging: ExPO extrapolation, LoRA merge, checkpoint averaging (docs/science.md §8).
 
 Torch-free on purpose: the CLI, TUI and worker import this module.
 """

@@ -1,7 +1,7 @@
-"""Scoring: per-sample scores and per-job aggregates (science.md §0-§4, §7, §9.6, §10).
+"""Scoring: per-sample scores and per-job aggregates (docs/science.md §0-§4, §7, §9.6, §10).
 
 Torch-free: the spec is validated in the CLI, the TUI and the worker. `engine.jobs.score` does the
-work; every choice science.md calls UNPINNED is a field here and is recorded with the result.
+work; every choice docs/science.md calls UNPINNED is a field here and is recorded with the result.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def test_cli_and_store_do_not_load_the_ml_stack(home) -> None:
 
 
 def test_correlate_per_group_matches_the_worked_example(tmp_path, home, capsys, store) -> None:
-    """science.md §4.2: x = [0.2, 0.5, 0.1, 0.9, 0.4], y = [10, 14, 9, 12, 13] gives rho = 0.7."""
+    """docs/science.md §4.2: x = [0.2, 0.5, 0.1, 0.9, 0.4], y = [10, 14, 9, 12, 13] gives rho = 0.7."""
     spec = {"experiment": "car", "stages": [
         {"name": "score", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": list("abcde"), "env.B": ["b1", "b2"]}}},
         {"name": "judge", "kind": "command", "command": ["true"], "sweep": {"grid": {"env.T": list("abcde"), "env.B": ["b1", "b2"]}}},

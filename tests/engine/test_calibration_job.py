@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobrun import run_inprocess
+from job_harness import run_inprocess
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_each_style_trains_and_reports_ece_and_auroc(tiny, qa, tmp_path, style) 
     from safetensors.torch import load_file
 
     res = run_inprocess(tmp_path / "run", cal(tiny, qa, style, jsd_weight=1.0 if style == "lora_prompt" else 0.0))
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     assert len(res.series("loss")) == 8
     for name in ("val_ece_two_sided", "val_ece_one_sided", "val_auroc", "val_acc", "val_unc_acc",
                  "val_ts_ece_two_sided", "temperature"):
@@ -66,7 +66,7 @@ def test_each_style_trains_and_reports_ece_and_auroc(tiny, qa, tmp_path, style) 
 def test_the_probe_learns_an_easy_signal(tiny, qa, tmp_path) -> None:  # noqa: ANN001
     """'no idea' answers are wrong and numbers right: frozen features separate them; AUROC well above chance."""
     res = run_inprocess(tmp_path / "run", cal(tiny, qa, "probe", max_steps=60, learning_rate=3e-3))
-    assert res.rc == 0
+    assert res.returncode == 0
     assert res.summary("val_auroc") >= 0.8
 
 
@@ -108,4 +108,4 @@ def test_labels_must_be_binary(tiny, tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"question": "q", "answer": "a", "label": "maybe"}) + "\n" * 1)
     res = run_inprocess(tmp_path / "run", cal(tiny, str(path), "probe", per_device_batch=1))
-    assert res.rc == 3 and "correctness label" in res.errors()[0]["message"]
+    assert res.returncode == 3 and "correctness label" in res.errors()[0]["message"]

@@ -1,6 +1,6 @@
 """Where answers stop and how they are penalised: the end-of-turn token of a chat-tuned base model
 (eos and end of turn differ, as in Qwen2.5/Llama-3.x/Gemma-2 base models), OpenAI's presence and
-frequency penalties (ExPO's sampling, science.md §8.3), and several attacks in one generate job."""
+frequency penalties (ExPO's sampling, docs/science.md §8.3), and several attacks in one generate job."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DPO through the finetune job (science.md §9.3): the worked example, and a first step checked by hand."""
+"""DPO through the finetune job (docs/science.md §9.3): the worked example, and a first step checked by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from jobrun import run_inprocess
+from job_harness import run_inprocess
 
 PAIRS = [{"prompt": f"Say {i}.", "chosen": f"The number {i}.", "rejected": f"No {i + 1} never."} for i in range(4)]
 
@@ -55,7 +55,7 @@ def test_first_step_loss_and_rewards_match_a_hand_computation(tiny, tmp_path) ->
 
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     res = run_inprocess(tmp_path / "run", dpo_spec(tiny, data, reference=str(tiny.qwen2), max_steps=1))
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     tok = AutoTokenizer.from_pretrained(tiny.tokenizer)
     eos = tok.eos_token
     losses, margins, correct = [], [], 0
@@ -76,7 +76,7 @@ def test_first_step_loss_and_rewards_match_a_hand_computation(tiny, tmp_path) ->
 def test_lora_dpo_uses_the_adapter_disabled_model_as_reference(tiny, tmp_path) -> None:  # noqa: ANN001
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     res = run_inprocess(tmp_path / "run", dpo_spec(tiny, data, lora={"r": 8, "alpha": 16}, learning_rate=5e-3, max_steps=6))
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     loss = res.series("loss")
     assert loss[1] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B starts at 0: policy == reference
     assert res.series("reward_margin")[1] == pytest.approx(0.0, abs=1e-7)
@@ -98,7 +98,7 @@ def test_secalign_preset_runs_from_alpaca_records_with_the_delimiter_tokens(tiny
     spec = dict(kind="finetune", preset="secalign_dpo", model=str(tiny.llama), dataset=data, max_steps=2,
                 per_device_batch=2, grad_accum=2, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
     res = run_inprocess(tmp_path / "run", spec)
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     assert any("added tokens [MARK] [INST] [INPT] [RESP] [COLN]" in e["message"] for e in res.infos())
     [info] = [e for e in res.infos() if "pairs:" in e["message"]]
     assert info["records"] == 9  # the 3 input-less records are skipped (§9.2)

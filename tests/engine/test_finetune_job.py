@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobrun import read_events, run_inprocess, start_job, write_spec
+from job_harness import read_events, run_inprocess, start_job, write_run_dir
 
 RECORDS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i} {i} {i}."} for i in range(8)]
 
@@ -35,7 +35,7 @@ def test_sft_loss_falls_on_a_memorisable_set_and_the_model_is_saved(tiny, data, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = run_inprocess(tmp_path / "run", sft(tiny, data, max_steps=30))
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     loss = res.series("loss")
     assert sorted(loss) == list(range(1, 31))
     assert loss[30] < 0.5 * loss[1]
@@ -66,7 +66,7 @@ def test_prompt_tokens_contribute_nothing(tiny, data, tmp_path) -> None:  # noqa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     res = run_inprocess(tmp_path / "run", sft(tiny, data, max_steps=1, per_device_batch=8))
-    assert res.rc == 0
+    assert res.returncode == 0
     tok = AutoTokenizer.from_pretrained(tiny.tokenizer)
     model = AutoModelForCausalLM.from_pretrained(tiny.llama).eval()
     from engine.jobs._train_data import IGNORE, sft_segments, tokenize_segments
@@ -76,7 +76,7 @@ def test_prompt_tokens_contribute_nothing(tiny, data, tmp_path) -> None:  # noqa
     for rec in RECORDS:
         segs = sft_segments(rec, DatasetRef(path="x"), "alpaca", tok)
         ids = tok(segs[0][0] + segs[1][0], return_tensors="pt")["input_ids"]
-        n_prompt = len(tok(segs[0][0])["input_ids"])  # science.md §0: the prefix's own token count
+        n_prompt = len(tok(segs[0][0])["input_ids"])  # docs/science.md §0: the prefix's own token count
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
         targets = ids[0, 1:]
@@ -90,7 +90,7 @@ def test_prompt_tokens_contribute_nothing(tiny, data, tmp_path) -> None:  # noqa
 
 def test_lora_sft_saves_an_adapter(tiny, data, tmp_path) -> None:  # noqa: ANN001
     res = run_inprocess(tmp_path / "run", sft(tiny, data, max_steps=6, lora={"r": 4, "alpha": 8}, gradient_checkpointing=True))
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     out = tmp_path / "run" / "outputs" / "model"
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert (out / "tokenizer.json").is_file()
@@ -105,7 +105,7 @@ def test_chat_records_and_forced_packing(tiny, tmp_path) -> None:  # noqa: ANN00
     spec = sft(tiny, data, template="chat", dataset={"path": data, "messages_field": "messages"}, max_steps=4,
                per_device_batch=3, packing="on")
     res = run_inprocess(tmp_path / "run", spec)
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     assert any("padding-free" in e["message"] for e in res.infos())
 
 
@@ -129,7 +129,7 @@ def test_oom_retry_halves_the_micro_batch_and_keeps_the_trajectory(tiny, data, t
     base = run_inprocess(tmp_path / "plain", sft(tiny, data, max_steps=4))
     raised = _oom_once(monkeypatch, 4)
     res = run_inprocess(tmp_path / "oom", sft(tiny, data, max_steps=4, oom_retry=True))
-    assert res.rc == 0 and raised == [4]
+    assert res.returncode == 0 and raised == [4]
     [note] = [e for e in res.infos() if e.get("oom_retry")]
     assert note["micro_batch"] == 2 and note["grad_accum"] == 2 and "cuda_oom" in note["message"]
     # same examples per step, loss normalised by the step's tokens: the same run
@@ -140,7 +140,7 @@ def test_oom_retry_halves_the_micro_batch_and_keeps_the_trajectory(tiny, data, t
 def test_oom_without_retry_fails_as_cuda_oom(tiny, data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     _oom_once(monkeypatch, 4)
     res = run_inprocess(tmp_path / "oom", sft(tiny, data, max_steps=2))
-    assert res.rc == 4 and res.errors()[0]["reason"] == "cuda_oom"
+    assert res.returncode == 4 and res.errors()[0]["reason"] == "cuda_oom"
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -161,11 +161,12 @@ def test_kill_and_resume_continues_at_the_checkpoint_step_with_the_same_data_ord
     spec = sft(tiny, data, max_steps=10, per_device_batch=2, grad_accum=2, checkpoint_every=2, keep_last=2,
                lora={"r": 4, "alpha": 8, "dropout": 0.1}, learning_rate=1e-2)
     full = run_inprocess(tmp_path / "full", spec)
-    assert full.rc == 0, full.errors()
+    assert full.returncode == 0, full.errors()
 
     run = tmp_path / "killed"
-    write_spec(run, spec)
-    proc = start_job(run, env={"LABDECK_STEP_DELAY_S": "0.4"})
+    write_run_dir(run, spec)
+    # the job holds after step 4 (its checkpoint written; the hold file never appears), so the kill lands mid-run
+    proc = start_job(run, env={"LABDECK_HOLD_AFTER": f"4:{tmp_path / 'never'}"})
     deadline = time.time() + 120
     while time.time() < deadline:
         if any(e.get("step") == 4 and "checkpoint" in e.get("message", "") for e in read_events(run)):
@@ -178,10 +179,10 @@ def test_kill_and_resume_continues_at_the_checkpoint_step_with_the_same_data_ord
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "step-0000004" in ckpts and not (run / "outputs" / "model").exists()
     last = max(int(n.split("-")[1]) for n in ckpts if n.startswith("step-"))
-    assert last < 10
+    assert last == 4  # held right after step 4
 
     resumed = run_inprocess(run)  # resume_from: auto
-    assert resumed.rc == 0, resumed.errors()
+    assert resumed.returncode == 0, resumed.errors()
     [note] = [e for e in resumed.infos() if "resumed_step" in e]
     assert note["resumed_step"] == last
     after = {s: v for s, v in resumed.series("loss").items() if s > last}
@@ -200,17 +201,17 @@ def test_kill_and_resume_continues_at_the_checkpoint_step_with_the_same_data_ord
 
 def test_a_resume_folder_from_another_run_is_refused(tiny, data, tmp_path) -> None:  # noqa: ANN001
     first = run_inprocess(tmp_path / "a", sft(tiny, data, max_steps=4, checkpoint_every=2))
-    assert first.rc == 0
+    assert first.returncode == 0
     other = tmp_path / "b"
     res = run_inprocess(other, sft(tiny, data, max_steps=4, learning_rate=1e-3, resume_from=str(tmp_path / "a")))
-    assert res.rc == 3
+    assert res.returncode == 3
     [err] = res.errors()
     assert "another run" in err["message"] and "learning_rate" in err["message"] and "\n" not in err["message"]
     assert not (other / "outputs" / "model").exists() and not (other / "checkpoints").exists()
     # the same training spec in another run folder may continue from it (a retry elsewhere)
     same = run_inprocess(tmp_path / "c", sft(tiny, data, max_steps=4, checkpoint_every=3,
                                              resume_from=str(tmp_path / "a" / "checkpoints")))
-    assert same.rc == 0 and [e for e in same.infos() if e.get("resumed_step") == 2]
+    assert same.returncode == 0 and [e for e in same.infos() if e.get("resumed_step") == 2]
 
 
 @pytest.mark.parametrize(
@@ -231,7 +232,7 @@ def test_bad_input_gets_one_line_before_training(tiny, data, tmp_path, change, n
     if change.get("dataset") == "__missing_field__":
         change = {"dataset": write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}])}
     res = run_inprocess(tmp_path / "run", sft(tiny, data, **change))
-    assert res.rc == 3
+    assert res.returncode == 3
     [err] = res.errors()
     assert err["reason"] == "bad_input" and needle in err["message"] and "\n" not in err["message"]
     assert not any(e["type"] == "metric" for e in res.events)
@@ -244,19 +245,19 @@ def test_a_finished_run_is_not_overwritten(tiny, data, tmp_path) -> None:  # noq
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("old")
     res = run_inprocess(run, sft(tiny, data, max_steps=2))
-    assert res.rc == 3 and "already exists" in res.errors()[0]["message"]
+    assert res.returncode == 3 and "already exists" in res.errors()[0]["message"]
     assert (out / "keep.txt").read_text() == "old"
 
 
 def test_checkpoints_of_this_run_are_not_silently_restarted(tiny, data, tmp_path) -> None:  # noqa: ANN001
     run = tmp_path / "run"
-    assert run_inprocess(run, sft(tiny, data, max_steps=4, checkpoint_every=2)).rc == 0
+    assert run_inprocess(run, sft(tiny, data, max_steps=4, checkpoint_every=2)).returncode == 0
     import shutil
 
     shutil.rmtree(run / "outputs")
     (run / "events.jsonl").unlink()
     res = run_inprocess(run, sft(tiny, data, max_steps=4, checkpoint_every=2, resume_from=None))
-    assert res.rc == 3 and "already has checkpoints" in res.errors()[0]["message"]
+    assert res.returncode == 3 and "already has checkpoints" in res.errors()[0]["message"]
 
 
 @pytest.mark.slow
@@ -268,15 +269,15 @@ def test_two_process_data_parallel_matches_one_process_with_accumulation(tiny, t
     import subprocess
     import sys
 
-    from jobrun import job_env
+    from job_harness import job_env
 
     rows = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i} " * (1 + i % 5)} for i in range(16)]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     common = dict(max_steps=4, per_device_batch=2, learning_rate=1e-2)
     single = run_inprocess(tmp_path / "single", sft(tiny, data, grad_accum=2, **common))
-    assert single.rc == 0, single.errors()
+    assert single.returncode == 0, single.errors()
     run = tmp_path / "ddp"
-    write_spec(run, sft(tiny, data, grad_accum=1, checkpoint_every=2, **common))
+    write_run_dir(run, sft(tiny, data, grad_accum=1, checkpoint_every=2, **common))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            "-m", "engine.jobs", str(run)], env=job_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,12 +6,20 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import instruction_rows
-from helpers import collect, run_inprocess, run_job, start_job, write_jsonl, write_run_dir
+from job_harness import (
+    collect,
+    instruction_rows,
+    run_inprocess,
+    run_job,
+    start_job,
+    write_jsonl,
+    write_run_dir,
+)
 
 
 def gen_spec(tiny, data: Path, **kw) -> dict:  # noqa: ANN001
@@ -92,7 +100,7 @@ def test_attacks_build_the_papers_prompts_and_skip_records_without_input(tiny, t
         assert res.infos()[0]["skipped_without_input"] == len(rows) - len(with_input)
 
 
-def _wait_for_lines(path_glob: Path, n: int, proc, timeout: float = 60) -> None:  # noqa: ANN001
+def _wait_for_lines(path_glob: Path, n: int, proc, timeout: float = 120) -> None:  # noqa: ANN001
     deadline = time.time() + timeout
     while time.time() < deadline:
         for p in path_glob.parent.glob(path_glob.name):
@@ -110,7 +118,8 @@ def test_killed_job_resumes_without_duplicates_and_bad_input_keeps_partial_outpu
     reference = run_inprocess(tmp_path / "ref", spec)
     run = tmp_path / "run"
     write_run_dir(run, spec)
-    proc = start_job(run)
+    # the job holds once it has written 4 rows (the hold file never appears), so the kill lands mid-run
+    proc = start_job(run, env={"LABDECK_HOLD_AFTER": f"4:{tmp_path / 'never'}"})
     partial = run / "outputs" / "records.partial.*.jsonl"
     _wait_for_lines(partial, 4, proc)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -180,14 +189,9 @@ def test_bad_input_exits_3_through_the_job_process(tiny, tmp_path: Path) -> None
     assert res.stderr.strip().splitlines() == [f"labdeck: dataset {tmp_path / 'absent.jsonl'}: no such file"]
 
 
-def test_vllm_backend_without_vllm_is_a_clear_error(tiny, prompts: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    try:
-        import vllm  # noqa: F401
-
-        pytest.skip("vLLM is installed")
-    except ImportError:
-        pass
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny, prompts: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as on a box without it
     res = run_inprocess(tmp_path / "run", gen_spec(tiny, prompts, backend="vllm"))
     assert res.returncode == 3 and "vLLM is not installed" in res.errors()[-1]["message"]
 
@@ -199,7 +203,7 @@ def test_data_parallel_launch_splits_the_records_and_merges_them_in_order(tiny, 
     import subprocess
     import sys
 
-    from helpers import job_env
+    from job_harness import job_env
 
     spec = gen_spec(tiny, prompts, temperature=0.9, seed=5, max_new_tokens=4, batch_size=2)
     single = run_inprocess(tmp_path / "one", spec)

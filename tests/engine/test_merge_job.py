@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from jobrun import run_inprocess
+from job_harness import run_inprocess
 
 NORM = "model.norm.weight"
 
@@ -62,7 +62,7 @@ def test_expo_gives_the_worked_vectors_on_every_tensor(pair, tmp_path) -> None: 
 
     sft, aligned = pair
     res = merge(tmp_path, method="expo", sft=str(sft), aligned=str(aligned), alpha=0.3)
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     out = tmp_path / "run" / "outputs" / "model"
     merged = load_file(out / "model.safetensors")
     assert merged[NORM][:3].tolist() == pytest.approx([1.26, -1.35, 0.656], abs=1e-6)
@@ -84,7 +84,7 @@ def test_expo_identities(pair, tmp_path, alpha, expect) -> None:  # noqa: ANN001
     from safetensors.torch import load_file
 
     sft, aligned = pair
-    assert merge(tmp_path, method="expo", sft=str(sft), aligned=str(aligned), alpha=alpha).rc == 0
+    assert merge(tmp_path, method="expo", sft=str(sft), aligned=str(aligned), alpha=alpha).returncode == 0
     merged = load_file(tmp_path / "run" / "outputs" / "model" / "model.safetensors")
     target = load_file((aligned if expect == "aligned" else sft) / "model.safetensors")
     assert all(torch.allclose(merged[k], target[k], atol=1e-6) for k in target)
@@ -98,7 +98,7 @@ def test_expo_keeps_a_bf16_source_dtype_and_allows_alpha_far_above_one(pair, tmp
     sft16 = _copy_with(sft, tmp_path / "sft16", {}, dtype=torch.bfloat16)
     al16 = _copy_with(aligned, tmp_path / "al16", {}, dtype=torch.bfloat16)
     res = merge(tmp_path, method="expo", sft=str(sft16), aligned=str(al16), alpha=8.0)
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     merged = load_file(tmp_path / "run" / "outputs" / "model" / "model.safetensors")
     s, a = load_file(sft16 / "model.safetensors"), load_file(al16 / "model.safetensors")
     for k in a:
@@ -111,7 +111,7 @@ def test_expo_keeps_a_bf16_source_dtype_and_allows_alpha_far_above_one(pair, tmp
 def test_incompatible_checkpoints_are_refused_before_writing(tiny, pair, tmp_path) -> None:  # noqa: ANN001
     sft, _ = pair
     res = merge(tmp_path, method="expo", sft=str(sft), aligned=str(tiny.qwen2), alpha=0.3)  # Qwen2 has q/k/v biases
-    assert res.rc == 3
+    assert res.returncode == 3
     [err] = res.errors()
     assert "tensor names differ" in err["message"] and "bias" in err["message"] and "\n" not in err["message"]
     outputs = tmp_path / "run" / "outputs"
@@ -121,7 +121,7 @@ def test_incompatible_checkpoints_are_refused_before_writing(tiny, pair, tmp_pat
 
     build_causal_lm(bigger, tiny.tokenizer, hidden=32, seed=5)
     res = run_inprocess(tmp_path / "run2", dict(kind="merge", method="expo", sft=str(sft), aligned=str(bigger)))
-    assert res.rc == 3 and "is [" in res.errors()[0]["message"]
+    assert res.returncode == 3 and "is [" in res.errors()[0]["message"]
 
 
 def test_average_is_the_weighted_mean(pair, tmp_path) -> None:  # noqa: ANN001
@@ -130,7 +130,7 @@ def test_average_is_the_weighted_mean(pair, tmp_path) -> None:  # noqa: ANN001
 
     sft, aligned = pair
     res = merge(tmp_path, method="average", models=[str(sft), str(aligned)], weights=[3.0, 1.0])
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     merged = load_file(tmp_path / "run" / "outputs" / "model" / "model.safetensors")
     s, a = load_file(sft / "model.safetensors"), load_file(aligned / "model.safetensors")
     assert all(torch.allclose(merged[k], 0.75 * s[k] + 0.25 * a[k], atol=1e-6) for k in s)
@@ -148,7 +148,7 @@ def test_merged_lora_gives_the_adapter_models_logits(tiny, tmp_path) -> None:  #
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     res = merge(tmp_path, method="lora", adapter=str(adapter))  # base taken from adapter_config.json
-    assert res.rc == 0, res.errors()
+    assert res.returncode == 0, res.errors()
     out = tmp_path / "run" / "outputs" / "model"
     assert not (out / "adapter_config.json").exists() and (out / "tokenizer.json").is_file()
     ids = torch.randint(5, 500, (2, 12))
@@ -162,4 +162,4 @@ def test_merged_lora_gives_the_adapter_models_logits(tiny, tmp_path) -> None:  #
 
 def test_lora_merge_refuses_a_folder_that_is_not_an_adapter(tiny, tmp_path) -> None:  # noqa: ANN001
     res = merge(tmp_path, method="lora", adapter=str(tiny.llama))
-    assert res.rc == 3 and "adapter_config.json" in res.errors()[0]["message"]
+    assert res.returncode == 3 and "adapter_config.json" in res.errors()[0]["message"]

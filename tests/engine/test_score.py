@@ -9,8 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import instruction_rows
-from helpers import run_inprocess, run_job, write_jsonl
+from job_harness import instruction_rows, run_inprocess, run_job, write_jsonl
 
 
 def scored_rows(n: int = 12) -> list[dict]:

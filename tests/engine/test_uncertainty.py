@@ -1,4 +1,4 @@
-"""Calibration pieces (science.md §10): worked examples, correctness labels, estimators in the score job, data prep."""
+"""Calibration pieces (docs/science.md §10): worked examples, correctness labels, estimators in the score job, data prep."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import run_inprocess, write_jsonl
+from job_harness import run_inprocess, write_jsonl
 
 # ------------------------------------------------------------------------------------ §10.4 worked example
 

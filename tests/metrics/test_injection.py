@@ -1,4 +1,4 @@
-"""engine.data.injection and bon_to_sft against science.md §9.1, §9.2, §9.5 and §5."""
+"""engine.data.injection and bon_to_sft against docs/science.md §9.1, §9.2, §9.5 and §5."""
 
 from __future__ import annotations
 

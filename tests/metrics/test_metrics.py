@@ -1,6 +1,6 @@
-"""engine.metrics against the worked examples of science.md, plus property tests.
+"""engine.metrics against the worked examples of docs/science.md, plus property tests.
 
-Each example test names the science.md section whose numbers it reproduces.
+Each example test names the docs/science.md section whose numbers it reproduces.
 """
 
 from __future__ import annotations

@@ -18,11 +18,8 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 os.environ.pop("NO_COLOR", None)
 
-from tui_seed import FROZEN, seed  # noqa: E402
-
-
-def _frozen() -> float:
-    return FROZEN
+from tui_helpers import make_app  # noqa: E402
+from tui_seed import seed  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,16 +52,6 @@ def home_copy(seeded_dir, tmp_path: Path) -> Path:  # noqa: ANN001
     con.commit()
     con.close()
     return dst
-
-
-def make_app(home: Path, *, source=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
-    from db.session import Store
-    from tui.app import LabdeckApp
-    from tui.source import Source
-
-    kwargs.setdefault("start_worker", False)
-    kwargs.setdefault("refresh_s", 0)
-    return LabdeckApp(source or Source(store=Store(home), clock=_frozen), **kwargs)
 
 
 @pytest.fixture

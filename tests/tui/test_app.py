@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_app
 from sqlalchemy import update
 from textual.binding import Binding
-from tui_helpers import palette_choose, screen_text, settle
+from tui_helpers import make_app, palette_choose, screen_text, settle
 from tui_seed import FROZEN
 
 from db.models import Job
@@ -271,14 +270,6 @@ def test_the_cold_start_reads_agree_with_the_store(seeded_dir) -> None:  # noqa:
     assert (fast_view.counts, fast_view.experiments, fast_view.gpus_at) == (view.counts, view.experiments, view.gpus_at)
     cold.warm_up()
     assert not cold.cold
-
-
-def test_fastread_knows_the_current_schema() -> None:
-    """A new migration must be checked against tui/fastread.py's SQL, then its version bumped there."""
-    from db.migrations import SCHEMA_VERSION
-    from tui import fastread
-
-    assert fastread.SCHEMA_VERSION == SCHEMA_VERSION
 
 
 async def test_after_the_first_screenful_the_store_and_screens_warm_up(home_copy) -> None:  # noqa: ANN001

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_app
 from textual.widgets import DataTable
-from tui_helpers import screen_text, settle, type_text
+from tui_helpers import make_app, screen_text, settle, type_text
 
 from db.formats import RENDERERS
 from db.queries import experiment_metric

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sqlalchemy import select
-from tui_helpers import screen_text, settle, type_text
+from tui_helpers import screen_text, settle, type_text, until
 
 from db.models import Job
 from engine.specfile import expand_file
@@ -71,18 +71,16 @@ async def test_invalid_value_is_shown_at_its_field_and_nothing_is_queued(app, ho
         screen.set_value("dataset", "data/train.jsonl")
         screen.set_value("learning_rate", "-1")
         await settle(pilot)
-        await pilot.pause(0.4)
-        await settle(pilot)
-        assert screen.query_one("#row-learning_rate").has_class("-invalid")
+        await until(pilot, lambda: screen.query_one("#row-learning_rate").has_class("-invalid"),
+                    "the debounced check marking learning_rate invalid")
         assert "learning_rate: Input should be greater than 0" in str(screen.query_one("#form-status").render())
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert isinstance(app.screen, NewJobScreen)
         assert _specs(store) == []
         screen.set_value("learning_rate", "1e-4")
-        await pilot.pause(0.4)
-        await settle(pilot)
-        assert not screen.query_one("#row-learning_rate").has_class("-invalid")
+        await until(pilot, lambda: not screen.query_one("#row-learning_rate").has_class("-invalid"),
+                    "the debounced check clearing learning_rate")
         await pilot.press("ctrl+s")
         await settle(pilot)
         [(_, _, spec)] = _specs(store)
@@ -99,10 +97,9 @@ async def test_sweep_axes_queue_one_job_per_point_and_seed(app, home_copy, store
         screen = app.screen
         screen.set_value("sweep_grid", "learning_rate=1e-4,2e-4; lora.r=8,16")
         screen.set_value("sweep_seeds", "0, 1")
-        await pilot.pause(0.4)
-        await settle(pilot)
-        preview = str(screen.query_one("#preview-text").render())
-        assert "queues 8 jobs" in preview and "lora.r=16" in preview
+        await until(pilot, lambda: "queues 8 jobs" in str(screen.query_one("#preview-text").render()),
+                    "the preview of 8 jobs")
+        assert "lora.r=16" in str(screen.query_one("#preview-text").render())
         await pilot.press("ctrl+s")
         await settle(pilot)
         specs = _specs(store)
@@ -127,8 +124,8 @@ async def test_duplicate_and_edit_starts_from_the_past_job(app, home_copy, store
         assert screen.query_one("#f-name").value == "sft-8b"
         screen.set_value("name", "sft-8b-bs1")
         screen.set_value("gradient_checkpointing", True)
-        await pilot.pause(0.4)
-        await settle(pilot)
+        await until(pilot, lambda: "gradient_checkpointing: true" in str(screen.query_one("#preview-text").render()),
+                    "the preview to show the edit")
         await pilot.press("ctrl+s")
         await settle(pilot)
         [(_, name, spec)] = _specs(store)

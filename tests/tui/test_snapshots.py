@@ -7,9 +7,8 @@ then look at the SVGs under `__snapshots__/` before committing them.
 from __future__ import annotations
 
 import pytest
-from conftest import make_app
 from textual.widgets import Input
-from tui_helpers import settle
+from tui_helpers import make_app, settle
 
 from tui.widgets.jobs_table import JobsTable
 
@@ -132,3 +131,16 @@ def test_results_heatmap_no_color(snap_compare, seeded_dir, ids, monkeypatch) ->
     monkeypatch.setenv("NO_COLOR", "1")
     app = make_app(seeded_dir[0])
     assert snap_compare(app, run_before=_steps(f"@{ids['failed']}", "2", "h", after=_win_rate))
+
+
+@SIZES
+def test_empty_home_with_the_worker_offline(snap_compare, home, size) -> None:  # noqa: ANN001
+    """A first start: no jobs, no worker (the app is not allowed to start one here)."""
+    assert snap_compare(make_app(home), terminal_size=size, run_before=_steps())
+
+
+@SIZES
+def test_job_detail_spec_tab(snap_compare, seeded_dir, ids, size) -> None:  # noqa: ANN001
+    app = make_app(seeded_dir[0])
+    assert snap_compare(app, terminal_size=size, run_before=_steps(f"@{ids['running']}", "enter", "s"))
+

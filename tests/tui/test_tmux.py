@@ -1,9 +1,8 @@
 """The real `labdeck` in a real terminal (tmux, 80x24), driven as a new user would drive it.
 
-Open it on an empty home, queue a `command` job from the menus, see it in the table, open it,
-open the results, quit; then check the job is still in the store. With a worker alive (once
-`cli.worker.ensure_worker` starts one) the job also runs to `succeeded` and its output shows
-in the log tab; without one it stays queued and the app says why.
+Open it on an empty home: the app starts a worker; queue a `command` job from the menus, see it
+run to `succeeded` in the table, open it, read its spec and its output in the log tab, open the
+results, quit; then check the job's state in the store. A worker that does not start fails the test.
 
 Run by hand: `pytest tests/tui/test_tmux.py -s` prints every screen it waited for.
 """
@@ -74,12 +73,13 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "LABDECK_REFRESH_S": "0.5", "HOME": str(tmp_path)}
     t = Tmux([sys.executable, "-m", "cli", "--home", str(home)], env)
-    worker_alive = False
+    worker_started = False
     try:
         t.wait_for("No jobs yet")  # first start: an empty home, a hint
-        # the app starts a worker (in a thread); until issue 3 lands it says it cannot
+        # the app starts a worker (in a thread) on first start
         first = t.wait_for("worker ● running", "No worker", "Could not start a worker", timeout=40)
-        worker_alive = "worker ● running" in first
+        assert "worker ● running" in first, f"the app did not start a worker:\n{first}"
+        worker_started = True
         t.keys("n")
         t.wait_for("choose a kind or a preset")
         t.keys("Enter")  # "command", the first kind in the menu
@@ -90,17 +90,13 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
         t.wait_for("Queued job 1")
         screen = t.wait_for("jobs 1–1 of 1")
         assert "command" in screen
-        if worker_alive:
-            t.wait_for("succeeded", timeout=60)
-        else:
-            screen = t.wait_for("queued")
+        t.wait_for("succeeded", timeout=60)
         t.keys("Enter")  # open it
         t.wait_for("Overview  Log  Charts")
         t.keys("s")
         t.wait_for("print(6 * 7)")  # the spec, as queued
-        if worker_alive:
-            t.keys("l")
-            t.wait_for("42")
+        t.keys("l")
+        t.wait_for("42")
         t.keys("Escape")
         t.wait_for("jobs 1–1 of 1")
         t.keys("2")  # results of its experiment
@@ -113,10 +109,10 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
         assert not t.alive(), f"q did not quit:\n{t.screen()}"
     finally:
         t.close()
-        if worker_alive:  # the worker outlives the app by design; this one belongs to the test
+        if worker_started:  # the worker outlives the app by design; this one belongs to the test
             subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "worker", "stop", "--now", "--wait"],
                            env={**os.environ, **env}, capture_output=True, timeout=60, check=False)
     con = sqlite3.connect(home / "labdeck.db")
     (status,) = con.execute("SELECT status FROM job WHERE id = 1").fetchone()
     con.close()
-    assert status in (("succeeded",) if worker_alive else ("queued",))
+    assert status == "succeeded"

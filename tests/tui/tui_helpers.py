@@ -1,10 +1,31 @@
-"""Helpers for the app's pilot tests: wait until the app has settled, read the screen as text."""
+"""Helpers for the app's pilot tests: the app on a home, wait until it has settled, read the screen as text.
+
+Importable from any test (pyproject.toml puts tests/tui on the path), so no test imports a conftest.
+"""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from tui_seed import FROZEN
+
+
+def _frozen() -> float:
+    return FROZEN
+
+
+def make_app(home: Path, *, source: Any = None, **kwargs: Any) -> Any:
+    """The app on `home` with the scene's frozen clock, no worker and no refresh timer unless asked."""
+    from db.session import Store
+    from tui.app import LabdeckApp
+    from tui.source import Source
+
+    kwargs.setdefault("start_worker", False)
+    kwargs.setdefault("refresh_s", 0)
+    return LabdeckApp(source or Source(store=Store(home), clock=_frozen), **kwargs)
 
 
 async def settle(pilot, rounds: int = 4) -> None:  # noqa: ANN001 - textual.pilot.Pilot
@@ -26,6 +47,18 @@ def screen_text(app) -> str:  # noqa: ANN001
                       color_system=None, record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+async def until(pilot, predicate, what: str, timeout_s: float = 30.0) -> None:  # noqa: ANN001
+    """Let the app run until `predicate()` holds (a debounced check, an asynchronous load): waits for
+    the state itself, not for a guessed delay; fails after `timeout_s` naming what never happened."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        await pilot.pause(0.02)
+        await settle(pilot, 1)
 
 
 async def type_text(pilot, text: str) -> None:  # noqa: ANN001

@@ -7,20 +7,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from db.session import Store
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "home"
-    Store(h).dispose()
-    return h
-
-
-@pytest.fixture
-def store(home: Path) -> Store:
-    return Store(home)
-
 
 @pytest.fixture(autouse=True)
 def no_stray_processes(tmp_path: Path):

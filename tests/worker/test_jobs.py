@@ -129,8 +129,11 @@ def test_priority_then_oldest(tmp_path, store, home):
     old = submit(store, script=script, name="old")
     new = submit(store, script=script, name="new")
     high = submit(store, script=script, name="high", priority=5)
-    with ThreadWorker(home, cpu_slots=1):
-        time.sleep(0.5)
+    with ThreadWorker(home, cpu_slots=1) as w:
+        # the worker has read the pause and gone on to a later round (a new heartbeat): any start would have happened
+        wait_for(lambda: w.daemon.queue_state == "paused" and w.daemon._next_heartbeat > 0, what="the pause to be read")
+        seen = w.daemon._next_heartbeat
+        wait_for(lambda: w.daemon._next_heartbeat > seen, what="a later worker round")
         assert all(status(store, j) == "queued" for j in (low, old, new, high))  # paused: nothing starts
         with store.write() as s:
             set_queue_state(s, "running")
@@ -294,15 +297,17 @@ def test_cancel_kills_the_whole_tree(tmp_path, store, home):
 
 
 def test_cancel_of_queued_job_never_runs(tmp_path, store, home):
-    script = write_script(tmp_path, "t.py", "pass")
-    with store.write() as s:
-        set_queue_state(s, "paused")
-    jid = submit(store, script=script)
+    """The queue runs: the cancelled job (first in line, higher priority) is passed over, the next one runs."""
+    marker = tmp_path / "ran"
+    script = write_script(tmp_path, "t.py", f"open({str(marker)!r}, 'a').write('x')")
+    jid = submit(store, script=script, priority=5)
+    after = submit(store, script=write_script(tmp_path, "ok.py", "pass"))
     with store.write() as s:
         request_cancel(s, jid)
-    with ThreadWorker(home):
-        time.sleep(0.3)
+    with ThreadWorker(home, cpu_slots=1):
+        wait_status(store, after, "succeeded")
     assert status(store, jid) == "cancelled" and job(store, jid).run_dir == ""
+    assert not marker.exists()
 
 
 def test_leftover_background_process_is_stopped_when_the_job_ends(tmp_path, store, home):

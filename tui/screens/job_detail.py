@@ -237,10 +237,7 @@ class JobDetailScreen(JobActions, DataScreen):
     def _render_overview(self) -> None:
         if self.data is None:
             return
-        try:
-            home = self.app.source.store.home if self.app.source._store is not None else None
-        except Exception:  # noqa: BLE001 - only for display
-            home = None
+        home = self.app.source.open_home
         width = self.query_one("#detail-overview").size.width or 78
         self.query_one("#detail-overview", Static).update(overview_renderable(self.data, self.app.now, home, width))
 

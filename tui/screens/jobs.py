@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 from textual.worker import get_current_worker
 
-from tui.messages import ActionDone, JobsLoaded
+from tui.messages import JobsLoaded
 from tui.screens.common import DataScreen, JobActions
 from tui.source import PAGE_SIZE, JobQuery
 from tui.widgets.jobs_table import JobsTable
@@ -131,10 +131,6 @@ class JobsScreen(JobActions, DataScreen):
     @on(JobsTable.PageRequest)
     def _page(self, event: JobsTable.PageRequest) -> None:
         self.load(offset=max(0, self.page_offset + event.delta * PAGE_SIZE), cursor=event.cursor)
-
-    def on_action_done(self, message: ActionDone) -> None:
-        if message.select_id is not None:
-            self.select_job(message.select_id)
 
     def select_job(self, job_id: int) -> None:
         """Show the page holding `job_id` with the cursor on it (after a submit or a retry)."""

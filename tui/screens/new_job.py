@@ -428,7 +428,7 @@ class NewJobScreen(Screen[list[int] | None]):
     def on_submitted(self, message: Submitted) -> None:
         ids = message.ids
         span = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs ({ids[0]}–{ids[-1]})"
-        self.app.post_message(ActionDone(f"Queued {span}"))
+        self.app.post_message(ActionDone(f"Queued {span}", select_id=ids[0]))
         self.dismiss(ids)
 
     def action_save(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
@@ -63,8 +64,8 @@ class Choice(Widget, can_focus=True):
     def watch_value(self, value: Any) -> None:
         self.post_message(self.Changed(self, value))
 
-    def _on_focus(self) -> None:
+    def _on_focus(self, event: events.Focus) -> None:
         self.refresh()
 
-    def _on_blur(self) -> None:
+    def _on_blur(self, event: events.Blur) -> None:
         self.refresh()

@@ -102,7 +102,7 @@ class JobsTable(DataTable):
 
     def _row_cells(self, r) -> list[Text | str]:  # noqa: ANN001 - db.queries.JobRow
         out: list[Text | str] = []
-        metrics = self.page.metrics.get(r.id, {}) if self.page is not None else {}
+        metrics: dict[str, float] = self.page.metrics.get(r.id, {}) if self.page is not None else {}
         for c in self._columns:
             k = c.key
             if k == "id":

@@ -8,6 +8,7 @@ the screen's active bindings (those with `show=True`) when they change. `?` list
 from __future__ import annotations
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widget import Widget
 
 
@@ -32,7 +33,7 @@ class KeyBar(Widget):
         # A key that a Textual widget binds without showing it (the table's enter) still shows
         # the screen's own binding for it (enter: Open).
         own = {k.strip(): b for node in (self.screen, app) for b in type(node).BINDINGS
-               if hasattr(b, "key") and b.show for k in b.key.split(",")}
+               if isinstance(b, Binding) and b.show for k in b.key.split(",")}
         for key, active in self.screen.active_bindings.items():
             b = active.binding
             if not b.show and key in own:

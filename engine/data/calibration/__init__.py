@@ -1,4 +1,4 @@
-"""Data for the calibration recipes (Kapoor et al. 2024; science.md §10.1-§10.2).
+"""Data for the calibration recipes (Kapoor et al. 2024; docs/science.md §10.1-§10.2).
 
 `python -m engine.data.calibration prepare OUT` (on a machine that reaches the hub) writes:
 
@@ -8,7 +8,7 @@
 - `OUT/pool.jsonl`: the training pool, 20,000 `train` then 2,000 `validation` records drawn
   uniformly across the datasets of `POOL` (§10.1 `all_20k_uniform`), as 1-shot OE prompts (the
   `split` field says which; the recipes hold out a seeded 1/11 for temperature scaling);
-- `OUT/prepare.json`: what was written and every choice science.md leaves UNPINNED.
+- `OUT/prepare.json`: what was written and every choice docs/science.md leaves UNPINNED.
 
 Every record has `instruction` (the rendered prompt c, ending in "\\nAnswer:"), `target`, `dataset`,
 `subject` (MMLU) and `id`. `python -m engine.data.calibration tiny OUT` builds the tiny models the
@@ -244,7 +244,7 @@ def prepare(out: Path, *, kshot: int = 5, fmt: str = "oe", seed: int = 0, n_trai
     written["pool"] = {"path": str(write_jsonl(out / "pool.jsonl", pool)), "records": len(pool),
                        "train": n_train, "validation": n_val, "sources": sorted(per_source)}
     manifest = {"written": written, "mmlu": mmlu, "kshot": kshot, "format": fmt, "seed": seed,
-                "unpinned": {"prompt_joins": "INFERRED from science.md §10.2's rendering",
+                "unpinned": {"prompt_joins": "INFERRED from docs/science.md §10.2's rendering",
                              "pool_1shot_layout": "header 'The following are questions (with answers).' (UNPINNED)",
                              "pool_sources": "StoryCloze (manual download), PIQA, COPA, CB, MultiRC, WSC and TREC "
                                              "are not included; HellaSwag is excluded for OE (§10.1)",

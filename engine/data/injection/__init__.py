@@ -1,4 +1,4 @@
-"""Prompt-injection data for StruQ / SecAlign: formats, training injections, test attacks (science.md §9).
+"""Prompt-injection data for StruQ / SecAlign: formats, training injections, test attacks (docs/science.md §9).
 
 Pure Python (no torch, no tokenizer): a job that trains or tests a model builds its prompts here,
 and resizes the embeddings itself from `SPECIAL_TOKEN_INIT_TEXT`.

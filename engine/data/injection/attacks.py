@@ -1,4 +1,4 @@
-"""Test-time prompt-injection attacks on AlpacaFarm (science.md §9.5).
+"""Test-time prompt-injection attacks on AlpacaFarm (docs/science.md §9.5).
 
 Reimplemented from the SecAlign repository's `test.py` (pinned commit), with a seeded
 `random.Random`. Each attack appends to the end of a sample's data; the 208 AlpacaFarm samples

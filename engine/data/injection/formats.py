@@ -1,4 +1,4 @@
-"""StruQ/SecAlign prompt formats, reserved delimiter tokens and the secure front-end (science.md §9.1).
+"""StruQ/SecAlign prompt formats, reserved delimiter tokens and the secure front-end (docs/science.md §9.1).
 
 The strings are data from the SecAlign repository's `config.py` at the pinned commit and must match
 it byte for byte: a model trained with one template and tested with another is not the model of

@@ -1,4 +1,4 @@
-"""Simulated prompt injections for training, and the StruQ / SecAlign datasets (science.md §9.2).
+"""Simulated prompt injections for training, and the StruQ / SecAlign datasets (docs/science.md §9.2).
 
 Reimplemented from the SecAlign repository's `struq.py` and `align.py` (pinned commit) with an
 explicit, seeded `random.Random` instead of numpy's global state, so that a dataset is a pure

@@ -1,4 +1,4 @@
-"""Arena-Hard v0.1 pairwise judge (science.md §7.3): two games per prompt, a five-point verdict.
+"""Arena-Hard v0.1 pairwise judge (docs/science.md §7.3): two games per prompt, a five-point verdict.
 
 Game 0 shows the baseline as assistant A and the model as B; game 1 swaps them. The verdict is
 parsed from `[[...]]` (`engine.metrics.arena_hard`); the win rate (ties as half, a decisive

@@ -1,4 +1,4 @@
-"""P(correct) of each answer (science.md §10.2-§10.3): the zero-shot uncertainty query on a model, or a
+"""P(correct) of each answer (docs/science.md §10.2-§10.3): the zero-shot uncertainty query on a model, or a
 trained estimator loaded from a calibration job's output.
 
 Convention: left padding, next-token logits at position −1 restricted to the "i"/"ii" tokens.

@@ -1,4 +1,4 @@
-"""Correctness labels of generated answers (science.md §10.1): the MC substring rule, a normalised
+"""Correctness labels of generated answers (docs/science.md §10.1): the MC substring rule, a normalised
 match, or an equivalency judge (local model or OpenAI-compatible endpoint).
 """
 

@@ -1,4 +1,4 @@
-"""Pairwise judge (science.md §7.1): an AlpacaEval-2-style judge from a local LM's or an endpoint's
+"""Pairwise judge (docs/science.md §7.1): an AlpacaEval-2-style judge from a local LM's or an endpoint's
 logprobs of 'm'/'M', or a reward-model judge (a local stand-in that is not AE2).
 
 Convention: left padding, next-token logits at position −1. Reward-model judge: the reward

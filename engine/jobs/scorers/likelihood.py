@@ -1,4 +1,4 @@
-"""Response log-likelihood under a causal LM: loss, perplexity and IFD (science.md §0, §1).
+"""Response log-likelihood under a causal LM: loss, perplexity and IFD (docs/science.md §0, §1).
 
 Convention: prefix masking exactly as §0 (s = token count of P alone), right padding, natural log.
 """

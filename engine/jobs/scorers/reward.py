@@ -4,7 +4,7 @@ Convention pinned here, a place where batched scoring silently goes wrong: the R
 template, left padding, and the score read at the last position of every row (HF's "rightmost
 non-pad token" search is disabled, so a response that ends with the pad/eos id is still scored at
 its last token, as a batch of one is). Scores are batch-size invariant within float tolerance
-(tested). science.md §2, practices.md (reward-bench #137).
+(tested). docs/science.md §2, §14 (allenai/reward-bench#137).
 """
 
 from __future__ import annotations
