@@ -218,7 +218,18 @@ def _write_records(path: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _jsonable_info(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
+    """Info as strict JSON: paths as strings, a non-finite number (e.g. an estimator's validation AUROC on a
+    one-class split) as None, since events and summaries are strict JSON."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(json.loads(json.dumps(d, default=str)))
 
 
 def _nan_none(v: float) -> float | None:

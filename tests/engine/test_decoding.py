@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_inprocess, write_jsonl
+from job_harness import run_inprocess, write_jsonl
 
 RECORDS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."} for i in range(6)]
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import run_inprocess, write_jsonl
+from job_harness import run_inprocess, write_jsonl
 from test_score import score_spec, scored_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
