@@ -186,7 +186,7 @@ def test_local_judge_labels_and_says_it_is_a_replacement(tiny, tmp_path: Path) -
     out = res.records()
     assert all(o["correct"] in (0, 1) and isinstance(o["correct_reply"], str) for o in out)
     summary = json.loads((res.outputs / "summary.json").read_text())["recorded"]["correct"]
-    assert "LOCAL" in summary["judge"]["label"] and "NOT" in summary["prompt_source"]
+    assert "LOCAL" in summary["judge"]["label"] and "PROMPT_ANSWER_KEY_EQUIVALENCY" in summary["prompt_source"]
 
 
 class _Grader(BaseHTTPRequestHandler):
