@@ -6,13 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch keeps CI and laptops light; a GPU box sets TORCH to a CUDA build (see README).
 TORCH ?= torch==2.13.0
+# The tested versions of everything else (see constraints.txt); CONSTRAINTS= installs the newest allowed.
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: demo test check lint types bench setup clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[engine,dev]'
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[engine,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -45,12 +45,13 @@ KINDS = ["finetune", "generate", "score", "merge", "command"]
 # ----------------------------------------------------------------------------- the store
 
 
-def build_store(home: Path, n_jobs: int, n_metrics: int) -> Path:
-    """A labdeck home with `n_jobs` jobs and `n_metrics` metric rows; reused when already built."""
+def build_store(home: Path, n_jobs: int, n_metrics: int, n_exp: int | None = None) -> Path:
+    """A labdeck home with `n_jobs` jobs in `n_exp` experiments (one per 500 jobs by default) and
+    `n_metrics` metric rows; reused when already built."""
     from db.migrations import SCHEMA_VERSION
 
     marker = home / "bench.json"
-    want = {"jobs": n_jobs, "metrics": n_metrics, "schema": SCHEMA_VERSION, "v": 2}
+    want = {"jobs": n_jobs, "metrics": n_metrics, "schema": SCHEMA_VERSION, "v": 2, "experiments": n_exp}
     if marker.exists() and json.loads(marker.read_text()) == want:
         return home
     if home.exists():
@@ -64,7 +65,7 @@ def build_store(home: Path, n_jobs: int, n_metrics: int) -> Path:
     con.execute("PRAGMA journal_mode = WAL")
     con.execute("PRAGMA synchronous = OFF")
     con.execute("BEGIN")
-    n_exp = max(1, n_jobs // 500)
+    n_exp = n_exp or max(1, n_jobs // 500)
     con.executemany("INSERT INTO experiment (id, name, description, created_at) VALUES (?, ?, '', ?)",
                     [(i + 1, f"exp-{i:04d}", 1.7e9 + i) for i in range(n_exp)])
     rng = random.Random(0)
@@ -151,6 +152,60 @@ def bench_queries(home: Path) -> None:
     print("\nqueries on the large store (median of 5, ms)")
     for label, ms in rows:
         print(f"  {label:<52} {ms:8.1f}")
+
+
+def bench_experiments(base: Path, runs: int) -> None:
+    """The experiments screen at 10,000 experiments and 100,000 jobs, against the jobs screen in the
+    same run: the first page of each as a query, and in the app the time from pressing `e` to the
+    painted list against the jobs screen's own first paint."""
+    from db.session import Store
+    from tui.source import JobQuery, Source
+
+    n_jobs, n_exp = 100_000, 10_000
+    home = build_store(base / f"home-{n_jobs}-exp-{n_exp}", n_jobs, n_jobs, n_exp=n_exp)
+    src = Source(store=Store(home))
+
+    def med(fn, repeat: int = 5) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1000
+
+    jobs_ms = med(lambda: src.jobs_page(JobQuery(), 0))
+    exp_ms = med(lambda: src.experiments())
+    filt_ms = med(lambda: src.experiments("exp-09", ("failed",)))
+    pipe_ms = med(lambda: src.pipeline("exp-5000"))
+    src.store.dispose()
+    print(f"\nexperiments screen: {n_exp:,} experiments, {n_jobs:,} jobs (median of 5, ms)")
+    print(f"  jobs page 1 (the jobs screen's read)                {jobs_ms:8.1f}")
+    print(f"  experiments page 1 (aggregated in SQL)              {exp_ms:8.1f}   {exp_ms / jobs_ms:5.1f}x jobs page")
+    print(f"  experiments, filter 'exp-09 status:failed'          {filt_ms:8.1f}")
+    print(f"  one experiment's pipeline (10 jobs)                 {pipe_ms:8.1f}")
+    first, press, again = [], [], []
+    marker = f"of {n_exp:,}".encode()
+    for _ in range(runs):
+        t = Term(labdeck_argv(home))
+        first.append(t.read_until(f"of {n_jobs:,}".encode()))
+        t.drain()
+        t0 = time.perf_counter()
+        os.write(t.master, b"e")  # at once: the store is still being opened in the background
+        t.read_until(marker)
+        press.append(time.perf_counter() - t0)
+        t.drain(limit=5.0)
+        os.write(t.master, b"1")
+        t.drain()
+        t.buf = b""
+        t0 = time.perf_counter()
+        os.write(t.master, b"e")  # again, warm: a reload of the list
+        t.read_until(marker)
+        again.append(time.perf_counter() - t0)
+        t.close()
+    f, p, a = statistics.median(first), statistics.median(press), statistics.median(again)
+    print(f"  app: jobs screen first paint {f:.3f} s; 'e' pressed at once to the painted list {p:.3f} s "
+          f"({p / f:.2f}x), pressed again later {a:.3f} s ({a / f:.2f}x the jobs first paint), median of {runs}")
 
 
 # ----------------------------------------------------------------------------- a pseudo-terminal
@@ -340,7 +395,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="cold starts of each app (default 5)")
     ap.add_argument("--presses", type=int, default=250)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of each idle measurement")
+    ap.add_argument("--experiments-only", action="store_true", help="only the experiments screen's figures")
     args = ap.parse_args()
+    base = Path(os.environ.get("LABDECK_BENCH_DIR", "/tmp/labdeck-bench"))
+    if args.experiments_only:
+        bench_experiments(base, args.runs)
+        return 0
     n_jobs, n_metrics = (10_000, 1_000_000) if args.quick else (100_000, 10_000_000)
     base = Path(os.environ.get("LABDECK_BENCH_DIR", "/tmp/labdeck-bench"))
     home = build_store(base / f"home-{n_jobs}-{n_metrics}", n_jobs, n_metrics)
@@ -349,6 +409,7 @@ def main() -> int:
     bench_queries(home)
     bench_start(home, n_jobs, args.runs)
     bench_keys_and_idle(home, n_jobs, args.presses, args.idle)
+    bench_experiments(base, args.runs)
     return 0
 
 

@@ -59,7 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   + [f"{len(jobs)} job(s) would be queued (dry run: nothing stored)"])
             return 0
         client = _client(args)
-        ids = client.enqueue(expansions, args.files[0])
+        ids = client.enqueue(expansions, args.files[0], Client.descriptions(args.files))
     _emit(args, {"ids": ids}, [str(i) for i in ids])
     if not args.no_worker:
         ok, message = client.ensure_worker()

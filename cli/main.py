@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import complete, demo, jobs, results, wait, worker
+from cli import complete, demo, experiments, jobs, prefetch, results, wait, worker
+from cli import secrets as secrets_cmd
 from cli.common import EXIT_USAGE, UserError
 
 
@@ -66,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.register(add)
     wait.register(add)
     results.register(add)
+    experiments.register(add)
     worker.register(add)
     demo.register(add)
+    secrets_cmd.register(add)
+    prefetch.register(add)
     complete.register(add)
     add("tui", cmd_tui, "Open the terminal app (the same as no command)")
     return p

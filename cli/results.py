@@ -96,6 +96,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.output
     if args.format == "parquet" and out is None:
         raise UserError("--format parquet: give an --output file (parquet is binary)")
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401 - the interactive side installs without it
+        except ImportError:
+            raise UserError("--format parquet: needs pyarrow, which this install lacks: pip install 'labdeck[analysis]'") from None
     try:
         write_export(rows, args.format, out)
     except OSError as e:

@@ -132,15 +132,20 @@ class Client:
         except OSError as e:
             raise ClientError(f"{getattr(e, 'filename', '') or files}: {e.strerror or e}") from None
 
-    def enqueue(self, expansions: Sequence[Expansion], label: str = "") -> list[int]:
-        """Store expanded jobs in one transaction: every file's jobs land, or none do."""
+    def enqueue(self, expansions: Sequence[Expansion], label: str = "", descriptions: Sequence[Any] = ()) -> list[int]:
+        """Store expanded jobs in one transaction: every file's jobs land, or none do. A file's
+        `description:` (in `descriptions`, one per expansion) becomes its experiment's."""
+        from db.experiments import describe
         from db.queue import UnknownJob, enqueue
 
         ids: list[int] = []
         try:
             with self.store.write() as s:
-                for exp in expansions:
+                for i, exp in enumerate(expansions):
                     ids += enqueue(s, exp.drafts, resolve=exp.resolver(self.store.home))
+                    text = descriptions[i] if i < len(descriptions) else None
+                    if exp.drafts and isinstance(text, str):
+                        describe(s, exp.drafts[0].experiment, text)
         except UnknownJob as e:
             raise ClientError(f"{label + ': ' if label else ''}after: {e}") from None
         return ids
@@ -149,7 +154,22 @@ class Client:
                *, data: Mapping[str, Any] | None = None, source: str = "form") -> list[int]:
         """Validate and queue spec files (or one spec mapping from the app's form); the new ids."""
         expansions = self.expand(files, variables, variant, data, source)
-        return self.enqueue(expansions, files[0] if files else source)
+        return self.enqueue(expansions, files[0] if files else source, self.descriptions(files, data))
+
+    @staticmethod
+    def descriptions(files: Sequence[str] = (), data: Mapping[str, Any] | None = None) -> list[Any]:
+        """Each file's (or the mapping's) top-level `description:`, None where it has none."""
+        if data is not None:
+            return [data.get("description")]
+        from engine.specfile import SpecError, load_file
+
+        out: list[Any] = []
+        for f in files:
+            try:
+                out.append(load_file(resolve_spec_file(f)).get("description"))
+            except (SpecError, OSError):
+                out.append(None)
+        return out
 
     # ------------------------------------------------------------------ control
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from db.files import write_atomic, write_text_atomic
 from db.reads import as_connection, latest_metrics
+from db.redact import redact_json
 
 
 def export_rows(c: Any, experiment: str) -> list[dict[str, Any]]:
@@ -32,7 +33,7 @@ def export_rows(c: Any, experiment: str) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "id": jid, "experiment": experiment, "name": name, "kind": kind, "status": status,
             "attempt": attempt, "queued_at": queued, "started_at": started,
-            "finished_at": finished, "failure_reason": reason, "spec": spec,
+            "finished_at": finished, "failure_reason": reason, "spec": redact_json(spec),
         }
         row |= {f"param.{k}": v for k, v in json.loads(params or "{}").items()}
         row |= {f"metric.{k}": v for k, v in sorted(metrics.get(jid, {}).items())}

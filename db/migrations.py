@@ -11,7 +11,9 @@ keeps the whole history readable in one screen, with no extra tool for a user to
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 # Each entry upgrades version i to i + 1. Never edit a released step; append a new one.
 STEPS: list[list[str]] = [
@@ -106,10 +108,61 @@ STEPS: list[list[str]] = [
         "CREATE INDEX ix_metric_name_job ON metric (name, job_id)",
         "CREATE INDEX ix_job_status_priority ON job (status, priority DESC, id)",
     ],
-    # 2 -> 3: how the worker's executor finds a job's processes again after a restart (opaque to
-    # the store: the local executor keeps the launcher's pid and start; a batch system its job id).
+    # 2 -> 3: job ids are never reused (AUTOINCREMENT: after `rm` of the newest job, the next one
+    # gets a new id, so a note or a script that names job 12 never meets a different job 12); how
+    # the worker's executor finds a job's processes again (opaque: the local executor keeps the
+    # launcher's pid, start ticks and boot id); which events file the offset counts in, and what
+    # ingestion skipped and why. SQLite cannot add AUTOINCREMENT in place: the table is rebuilt
+    # (foreign keys are off for this step, see `migrate`).
     [
-        "ALTER TABLE job ADD COLUMN external_id VARCHAR NOT NULL DEFAULT ''",
+        """CREATE TABLE job_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            experiment_id INTEGER NOT NULL REFERENCES experiment (id),
+            name VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            spec VARCHAR NOT NULL,
+            status VARCHAR(11) NOT NULL DEFAULT 'queued',
+            priority INTEGER NOT NULL DEFAULT 0,
+            gpus_requested INTEGER NOT NULL DEFAULT 0,
+            min_free_mem_mb INTEGER NOT NULL DEFAULT 0,
+            gpu_mem_mb INTEGER NOT NULL DEFAULT 0,
+            allow_foreign BOOLEAN NOT NULL DEFAULT 0,
+            time_limit_s FLOAT,
+            retry_max INTEGER NOT NULL DEFAULT 0,
+            retry_on VARCHAR NOT NULL DEFAULT '[]',
+            assigned_gpus VARCHAR NOT NULL DEFAULT '',
+            pid INTEGER,
+            pid_start_time FLOAT,
+            host VARCHAR NOT NULL DEFAULT '',
+            run_dir VARCHAR NOT NULL DEFAULT '',
+            attempt INTEGER NOT NULL DEFAULT 1,
+            parent_id INTEGER REFERENCES job (id),
+            cancel_requested BOOLEAN NOT NULL DEFAULT 0,
+            queued_at FLOAT NOT NULL,
+            started_at FLOAT,
+            finished_at FLOAT,
+            heartbeat_at FLOAT,
+            exit_code INTEGER,
+            exit_signal INTEGER,
+            failure_reason VARCHAR,
+            failure_detail VARCHAR NOT NULL DEFAULT '',
+            log_tail VARCHAR NOT NULL DEFAULT '',
+            events_offset INTEGER NOT NULL DEFAULT 0,
+            progress_done FLOAT,
+            progress_total FLOAT,
+            eta_s FLOAT,
+            params VARCHAR NOT NULL DEFAULT '{}',
+            external_id VARCHAR NOT NULL DEFAULT '',
+            events_inode INTEGER NOT NULL DEFAULT 0,
+            events_skipped INTEGER NOT NULL DEFAULT 0,
+            events_note VARCHAR NOT NULL DEFAULT '')""",
+        "INSERT INTO job_new (id, experiment_id, name, kind, spec, status, priority, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign, time_limit_s, retry_max, retry_on, assigned_gpus, pid, pid_start_time, host, run_dir, attempt, parent_id, cancel_requested, queued_at, started_at, finished_at, heartbeat_at, exit_code, exit_signal, failure_reason, failure_detail, log_tail, events_offset, progress_done, progress_total, eta_s, params) SELECT id, experiment_id, name, kind, spec, status, priority, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign, time_limit_s, retry_max, retry_on, assigned_gpus, pid, pid_start_time, host, run_dir, attempt, parent_id, cancel_requested, queued_at, started_at, finished_at, heartbeat_at, exit_code, exit_signal, failure_reason, failure_detail, log_tail, events_offset, progress_done, progress_total, eta_s, params FROM job",
+        "DROP TABLE job",
+        "ALTER TABLE job_new RENAME TO job",
+        "CREATE INDEX ix_job_experiment_id ON job (experiment_id)",
+        "CREATE INDEX ix_job_kind ON job (kind)",
+        "CREATE INDEX ix_job_status ON job (status)",
+        "CREATE INDEX ix_job_status_priority ON job (status, priority DESC, id)",
     ],
 ]
 
@@ -118,6 +171,24 @@ SCHEMA_VERSION = len(STEPS)
 
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer labdeck; opening it could lose data."""
+
+
+class SchemaBusy(RuntimeError):
+    """A worker of another labdeck version holds the home: migrating under it could lose data."""
+
+
+def backup(conn: sqlite3.Connection, path: Path | str, version: int) -> Path:
+    """A consistent copy of the database (`VACUUM INTO`, 0600) before a migration changes it."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.v{version}.bak")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.v{version}.{n}.bak")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    conn.execute("VACUUM INTO ?", (str(target),))
+    return target
 
 
 def current_version(conn: sqlite3.Connection) -> int:
@@ -135,6 +206,17 @@ def migrate(conn: sqlite3.Connection, path: str = "", target: int = SCHEMA_VERSI
             f"{path or 'database'}: schema version {version} is newer than this labdeck "
             f"understands ({SCHEMA_VERSION}); upgrade labdeck"
         )
+    # A step that rebuilds a table drops the old one, which with foreign keys on would first
+    # delete its rows (and fail on every row that references them): off while migrating, checked after.
+    fk = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        return _migrate(conn, version, target)
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {int(fk)}")
+
+
+def _migrate(conn: sqlite3.Connection, version: int, target: int) -> int:
     while version < target:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -145,6 +227,9 @@ def migrate(conn: sqlite3.Connection, path: str = "", target: int = SCHEMA_VERSI
                 break
             for statement in STEPS[version]:
                 conn.execute(statement)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+            if broken is not None:
+                raise sqlite3.IntegrityError(f"migration to version {version + 1} broke a reference: {tuple(broken)}")
             version += 1
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")

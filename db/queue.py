@@ -18,7 +18,6 @@ changes nothing and raises `IllegalTransition`.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session
 
-from db.home import run_dir
 from db.models import (
     RETRYABLE_STATUSES,
     Artifact,
@@ -142,6 +140,9 @@ def enqueue(session: Session, drafts: Sequence[JobDraft], resolve=None) -> list[
         )
         ids = [int(r[0]) for r in result.all()]
     external = {i for d in drafts for i in d.depends_on_ids}
+    own = external & set(ids)
+    if own:  # an id that did not exist before this submit: the job would wait for itself forever
+        raise UnknownJob(f"dependency on job {min(own)}: no such job before this submit (a job cannot wait for itself)")
     if external:
         found = set(session.execute(select(Job.id).where(Job.id.in_(external))).scalars())
         missing = sorted(external - found)
@@ -236,6 +237,12 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
         raise UnknownJob(f"job {job_id}: no such job")
     if job.status not in RETRYABLE_STATUSES:
         raise IllegalTransition(f"job {job_id}: a {job.status.value} job cannot be retried")
+    live = session.execute(
+        select(Job.id).where(Job.parent_id == job_id, Job.status.in_([S.queued.value, S.running.value]))
+    ).scalars().first()
+    if live is not None:
+        raise IllegalTransition(f"job {job_id}: its retry, job {live}, is still {_status_of(session, live).value}; "
+                                "one attempt at a time")
     fields = {
         c: getattr(job, c)
         for c in (
@@ -384,10 +391,11 @@ def set_queue_state(session: Session, state: str) -> None:
 def repoint_dependents(session: Session, old_id: int, new_id: int) -> int:
     """Make queued jobs that wait for `old_id` wait for its retry `new_id` instead; returns how many.
 
-    A pipeline stage's spec holds its upstream's output path (`runs/<id>/outputs/...`, resolved at
-    submit), so the spec is rewritten too: the dependent reads the new attempt's outputs, never the
-    failed attempt's leftovers. Used by a manual retry and when the worker retries a job
-    automatically in the same transaction that records its failure.
+    A stage's spec names its upstream by id (`${job:ID.output}`, see `db.stagerefs`); the worker
+    follows these dependency rows (and the retry's parent link) when it prepares the run folder, so
+    the dependent reads the new attempt's outputs, never the failed attempt's leftovers, and no
+    spec text is rewritten. Used by a manual retry and when the worker retries a job automatically
+    in the same transaction that records its failure.
     """
     queued = select(Job.id).where(Job.status == S.queued.value)
     waiting = session.execute(
@@ -400,12 +408,4 @@ def repoint_dependents(session: Session, old_id: int, new_id: int) -> int:
         .where(JobDependency.depends_on_id == old_id, JobDependency.job_id.in_(waiting))
         .values(depends_on_id=new_id)
     )
-    home = session.info.get("home")
-    if home is not None:
-        old_dir, new_dir = json.dumps(str(run_dir(home, old_id)))[1:-1], json.dumps(str(run_dir(home, new_id)))[1:-1]
-        pattern = re.compile(re.escape(old_dir) + r'(?=["/])')
-        for job_id, spec in session.execute(select(Job.id, Job.spec).where(Job.id.in_(waiting))).all():
-            rewritten = pattern.sub(lambda _m: new_dir, spec)
-            if rewritten != spec:
-                session.execute(update(Job).where(Job.id == job_id).values(spec=rewritten))
     return len(waiting)

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from db.home import DB_NAME
+from db.redact import redact
 from db.rows import ArtifactRow, GpuInfo, JobDetail, JobRow, ResultRow, WorkerState, parse_gpu_snapshot
 from db.schema import (
     GPU_SNAPSHOT_KEY,
@@ -218,15 +219,16 @@ def job_detail(c: Any, job_id: int) -> JobDetail:
                     (job_id,)).fetchone()
     if r is None:
         raise UnknownJob(f"job {job_id}: no such job")
-    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent = r[17:]
+    spec, run_dir, pid, host, exit_code, exit_signal, detail, tail, heartbeat, cancel, parent, skipped, note = r[17:]
     deps = sorted(d for (d,) in con.execute("SELECT depends_on_id FROM jobdependency WHERE job_id = ?", (job_id,)))
     arts = con.execute("SELECT kind, path, meta, created_at FROM artifact WHERE job_id = ? ORDER BY id", (job_id,))
     return JobDetail(
-        row=_row(r[:17]), spec=json.loads(spec), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
+        row=_row(r[:17]), spec=redact(json.loads(spec)), run_dir=run_dir, pid=pid, host=host, exit_code=exit_code,
         exit_signal=exit_signal, failure_detail=detail, log_tail=tail, heartbeat_at=heartbeat,
         cancel_requested=bool(cancel), parent_id=parent, depends_on=deps,
         metrics=latest_metrics(con, [job_id]).get(job_id, {}),
         artifacts=[ArtifactRow(k, p, json.loads(m or "{}"), t) for k, p, m, t in arts],
+        events_skipped=skipped, events_note=note,
     )
 
 
@@ -350,7 +352,7 @@ def _like_literal(text: str) -> str:
 
 def _result_row(job: Sequence[Any], value: float | None, extra: dict[str, Any] | None = None) -> ResultRow:
     jid, name, kind, status, params, spec = job
-    return ResultRow(jid, name, kind, status, {**json.loads(params or "{}"), **(extra or {})}, json.loads(spec), value)
+    return ResultRow(jid, name, kind, status, {**json.loads(params or "{}"), **(extra or {})}, redact(json.loads(spec)), value)
 
 
 # ----------------------------------------------------------------------------- worker, queue and GPUs

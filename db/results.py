@@ -142,9 +142,8 @@ def correlate(
 
     In the CAR paper, x is a metric of a teacher's data under a base model (CAR, reward, IFD) and y
     the performance of that base model fine-tuned on it; ρ is computed per base model and averaged.
-    ρ uses average ranks for ties (`scipy.stats.spearmanr`) on raw values, never sign-flipped.
+    ρ uses average ranks for ties (as `scipy.stats.spearmanr`) on raw values, never sign-flipped.
     """
-    from scipy.stats import spearmanr
 
     def key(r: ResultRow) -> tuple[str, str]:
         group = _label(field_value(r, by)) if by else "all"
@@ -166,6 +165,33 @@ def correlate(
         if len(pairs) < 2:
             rho = float("nan")
         else:
-            rho = float(spearmanr([p[1] for p in pairs], [p[2] for p in pairs]).statistic)
+            rho = spearman([p[1] for p in pairs], [p[2] for p in pairs])
         out.append(Correlation(group, len(pairs), rho, pairs))
     return out
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ with average ranks for ties: Pearson's r of the ranks; NaN when a side is constant.
+
+    Written out (a dozen lines) so the CLI's `correlate` and the demo need no scipy on the
+    interactive side; tests check it against `scipy.stats.spearmanr`.
+    """
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    try:
+        return statistics.correlation(rx, ry)
+    except statistics.StatisticsError:
+        return float("nan")

@@ -140,6 +140,8 @@ class JobDetail:
     depends_on: list[int]
     metrics: dict[str, float]  # latest value of every metric
     artifacts: list[ArtifactRow] = field(default_factory=list)
+    events_skipped: int = 0  # event lines ingestion could not use
+    events_note: str = ""  # why the last of them were skipped
 
     def as_dict(self) -> dict[str, Any]:
         d = self.row.as_dict()
@@ -149,7 +151,7 @@ class JobDetail:
             pid=self.pid, host=self.host, exit_code=self.exit_code, exit_signal=self.exit_signal,
             failure_detail=self.failure_detail, log_tail=self.log_tail, heartbeat_at=self.heartbeat_at,
             cancel_requested=self.cancel_requested, parent_id=self.parent_id, depends_on=self.depends_on,
-            metrics=self.metrics,
+            metrics=self.metrics, events_skipped=self.events_skipped, events_note=self.events_note,
             artifacts=[{"kind": a.kind, "path": a.path, "meta": a.meta, "created_at": a.created_at} for a in self.artifacts],
             timestamps={"queued": self.row.queued_at, "started": self.row.started_at,
                         "finished": self.row.finished_at, "heartbeat": self.heartbeat_at},

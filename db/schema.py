@@ -75,13 +75,13 @@ JOB_ROW_FROM = "job JOIN experiment ON experiment.id = job.experiment_id"
 # The columns of a job's detail beyond its row (`db.rows.JobDetail`).
 JOB_DETAIL_COLUMNS = (
     "job.spec, job.run_dir, job.pid, job.host, job.exit_code, job.exit_signal, job.failure_detail, "
-    "job.log_tail, job.heartbeat_at, job.cancel_requested, job.parent_id"
+    "job.log_tail, job.heartbeat_at, job.cancel_requested, job.parent_id, job.events_skipped, job.events_note"
 )
 
 # The worker's per-tick reads (engine.worker): what the scheduler needs of each queued job.
 QUEUED_FOR_SCHEDULER = (
     "SELECT id, priority, queued_at, gpus_requested, min_free_mem_mb, gpu_mem_mb, allow_foreign FROM job "
-    f"WHERE status = '{JobStatus.queued.value}' AND cancel_requested = 0 ORDER BY priority DESC, queued_at, id"
+    f"WHERE status = '{JobStatus.queued.value}' AND cancel_requested = 0 ORDER BY priority DESC, id"
 )
 QUEUED_DEPENDENCIES = (
     "SELECT d.job_id, d.depends_on_id, up.status FROM jobdependency d "

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from db import migrations
-from db.home import db_path, ensure_home
+from db.home import db_path, ensure_home, worker_lock_schema
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -72,6 +72,14 @@ class Store:
         raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             _configure(raw, None)
+            version = migrations.current_version(raw)
+            if 0 < version < migrations.SCHEMA_VERSION:
+                held, schema = worker_lock_schema(self.home)
+                if held and schema != migrations.SCHEMA_VERSION:
+                    raise migrations.SchemaBusy(
+                        f"{self.path}: a worker of another labdeck version is running; stop it "
+                        f"(labdeck worker stop) so this labdeck can upgrade the store")
+                migrations.backup(raw, self.path, version)
             migrations.migrate(raw, str(self.path))
         finally:
             raw.close()

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from db.home import WORKER_LOCK as LOCK_NAME
 from db.schema import WORKER_GPUS_KEY as GPUS_KEY  # noqa: F401 - the --gpus of the last `worker start`
 from db.schema import WORKER_STOP_KEY as STOP_KEY
 
-LOCK_NAME = "worker.lock"
 LOG_NAME = "worker.log"
+OPTIONS_KEY = "worker_options"  # every option of the last explicit start (JSON), reused by automatic starts
 
 
 def lock_path(home: Path) -> Path:
@@ -61,8 +62,11 @@ class WorkerLock:
                     return False
                 time.sleep(0.05)
         self.fd = fd
+        from db.migrations import SCHEMA_VERSION
+
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # The schema this worker's labdeck speaks: a newer labdeck will not migrate under it.
+        os.write(fd, f"{os.getpid()}\nschema {SCHEMA_VERSION}\n".encode())
         return True
 
     def release(self) -> None:

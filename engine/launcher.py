@@ -22,7 +22,8 @@ What it runs:
 
 Standard library only (plus nothing): the launcher must start fast and never load torch itself.
 It records `env.json` (python, platform, package versions read by `importlib.metadata`, git commits,
-CUDA_VISIBLE_DEVICES, host) after the command has started, so that costs no start-up latency.
+CUDA_VISIBLE_DEVICES, host) after the command has started, so that costs no start-up latency; the
+variables named in LABDECK_SECRET_NAMES (from the home's secrets.env) are never recorded.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ import os
 import platform
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from engine.secrets import ENV_SECRET_NAMES
 
 EXIT_FILE = "exit.json"
 ENV_FILE = "env.json"
@@ -54,24 +58,102 @@ PACKAGES = (
 )
 
 
+EXIT_RECORD_BYTES = 4096  # exit.json's fixed size, reserved on disk before the job runs
+
+
+def _write_all(fd: int, data: bytes, offset: int = 0) -> None:
+    """pwrite until everything is written: one write may be short (a full disk, a signal)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(f"short write ({n})")
+        view, offset = view[n:], offset + n
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """tmp + fsync + rename: a reader sees the old file or the whole new one, never half of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        _write_all(fd, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
 
 
-def read_exit(run_dir: Path | str) -> dict[str, Any] | None:
-    """The launcher's record of how the job ended, or None if it wrote none."""
+class ExitRecord:
+    """`exit.json`, written so that a full disk cannot turn a finished job into a lost one.
+
+    The file's blocks are reserved when the launcher starts (before the job can fill the disk):
+    a fixed-size temporary file, allocated with `posix_fallocate`. At the end the record is
+    written into those blocks (padded with spaces, which JSON ignores), fsynced and renamed into
+    place; none of that needs a new block. The record is kept small (the command line is in
+    env.json) and cut to the essential fields should it ever not fit.
+    """
+
+    ESSENTIAL = ("started", "returncode", "signal", "ended_at", "spawn_error", "detail", "oom_killed",
+                 "signals_received", "launcher_pid")
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / EXIT_FILE
+        self.tmp = run_dir / f".{EXIT_FILE}.{os.getpid()}.reserved"
+        self.fd: int | None = None
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, EXIT_RECORD_BYTES)
+        except (OSError, AttributeError):
+            try:  # a filesystem without fallocate: write the padding instead
+                _write_all(fd, b" " * EXIT_RECORD_BYTES)
+            except OSError:
+                pass
+        self.fd = fd
+
+    def write(self, data: dict[str, Any]) -> None:
+        body = json.dumps(data, sort_keys=True, default=str).encode()
+        if len(body) >= EXIT_RECORD_BYTES:
+            body = json.dumps({k: data[k] for k in self.ESSENTIAL if k in data}, default=str).encode()[
+                : EXIT_RECORD_BYTES - 1]
+        if self.fd is None:
+            write_json_atomic(self.path, json.loads(body))
+            return
+        try:
+            _write_all(self.fd, body + b"\n" + b" " * (EXIT_RECORD_BYTES - len(body) - 1))
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+        os.replace(self.tmp, self.path)
+
+
+def _open_regular(path: Path) -> int | None:
+    """Open for reading without ever blocking (a FIFO planted in a run folder), regular files only."""
     try:
-        return json.loads((Path(run_dir) / EXIT_FILE).read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_exit(run_dir: Path | str) -> dict[str, Any] | None:
+    """The launcher's record of how the job ended, or None if it wrote none (or not a readable one)."""
+    fd = _open_regular(Path(run_dir) / EXIT_FILE)
+    if fd is None:
+        return None
+    try:
+        data = json.loads(os.pread(fd, 1 << 20, 0).decode("utf-8"))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def _free_port() -> int:
@@ -149,6 +231,7 @@ def _versions() -> dict[str, str]:
 def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
     """What `env.json` holds: enough to tell later which code and which packages produced a result."""
     labdeck_src = Path(__file__).resolve().parent.parent
+    secret_names = set(env.get(ENV_SECRET_NAMES, "").split(","))  # from secrets.env: never recorded
     return {
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
@@ -161,14 +244,31 @@ def environment_record(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[
         "cwd": str(cwd),
         "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
         "env": {k: v for k, v in env.items() if k.startswith(("LABDECK_", "CUDA_", "PYTORCH_", "NCCL_", "HF_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-                and "TOKEN" not in k},
+                and "TOKEN" not in k and k not in secret_names},
     }
 
 
-def _oom_kills() -> int | None:
-    """The cgroup's OOM-kill counter (cgroup v2), to tell the kernel's OOM killer from other SIGKILLs."""
+def _own_cgroup() -> Path | None:
+    """This process's own cgroup v2 folder, or None at the root (bare metal) or without cgroup v2."""
     try:
-        for line in Path("/sys/fs/cgroup/memory.events").read_text().splitlines():
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hier, _, rest = line.partition(":")
+            controllers, _, path = rest.partition(":")
+            if hier == "0" and controllers == "" and path.strip() not in ("", "/"):
+                return Path("/sys/fs/cgroup") / path.strip().lstrip("/")
+    except OSError:
+        pass
+    return None
+
+
+def _oom_kills(cgroup: Path | None = None) -> int | None:
+    """The OOM-kill counter of the job's own cgroup (v2), to tell the kernel's OOM killer from other
+    SIGKILLs; None when the job has no cgroup of its own (the root's counter would count the box)."""
+    cgroup = cgroup if cgroup is not None else _own_cgroup()
+    if cgroup is None:
+        return None
+    try:
+        for line in (cgroup / "memory.events").read_text().splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
@@ -198,6 +298,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m engine.launcher RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0]).absolute()
+    # An ignored SIGCHLD (inherited from whoever started the worker) makes the kernel reap the
+    # job at once, and wait4 could not learn how it ended: a failed job would look like exit 0.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    exit_record = ExitRecord(run_dir)
     t0 = time.time()
     base = {"launcher_pid": os.getpid(), "launcher_started_at": t0}
     # A SIGTERM for the job (cancel, time limit) reaches the whole session; the launcher must live
@@ -219,12 +323,12 @@ def main(argv: list[str]) -> int:
         signal.signal(forwarded, forward)
 
     if os.environ.get("LABDECK_NO_GATE") != "1" and not _wait_for_gate():
-        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": False, "ended_at": time.time(),
+        exit_record.write({**base, "started": False, "ended_at": time.time(),
                                                 "returncode": None, "signal": None,
                                                 "detail": "the worker went away before the job was started"})
         return EXIT_NOT_STARTED
     if received:  # cancelled between spawn and go
-        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": False, "ended_at": time.time(),
+        exit_record.write({**base, "started": False, "ended_at": time.time(),
                                                 "returncode": None, "signal": received[0],
                                                 "detail": f"signal {received[0]} before the job started"})
         return EXIT_NOT_STARTED
@@ -235,13 +339,14 @@ def main(argv: list[str]) -> int:
         if spec.get("kind") == "command":
             env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
         cmd, cwd = build_argv(spec, run_dir, env)
-        oom_before = _oom_kills()
+        cgroup = _own_cgroup()
+        oom_before = _oom_kills(cgroup)
         started_at = time.time()
         child = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL)  # noqa: S603
     except (OSError, ValueError, KeyError) as e:
         message = f"could not start the job: {type(e).__name__}: {e}"
         print(f"labdeck: {message}", file=sys.stderr, flush=True)
-        write_json_atomic(run_dir / EXIT_FILE, {**base, "started": True, "spawn_error": message,
+        exit_record.write({**base, "started": True, "spawn_error": message,
                                                 "ended_at": time.time(), "returncode": EXIT_SPAWN_ERROR,
                                                 "signal": None})
         return EXIT_SPAWN_ERROR
@@ -252,36 +357,41 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - a record that could not be written never stops the job
         print(f"labdeck: env.json not written: {e}", file=sys.stderr, flush=True)
 
+    status: int | None = None
+    rusage = None
     while True:
         try:
             _, status, rusage = os.wait4(child.pid, 0)
             break
         except InterruptedError:
             continue
-        except ChildProcessError:
-            status, rusage = 0, None
+        except ChildProcessError:  # reaped behind our back: how it ended is unknown, never "exit 0"
             break
-    returncode = os.waitstatus_to_exitcode(status)
+    received_before_end = list(received)  # a signal after this came too late to have ended the job
+    returncode = os.waitstatus_to_exitcode(status) if status is not None else None
     child.returncode = returncode
-    sig = -returncode if returncode < 0 else None
-    oom_after = _oom_kills()
+    sig = -returncode if returncode is not None and returncode < 0 else None
+    oom_after = _oom_kills(cgroup)
     record = {
         **base,
         "started": True,
         "child_pid": child.pid,
-        "argv": cmd,
         "started_at": started_at,
         "ended_at": time.time(),
         "returncode": returncode,
         "signal": sig,
-        "signals_received": received,
+        "signals_received": received_before_end,
         "max_rss_mb": round(rusage.ru_maxrss / 1024, 1) if rusage else None,
         "cpu_user_s": round(rusage.ru_utime, 3) if rusage else None,
         "cpu_sys_s": round(rusage.ru_stime, 3) if rusage else None,
         "oom_killed": bool(sig == signal.SIGKILL and oom_before is not None and oom_after is not None
                            and oom_after > oom_before),
     }
-    write_json_atomic(run_dir / EXIT_FILE, record)
+    if returncode is None:
+        record["detail"] = "the job's exit status was lost (something else reaped it)"
+    exit_record.write(record)
+    if returncode is None:
+        return 1
     return returncode if returncode >= 0 else 128 + (sig or 0)
 
 

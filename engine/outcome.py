@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import os
 import signal as _signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from db.models import FailureReason, JobStatus
+from engine import secrets
 
 R = FailureReason
 ENGINE_KINDS = ("generate", "score", "finetune", "merge")
@@ -68,6 +70,10 @@ def classify(
     rec = exit_record or {}
     code = rec.get("returncode")
     sig = rec.get("signal")
+    if stop_reason and code == 0 and rec.get("started") is not False and not rec.get("signals_received"):
+        # The command had already exited 0 when the stop reached it (a cancel racing a natural end):
+        # the job did its work, and says so.
+        stop_reason = None
     if stop_reason == "cancel":
         return Outcome(JobStatus.cancelled, R.cancelled.value, "cancelled by request", code, sig)
     if stop_reason == "stop_now":
@@ -89,6 +95,8 @@ def classify(
         return Outcome(JobStatus.failed, R.spawn_error.value, str(rec["spawn_error"]), code)
     if code == 0:
         return Outcome(JobStatus.succeeded, None, "", 0)
+    if code is None and not sig:
+        return Outcome(JobStatus.failed, R.nonzero_exit.value, str(rec.get("detail") or "the exit status was lost"))
     reported_reason, reported_message = reported_error or (None, "")
     engine = kind in ENGINE_KINDS
     if (engine and code == EXIT_CUDA_OOM) or reported_reason == R.cuda_oom.value or any(
@@ -122,15 +130,28 @@ def should_retry(outcome: Outcome, retry_on: list[str], retry_max: int, attempt:
 
 
 def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> str:
-    """The last `lines` lines of a log, with progress-bar redraws (`\\r`) reduced to their last state."""
+    """The last `lines` lines of a log, with progress-bar redraws (`\\r`) reduced to their last state.
+
+    Opened non-blocking and read only if it is a regular file: a job may replace its log with a
+    FIFO, which a plain open would wait on forever.
+
+    Secret values of the home holding the run folder (`HOME/runs/<id>/log.txt`) are masked: the tail
+    is stored in the database and shown by `show`, the app and notification hooks.
+    """
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        size = st.st_size
+        data = os.pread(fd, max_bytes, max(0, size - max_bytes))
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     text = data.decode("utf-8", errors="replace")
     if size > max_bytes:
         text = text.split("\n", 1)[-1]  # drop the partial first line
@@ -139,4 +160,8 @@ def read_log_tail(path: Path | str, lines: int = 50, max_bytes: int = 16384) -> 
         redraws = [seg for seg in line.split("\r") if seg.strip()]
         if redraws:
             out.append(redraws[-1])
-    return "\n".join(out[-lines:])
+    tail = "\n".join(out[-lines:])
+    run_dir = Path(path).absolute().parent
+    if run_dir.parent.name == "runs" and tail:
+        tail = secrets.redact(tail, secrets.values_for_redaction(run_dir.parent.parent))
+    return tail

@@ -6,9 +6,11 @@ Three habits from Slurm and pueue, kept in one small module:
   process group (sid == pgid == launcher pid). The worker, the terminal that started it and the
   SSH connection can all go away without a SIGHUP reaching the job, and everything the job forks
   stays findable by its session id.
-* A process is identified by its pid *and* its start time. After a reboot or a long worker outage
-  the pid of a finished launcher may belong to something else; comparing the start time keeps a
-  restarted worker from adopting (or killing) a stranger.
+* A process is identified by its pid, its start time in clock ticks after boot (`/proc/PID/stat`
+  field 22) and the boot id. After a reboot or a long worker outage the pid of a finished launcher
+  may belong to something else; comparing the start keeps a restarted worker from adopting (or
+  killing) a stranger. Boot-relative ticks never move when the wall clock is stepped (NTP, a VM
+  resumed), where psutil's `create_time()` (boot time + ticks, in wall-clock seconds) does.
 * Stopping a job means SIGTERM to every process of its session, a grace period, SIGKILL to whatever
   is left, and a check that nothing survived. A child that traps SIGTERM, changes its process
   group or sits in a subprocess of a subprocess is still in the session and still dies.
@@ -28,40 +30,100 @@ from pathlib import Path
 
 import psutil
 
-# Two readings of a process's start time through psutil agree exactly; the tolerance only absorbs
-# float rounding after a round trip through SQLite.
+# Identities stored before labdeck kept start ticks hold psutil's create_time(); two readings of
+# it agree exactly, the tolerance only absorbs float rounding after a round trip through SQLite.
 START_TIME_TOLERANCE_S = 0.05
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def boot_id() -> str:
+    """This boot's random id: a start tick from another boot names another process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def boot_seconds() -> float:
+    """Seconds since boot, counting suspend: the clock start ticks are measured in."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
 
 
 @dataclass(frozen=True)
 class ProcessIdentity:
-    """A pid together with its start time: what a restarted worker uses to recognise a job."""
+    """A pid with its boot-relative start and the boot: what a restarted worker recognises a job by."""
 
     pid: int
-    start_time: float
+    start_ticks: int
+    boot: str
+
+    @property
+    def start_time(self) -> float:
+        """The start as a number (boot-relative ticks), for the store's float columns."""
+        return float(self.start_ticks)
+
+    @property
+    def started_boot_s(self) -> float:
+        return self.start_ticks / CLOCK_TICKS
+
+    def token(self) -> str:
+        return f"{self.pid}:{self.start_ticks}:{self.boot}"
+
+    @classmethod
+    def parse(cls, token: str) -> ProcessIdentity | None:
+        """An identity from `token()`; None for anything else (an empty or older token)."""
+        parts = token.split(":")
+        if len(parts) != 3:
+            return None
+        try:
+            return cls(int(parts[0]), int(parts[1]), parts[2])
+        except ValueError:
+            return None
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start ticks) from /proc/PID/stat; the name field may hold spaces and parens."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            raw = fh.read()
+    except (OSError, ValueError):
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        return fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def identity(pid: int) -> ProcessIdentity | None:
     """The identity of a living process, or None if there is no such (non-zombie) process."""
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return ProcessIdentity(pid, p.create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    st = _stat(pid) if pid and pid > 0 else None
+    if st is None or st[0] in ("Z", "X"):
         return None
+    return ProcessIdentity(pid, st[1], boot_id())
 
 
-def is_alive(pid: int | None, start_time: float | None) -> bool:
-    """True if `pid` runs and started at `start_time`: a reused pid is not our process.
+def is_alive(pid: int | None, start: ProcessIdentity | float | None) -> bool:
+    """True if `pid` runs and is the process `start` names: a reused pid is not our process.
 
-    A zombie counts as dead: it has exited, it is only waiting for its parent (or an init that
-    does not reap) to collect it.
+    `start` is an identity (pid, start ticks, boot) or, for rows written before labdeck kept
+    ticks, psutil's create_time(). A zombie counts as dead: it has exited, it is only waiting for
+    its parent (or an init that does not reap) to collect it.
     """
-    if not pid or start_time is None:
+    if not pid or start is None:
         return False
     ident = identity(pid)
-    return ident is not None and abs(ident.start_time - start_time) <= START_TIME_TOLERANCE_S
+    if ident is None:
+        return False
+    if isinstance(start, ProcessIdentity):
+        return ident == start
+    try:
+        return abs(psutil.Process(pid).create_time() - float(start)) <= START_TIME_TOLERANCE_S
+    except psutil.Error:
+        return False
 
 
 def spawn(
@@ -195,7 +257,7 @@ def kill_pids(pids: Iterable[int], grace_s: float = 2.0, poll_s: float = 0.05) -
     idents = [i for i in (identity(p) for p in pids) if i is not None]
 
     def left() -> list[ProcessIdentity]:
-        return [i for i in idents if is_alive(i.pid, i.start_time)]
+        return [i for i in idents if is_alive(i.pid, i)]
 
     signal_pids([i.pid for i in idents], signal.SIGTERM)
     deadline = time.monotonic() + grace_s

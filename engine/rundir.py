@@ -12,6 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from db.home import run_dir as run_dir_of
 from engine.events import ENV_EVENTS, ENV_JOB_ID, ENV_RUN_DIR, EVENTS_FILE
@@ -78,7 +79,7 @@ def _private_file(path: Path, content: bytes = b"") -> None:
         os.close(fd)
 
 
-def prepare_run_dir(home: Path, job_id: int, spec_json: str) -> Path:
+def prepare_run_dir(home: Path, job_id: int, spec: dict[str, Any] | str) -> Path:
     """Create `runs/<id>/` (0700) with spec.json, an empty events.jsonl and log.txt, and outputs/.
 
     A folder left by an earlier database with the same job id is moved aside, never mixed in.
@@ -87,7 +88,8 @@ def prepare_run_dir(home: Path, job_id: int, spec_json: str) -> Path:
     if rd.exists() and any(rd.iterdir()):
         rd.rename(rd.with_name(f"{job_id}.old-{int(time.time() * 1000)}"))
     rd.mkdir(mode=0o700, parents=True, exist_ok=True)
-    spec = json.loads(spec_json)
+    if isinstance(spec, str):
+        spec = json.loads(spec)
     _private_file(rd / SPEC_FILE, (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
     _private_file(rd / EVENTS_FILE)
     _private_file(rd / LOG_FILE)

@@ -7,7 +7,8 @@ plan ever over-commits a GPU) without a worker, a database or a GPU.
 
 Rules, in order:
 
-* Order: highest priority first, then oldest (`queued_at`), then lowest id.
+* Order: highest priority first, then lowest id (ids only grow; a wall-clock `queued_at` can step
+  back with the clock, so it never decides the order).
 * Dependencies: a job waits until every job it depends on has succeeded. (A dependency that
   failed makes the job `skipped`; that is a state transition, done by `db.queue`, not here.)
 * GPUs: only the worker's allowed GPUs; a GPU with someone else's process is skipped unless the
@@ -45,8 +46,8 @@ class Candidate:
     depends_on: tuple[int, ...] = ()
 
     @property
-    def order(self) -> tuple[int, float, int]:
-        return (-self.priority, self.queued_at, self.id)
+    def order(self) -> tuple[int, int]:
+        return (-self.priority, self.id)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from db.home import run_dir
+from db import stagerefs
 from db.queue import JobDraft
-from engine.specs import KINDS, PRIMARY_OUTPUT, dump_spec, parse_spec
+from engine.specs import KINDS, dump_spec, parse_spec
 
 REF_RE = re.compile(r"\$\{([^}]*)\}")
 INTERNAL_RE = re.compile(r"\$\{@(\d+)\.(output|outputs|run_dir)\}")
@@ -193,22 +193,17 @@ class Expansion:
     drafts: list[JobDraft]
     kinds: list[str] = field(default_factory=list)
 
-    def resolver(self, home: Path) -> Callable[[int, dict[str, Any], list[int]], dict[str, Any]]:
-        """For `db.queue.enqueue`: replace `${@i.output}` markers by paths once ids are known."""
-
-        def path_for(i: int, attr: str, ids: list[int]) -> str:
-            folder = run_dir(home, ids[i])
-            if attr == "run_dir":
-                return str(folder)
-            if attr == "outputs":
-                return str(folder / "outputs")
-            return str(folder / PRIMARY_OUTPUT[self.kinds[i]])
+    def resolver(self, home: Path | None = None) -> Callable[[int, dict[str, Any], list[int]], dict[str, Any]]:
+        """For `db.queue.enqueue`: turn `${@i.output}` batch markers into stage references by job
+        id (`${job:ID.output}`), once the ids are known. They stay symbolic in the store and become
+        paths when the worker prepares the job's run folder (`db.stagerefs`); `home` is unused and
+        kept for callers that pass it."""
 
         def resolve(_index: int, spec: dict[str, Any], ids: list[int]) -> dict[str, Any]:
             text = json.dumps(spec)
             if "${@" not in text:
                 return spec
-            return _walk(spec, lambda s: INTERNAL_RE.sub(lambda m: path_for(int(m.group(1)), m.group(2), ids), s))
+            return _walk(spec, lambda s: INTERNAL_RE.sub(lambda m: stagerefs.marker(ids[int(m.group(1))], m.group(2)), s))
 
         return resolve
 

@@ -4,7 +4,7 @@ Started by `python -m engine.worker` (`engine.daemon`: options, lock, daemonisin
 sleeping `poll_s` between rounds (or less: a job's end wakes it through the executor):
 
 1. **Notice changes cheaply**: `PRAGMA data_version` on one long-lived connection; only when
-   another connection committed does it read commands and the queue (`db.worker_reads`).
+   another connection committed does it read commands and the queue (`db.worker_store`).
 2. **Ingest** running jobs' new `events.jsonl` lines (`engine.ingest`), rows and offsets together.
 3. **Watch** jobs through the executor (`engine.executors`): ended, cancel requested, time limit.
    A finished job gets its final events, its terminal status (`engine.outcome`,
@@ -35,49 +35,35 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import select, update
 
-from db import worker_reads
+from db import stagerefs, worker_store
 from db.home import ensure_home
 from db.home import run_dir as run_dir_of
 from db.models import Job, JobStatus, Worker
 from db.queries import GPU_SNAPSHOT_KEY
 from db.queue import (
     QUEUE_STATE_KEY,
-    IllegalTransition,
     claim,
-    get_setting,
     set_setting,
     skip_dependents_of_failed,
-    transition,
 )
+from db.removal import sweep_deleted
 from db.session import Store
-from engine import attribution, ingest, outcome, process, scheduler
+from engine import attribution, hooks, ingest, outcome, process, scheduler, secrets
 from engine.control import STOP_KEY
 from engine.executors import Executor, Launch, local
 from engine.gpus import Gpu, Inventory, SnapshotMeta, open_inventory, snapshot_json
-from engine.jobstate import Running, changed_log_tails, record_end
+from engine.jobstate import Config, Running, changed_log_tails, record_end, record_failed_starts
+from engine.logs import RateLimited
 from engine.rundir import LOG_FILE, cpu_job_threads, job_env, prepare_run_dir
+from engine.specs import PRIMARY_OUTPUT
 
 log = logging.getLogger("labdeck.worker")
 
-
-
-@dataclass
-class Config:
-    home: Path
-    gpus: frozenset[int] | None = None  # None: every GPU found
-    poll_s: float = 0.2
-    heartbeat_s: float = 3.0
-    kill_grace_s: float = 10.0
-    cpu_slots: int | None = None  # concurrent CPU-only jobs; None: no limit
-    backfill: bool = False
-    wal_limit_mb: float = 64.0
-    plan_cpu_share: float = 0.2  # planning may use at most about this share of a core (big queues)
 
 
 class WorkerDaemon:
@@ -100,35 +86,28 @@ class WorkerDaemon:
         self._watch.execute("PRAGMA busy_timeout = 10000")
         self._data_version = -1
         self._fingerprint: tuple[Any, ...] = ()
-        self._next_plan = 0.0
-        self._next_heartbeat = 0.0
-        self._next_wal_check = 0.0
+        self._next_plan = self._next_heartbeat = self._next_wal_check = 0.0
         self._plan_due = True
         self._gpu_watch = attribution.GpuWatch(self.inventory)
+        self._warn = RateLimited(log)
+        self._unrecorded: list[tuple[Any, ...]] = []  # failed starts the store has not taken yet
         self._waiting: dict[int, str] = {}
         self._waiting_for_gpus = False
-        self._env_base = {k: v for k, v in os.environ.items() if k not in ("LABDECK_FAKE_GPUS",)}
+        # The worker's own LABDECK_* settings (a fake GPU file, a gate switch) are never a job's.
+        self._env_base = {k: v for k, v in os.environ.items() if not k.startswith("LABDECK_")}
         self._cpu_threads = cpu_job_threads(config.cpu_slots)
         self._started = time.time()
+        self.notifier = hooks.Notifier(self.home, self.store.path)  # hooks.yaml: deliveries in a thread of their own
 
     # ------------------------------------------------------------------ life cycle
 
     def register(self) -> int:
         """The worker's row; any older row still marked alive belongs to a dead worker (we hold the lock)."""
-        now = time.time()
         me = process.identity(os.getpid())
         with self.store.write() as s:
-            s.execute(update(Worker).where(Worker.stopped_at.is_(None)).values(stopped_at=now, state="stopped"))
-            w = Worker(host=self.host, pid=os.getpid(), pid_start_time=me.start_time if me else now,
-                       started_at=now, heartbeat_at=now, state="running",
-                       gpus=",".join(str(g) for g in sorted(self.cfg.gpus)) if self.cfg.gpus is not None else "")
-            s.add(w)
-            s.flush()
-            assert w.id is not None
-            self.worker_id = w.id
-            # A stop request addressed to an earlier worker is void.
-            if get_setting(s, STOP_KEY, ""):
-                set_setting(s, STOP_KEY, "")
+            self.worker_id = worker_store.register(
+                s, host=self.host, pid=os.getpid(), start=me.start_time if me else 0.0, stop_key=STOP_KEY,
+                gpus=",".join(str(g) for g in sorted(self.cfg.gpus)) if self.cfg.gpus is not None else "")
         return self.worker_id
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
@@ -138,6 +117,7 @@ class WorkerDaemon:
         log.info("worker %s started (pid %d, gpus %s, inventory %s)", self.worker_id, os.getpid(),
                  "all" if self.cfg.gpus is None else sorted(self.cfg.gpus), self.inventory.source)
         self.reconcile()
+        sweep_deleted(self.home)
         while True:
             try:
                 busy = self.tick()
@@ -188,6 +168,9 @@ class WorkerDaemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, leave)
+        # Whoever started us may have ignored SIGCHLD; then the kernel reaps launchers before we
+        # can learn how they ended.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     # ------------------------------------------------------------------ one round
 
@@ -203,6 +186,7 @@ class WorkerDaemon:
         if self._db_changed():
             if self._read_commands():
                 self._plan_due = True
+        self._retry_unrecorded()
         more = self._ingest()
         ended = self._watch_jobs(now)
         if ended:
@@ -233,7 +217,7 @@ class WorkerDaemon:
         so they must stay cheap. The queue's fingerprint (count, newest id, a priority checksum of
         the queued jobs, the queue state) decides whether a planning round is worth its cost.
         """
-        cmd = worker_reads.read_commands(self._watch, (QUEUE_STATE_KEY, STOP_KEY))
+        cmd = worker_store.read_commands(self._watch, (QUEUE_STATE_KEY, STOP_KEY))
         self.queue_state = cmd.settings.get(QUEUE_STATE_KEY) or "running"
         stop = cmd.settings.get(STOP_KEY) or ""
         fingerprint = (self.queue_state, *cmd.fingerprint)
@@ -270,15 +254,18 @@ class WorkerDaemon:
             return False
         more = False
         while True:
-            batch = ingest.collect([r.feed() for r in jobs])
+            batch = ingest.collect([r.feed() for r in jobs if not r.events_refused])
             if batch.empty:
                 return more
             with self.store.write() as s:
                 ingest.write(s, batch)
             for jid, off in batch.offsets.items():
                 self.running[jid].offset = off
+                self.running[jid].inode = batch.inodes.get(jid, self.running[jid].inode)
+            for jid in batch.refused:
+                self.running[jid].events_refused = True
             for jid, n in batch.bad_lines.items():
-                log.warning("job %d: %d event line(s) were not valid events", jid, n)
+                self._warn.warn(f"events {jid}", f"job {jid}: skipped {n} event line(s): {batch.notes.get(jid, '')}")
             hit = len(batch.metrics) >= 200_000 or batch.bytes_read >= 8 << 20
             if not unbounded:
                 return hit
@@ -293,7 +280,7 @@ class WorkerDaemon:
             if r.stopping:
                 if not self.executor.stop_step(r.handle):
                     continue  # still stopping (the launcher may be gone, members of its session not)
-            elif not exited and r.time_limit_s is not None and now - r.started_at > r.time_limit_s:
+            elif not exited and r.over_time_limit(time.monotonic()):
                 self._stop(r, "time_limit")
                 continue
             if exited:
@@ -317,6 +304,7 @@ class WorkerDaemon:
         for r in ended:
             self.running.pop(r.job_id, None)
             self.executor.forget(r.handle)
+        self.notifier.ended(r.job_id for r in ended)  # returns at once, never waits for a hook
         if skipped:
             log.info("skipped %s: a dependency did not succeed", skipped)
 
@@ -337,7 +325,7 @@ class WorkerDaemon:
         Reads use the raw watch connection: with thousands of queued jobs an ORM round costs
         ~100 ms on a small box, these plain queries a few.
         """
-        q = worker_reads.read_queue(self._watch)
+        q = worker_store.read_queue(self._watch)
         rows, depends, succeeded = q.rows, q.depends, q.succeeded
         if not rows:
             self._waiting, self._waiting_for_gpus = {}, False
@@ -368,24 +356,26 @@ class WorkerDaemon:
 
     def _start(self, starts: list[scheduler.Start], by_id: dict[int, scheduler.Candidate]) -> None:
         """Claim, prepare, start behind the gate, commit the handles, open the gates."""
-        claimed: list[tuple[scheduler.Start, Job]] = []
+        claimed: list[tuple[scheduler.Start, Job, dict[str, Any]]] = []
         with self.store.write() as s:
             for st in starts:
                 rd = run_dir_of(self.home, st.job_id)
                 if claim(s, st.job_id, gpus=st.gpus, host=self.host, run_dir=str(rd)):
                     job = s.get(Job, st.job_id)
                     assert job is not None
-                    claimed.append((st, job))
+                    claimed.append((st, job, stagerefs.resolve(s, self.home, st.job_id, job.spec, PRIMARY_OUTPUT)))
         spawned: list[Running] = []
-        failures: list[tuple[int, str]] = []
-        for st, job in claimed:
+        failures: list[tuple[Job, str]] = []
+        for st, job, spec in claimed:
             try:
-                rd = prepare_run_dir(self.home, job.id, job.spec)
-                env = job_env(self._env_base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
+                rd = prepare_run_dir(self.home, job.id, spec)
+                base = {**self._env_base, **secrets.job_environment(self.home)}  # read per job: new keys reach new jobs
+                env = job_env(base, job.id, rd, st.gpus, job.gpu_mem_mb, self._cpu_threads)
                 handle = self.executor.start(Launch(job_id=job.id, run_dir=rd, env=env, gpus=st.gpus))
             except Exception as e:  # noqa: BLE001 - this job could not start; the others still do
                 log.error("job %d: could not start: %s", job.id, traceback.format_exc())
-                failures.append((job.id, f"could not start the launcher: {type(e).__name__}: {e}"))
+                failures.append((job, str(e) if isinstance(e, secrets.SecretsError)  # refused secrets.env: its one line
+                                 else f"could not start the launcher: {type(e).__name__}: {e}"))
                 continue
             spawned.append(Running.of(job, handle, rd, st.gpus))
         try:
@@ -393,17 +383,13 @@ class WorkerDaemon:
                 for r in spawned:
                     s.execute(update(Job).where(Job.id == r.job_id).values(pid=r.handle.pid,
                                                                            external_id=r.handle.external_id))
-                for job_id, message in failures:
-                    try:
-                        transition(s, job_id, JobStatus.failed, failure_reason="spawn_error", failure_detail=message)
-                    except IllegalTransition as e:
-                        log.warning("job %d: %s", job_id, e)
-                if failures:
-                    skip_dependents_of_failed(s)
+                self._record_spawn_failures(s, failures)
             go = True
         except Exception:  # noqa: BLE001 - the store refused: the gates stay shut, nothing runs unrecorded
             log.error("could not record started jobs; they will not run:\n%s", traceback.format_exc())
             go = False
+            # Claimed but never started: recorded next round, so none stays `running` unwatched.
+            self._unrecorded += [(j.id, j.kind, j.retry_max, j.retry_on, j.attempt, m) for j, m in failures]
         for r in spawned:
             # Watched either way: without `go` the launcher exits at once and writes "started": false,
             # and the job is finished like any other (interrupted, never started).
@@ -412,6 +398,17 @@ class WorkerDaemon:
             if go:
                 log.info("job %d: started (%s, gpus %s)", r.job_id, r.handle.external_id,
                          ",".join(map(str, r.gpus)) or "-")
+
+    def _record_spawn_failures(self, s: Any, failures: list[Any]) -> None:
+        """Jobs whose launcher could not start: failed (spawn_error), retried if their policy says so."""
+        record_failed_starts(s, [(j.id, j.kind, j.retry_max, j.retry_on, j.attempt, m) for j, m in failures])
+
+    def _retry_unrecorded(self) -> None:
+        if not self._unrecorded:
+            return
+        with self.store.write() as s:
+            record_failed_starts(s, self._unrecorded)
+        self._unrecorded = []
 
     # ------------------------------------------------------------------ reconcile
 
@@ -466,12 +463,7 @@ class WorkerDaemon:
             extra={"waiting": {str(k): v for k, v in list(self._waiting.items())[:200]}},
         ), now)
         with self.store.write() as s:
-            s.execute(update(Worker).where(Worker.id == self.worker_id).values(heartbeat_at=now))
-            if self.running:
-                s.execute(update(Job).where(and_(Job.id.in_(list(self.running)),
-                                                 Job.status == JobStatus.running.value)).values(heartbeat_at=now))
-            for jid, tail in tails.items():
-                s.execute(update(Job).where(Job.id == jid).values(log_tail=tail))
+            worker_store.heartbeat(s, self.worker_id, list(self.running), tails, now)
             set_setting(s, GPU_SNAPSHOT_KEY, snap)
         if time.monotonic() >= self._next_wal_check:
             self._next_wal_check = time.monotonic() + 30.0

@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState, get_current_worker  # noqa: E402
 
 from tui.commands import LabdeckCommands  # noqa: E402
 from tui.messages import ActionDone, Polled  # noqa: E402
+from tui.notify import EndWatch, notify_terminal  # noqa: E402
 from tui.render import use_color  # noqa: E402
 from tui.screens.jobs import JobsScreen  # noqa: E402
 from tui.source import Source  # noqa: E402
@@ -45,6 +46,12 @@ def _results_screen() -> Screen:
     return ResultsScreen()
 
 
+def _experiments_screen() -> Screen:
+    from tui.screens.experiments import ExperimentsScreen
+
+    return ExperimentsScreen()
+
+
 def _gpus_screen() -> Screen:
     from tui.screens.gpus import GpusScreen
 
@@ -58,11 +65,12 @@ class LabdeckApp(App[int]):
     TITLE = "labdeck"
     COMMANDS = App.COMMANDS | {LabdeckCommands}
     SCREENS = {"jobs-screen": JobsScreen}  # installed, so `get_screen` finds the one instance
-    MODES = {"jobs": "jobs-screen", "results": _results_screen, "gpus": _gpus_screen}
+    MODES = {"jobs": "jobs-screen", "results": _results_screen, "gpus": _gpus_screen, "experiments": _experiments_screen}
     DEFAULT_MODE = "jobs"
 
     BINDINGS = [
         Binding("n", "new_job", "New job", id="app.new_job"),
+        Binding("e", "show_experiments", "Experiments", id="app.experiments"),
         Binding("2", "show_results", "Results", id="app.results"),
         Binding("3", "show_gpus", "GPUs", id="app.gpus"),
         Binding("1", "show_jobs", "Jobs", show=False, id="app.jobs"),
@@ -90,6 +98,7 @@ class LabdeckApp(App[int]):
         self._ticks = 0
         self._polling = False
         self._warmed = False
+        self._ends = EndWatch()  # jobs and experiments that end while the app is open raise a terminal notification
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,6 +136,9 @@ class LabdeckApp(App[int]):
         fp = self.source.fingerprint()
         changed = fp != self._fingerprint
         overview = self.source.overview() if (changed or force) else None
+        if changed and self._fingerprint:  # not on the first poll: the cold start opens no store
+            for notice in self._ends.check(self.source.store):
+                self.call_from_thread(notify_terminal, self, notice)
         if not get_current_worker().is_cancelled:
             self.post_message(Polled(fp, overview, changed))
 
@@ -148,8 +160,10 @@ class LabdeckApp(App[int]):
     def _warm_up(self) -> None:
         self.source.warm_up()
         import db.results  # noqa: F401
+        import tui.screens.experiments  # noqa: F401
         import tui.screens.job_detail  # noqa: F401
         import tui.screens.new_job  # noqa: F401
+        import tui.screens.pipeline  # noqa: F401
         import tui.screens.results  # noqa: F401
 
     def action_reload(self) -> None:
@@ -207,6 +221,9 @@ class LabdeckApp(App[int]):
         await self.switch_mode("results")
         if experiment:
             self.screen.choose(experiment)  # type: ignore[attr-defined]
+
+    async def action_show_experiments(self) -> None:
+        await self.switch_mode("experiments")
 
     async def action_show_gpus(self) -> None:
         await self.switch_mode("gpus")

@@ -83,3 +83,18 @@ class ActionDone(Message):
     severity: str = "information"
     changed: bool = True
     select_id: int | None = None
+
+
+@dataclass
+class ExperimentsLoaded(_Latest):
+    page: Any  # tui.source_experiments.ExperimentsPage
+
+
+@dataclass
+class DiskLoaded(_Latest):
+    bytes_by_experiment: dict[str, int]
+
+
+@dataclass
+class PipelineLoaded(_Latest):
+    pipeline: Any  # db.experiments.Pipeline

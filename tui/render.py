@@ -157,3 +157,51 @@ def gpu_summary(gpus: Iterable, width: int = 60) -> Text:  # noqa: ANN001 - db.q
         busy = sum(1 for g in gpus if (g.util_pct or 0) >= 1 or g.processes)
         line = f"GPUs {len(parts)} ({busy} busy)"
     return Text(line)
+
+
+STATE_BAR_ORDER = ("succeeded", "running", "queued", "failed", "interrupted", "cancelled", "skipped")
+STATE_GLYPH = {"succeeded": "█", "running": "▓", "queued": "░", "failed": "▒", "interrupted": "▒",
+               "cancelled": "·", "skipped": "·"}
+
+
+def state_counts(counts: dict[str, int]) -> Text:
+    """`✔12 ▶1 …3 ✘2`: jobs by state, in the order that needs attention least to most."""
+    out = Text()
+    for status in STATE_BAR_ORDER:
+        n = counts.get(status)
+        if n:
+            if out:
+                out.append(" ")
+            out.append(f"{STATUS_ICON[status]}{n}", style=st(STATUS_STYLE[status]))
+    return out
+
+
+def state_bar(counts: dict[str, int], width: int) -> Text:
+    """A stacked bar of jobs by state, `width` cells; each state has its own glyph, so it reads
+    without colour too. A state with any job gets at least one cell."""
+    total = sum(counts.values())
+    out = Text()
+    if width <= 0 or total == 0:
+        return Text(EMPTY * max(0, width), style=st("grey35"))
+    present = [s for s in STATE_BAR_ORDER if counts.get(s)]
+    cells = {s: max(1, round(counts[s] / total * width)) for s in present}
+    while sum(cells.values()) > width:  # rounding up the small ones: take back from the largest
+        big = max(cells, key=lambda s: cells[s])
+        if cells[big] <= 1:
+            break
+        cells[big] -= 1
+    for s in present:
+        out.append(STATE_GLYPH[s] * cells[s], style=st(STATUS_STYLE[s].replace("bold ", "")))
+    if out.cell_len < width:
+        out.append(" " * (width - out.cell_len))
+    return out
+
+
+def size_text(n: int | None) -> str:
+    """1.2G, 340M, 12K; empty for None (not measured yet)."""
+    if n is None:
+        return ""
+    for unit, div in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n}B"

@@ -21,9 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from client import ClientError
 from db.schema import STATUS_WORDS  # noqa: F401 - stdlib only; the app's `status:` words
+from tui.source_experiments import ExperimentSource
+from tui.source_results import (  # noqa: F401 - re-exported: screens and tests import them from here
+    ResultsData,
+    ResultsSource,
+    family_fields,
+    flatten,
+    metric_families,
+    varying_fields,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from db.queries import GpuInfo, JobDetail, JobRow, ResultRow, WorkerState
+    from db.queries import GpuInfo, JobDetail, JobRow, WorkerState
     from db.session import Store
 
 Clock = Callable[[], float]
@@ -97,6 +106,7 @@ class JobsPage:
     rows: tuple[JobRow, ...]
     total: int
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)  # queued job id -> why it waits (tui.waiting)
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,9 @@ class DetailData:
     gpus: tuple[GpuInfo, ...]  # the job's assigned GPUs, from the worker's latest snapshot
     metric_names: tuple[str, ...]
     job_names: dict[int, str] = field(default_factory=dict)
+    waiting: str | None = None  # why it has not started, while queued
+    upstream: tuple = ()  # db.experiments.Linked: the jobs it read from
+    downstream: tuple = ()  # the jobs that read its outputs
 
 
 @dataclass(frozen=True)
@@ -124,16 +137,6 @@ class LogChunk:
     lines: tuple[str, ...]
     offset: int
     reset: bool = False  # the file shrank or was replaced: clear what is shown
-
-
-@dataclass(frozen=True)
-class ResultsData:
-    experiment: str
-    metric: str | None
-    reduce: str
-    metric_names: tuple[str, ...]
-    fields: tuple[str, ...]  # what rows and columns can be grouped by
-    rows: tuple[ResultRow, ...]
 
 
 @dataclass(frozen=True)
@@ -151,56 +154,13 @@ ActionError = ClientError
 # -------------------------------------------------------------------------------- helpers
 
 
-def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values. A model reference shows as its path."""
-    out: dict[str, Any] = {}
-    if isinstance(spec, dict):
-        for k, v in spec.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    else:
-        out[prefix] = spec
-    return out
-
-
-def varying_fields(rows: Sequence[ResultRow]) -> list[str]:
-    """Pivot field candidates: sweep parameters first, then spec fields whose value differs between jobs."""
-    params: list[str] = []
-    for r in rows:
-        params += [k for k in r.params if k not in params]
-    seen: dict[str, set[str]] = {}
-    for r in rows:
-        for k, v in flatten(r.spec).items():
-            seen.setdefault(k, set()).add(repr(v))
-    spec_fields = [k for k, vals in seen.items() if len(vals) > 1 and k not in params and k != "name"]
-    return params + spec_fields + ["kind", "status", "name"]
-
-
-def metric_families(names: Sequence[str]) -> list[str]:
-    """'auroc/*' for every 'auroc/<group>' metric (a score job's per-group values, e.g. per MMLU subject)."""
-    return sorted({n.split("/", 1)[0] + "/*" for n in names if "/" in n and n.split("/", 1)[0]})
-
-
-def family_fields(rows: Sequence[ResultRow], fields: list[str]) -> list[str]:
-    """Pivot fields for a metric family: 'group' first, then the varying axes (joined: 'model,method')."""
-    axes = []
-    for k in fields:
-        if k in ("stage", "group", "metric", "kind", "status", "name") or "." in k:
-            continue
-        if len({repr(r.params.get(k)) for r in rows}) > 1 and k in {p for r in rows for p in r.params}:
-            axes.append(k)
-    second = [",".join(axes)] if axes else []  # the columns: every varying axis, joined
-    return ["group", *second, *[f for f in fields if f not in ("group", *second)]]
-
-
 # -------------------------------------------------------------------------------- the source
 
 
-class Source:
-    """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks."""
+class Source(ExperimentSource, ResultsSource):
+    """Reads and writes for the app, on one labdeck home. Thread-safe; every method blocks.
+
+    Whole-experiment reads and writes (experiments list, pipeline) live in `tui.source_experiments`."""
 
     def __init__(self, home: Path | str | None = None, *, store: Store | None = None, clock: Clock = time.time) -> None:
         from client import Client
@@ -290,7 +250,8 @@ class Source:
                     text=query.text or None, sort=query.sort, offset=offset, limit=limit,
                 )
             metrics = Q.latest_metrics(s, [r.id for r in rows])
-        return JobsPage(query, offset, tuple(rows), total, metrics)
+            reasons = self.waiting_reasons(s, [r.id for r in rows if r.status == "queued"])
+        return JobsPage(query, offset, tuple(rows), total, metrics, reasons)
 
     def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
         """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""
@@ -310,11 +271,15 @@ class Source:
                 d = Q.job_detail(s, job_id)
                 _, gpus = Q.gpu_snapshot(s)
                 names = Q.metric_names(s, job_id)
+                waiting = self.waiting_reasons(s, [job_id]).get(job_id) if d.row.status == "queued" else None
+                from db.experiments import lineage
+
+                up, down = lineage(s, job_id)
         except UnknownJob as e:
             raise ActionError(str(e)) from None
         assigned = {int(g) for g in d.row.assigned_gpus.split(",") if g.strip().isdigit()}
         mine = tuple(g for g in gpus if g.index in assigned)
-        return DetailData(d, mine, tuple(names))
+        return DetailData(d, mine, tuple(names), waiting=waiting, upstream=tuple(up), downstream=tuple(down))
 
     def series(self, job_id: int, names: Sequence[str], limit: int = 2000) -> dict[str, list[tuple[int, float]]]:
         from db import queries as Q
@@ -390,24 +355,6 @@ class Source:
             if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"] not in datasets:
                 datasets.append(d["path"])
         return {"model": models, "dataset": datasets, "experiment": exps}
-
-    def results(self, experiment: str, metric: str | None = None, reduce: str = "last") -> ResultsData:
-        from db import queries as Q
-
-        with self.store.read() as s:
-            plain = Q.experiment_metric_names(s, experiment)
-            names = tuple(sorted(set(plain) | set(metric_families(plain))))
-            if metric not in names:  # default: a final score if any job reported one
-                summaries = Q.experiment_metric_names(s, experiment, summaries_only=True) if names else []
-                metric = summaries[0] if summaries else (names[0] if names else None)
-            if metric is None:
-                rows: list[ResultRow] = []
-            else:
-                rows = Q.experiment_metric(s, experiment, metric, reduce)
-        fields = varying_fields(rows)
-        if metric is not None and Q.is_metric_pattern(metric):
-            fields = family_fields(rows, fields)
-        return ResultsData(experiment, metric, reduce, names, tuple(fields), tuple(rows))
 
     # ---------------------------------------------------------------- writes
 

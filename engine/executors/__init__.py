@@ -59,6 +59,7 @@ class Handle:
     returncode: int | None = None  # the launcher's own exit status, when the executor knows it
     adopted: bool = False
     survivors: list[int] = field(default_factory=list)  # processes a stop could not end
+    elapsed_s: float | None = None  # adopted: how long the job has run, on a clock no wall-clock step moves
     state: Any = None  # the executor's private state
 
 

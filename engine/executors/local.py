@@ -28,24 +28,40 @@ log = logging.getLogger("labdeck.worker")
 
 @dataclass
 class _Local:
-    start_time: float
+    ident: process.ProcessIdentity | float | None  # legacy rows: psutil's create_time()
     popen: subprocess.Popen[bytes] | None = None  # None when adopted
     proc: psutil.Process | None = None  # for adopted launchers
     stopper: process.JobStopper | None = None
     pidfd: int | None = None
 
 
-def encode_id(pid: int, start_time: float) -> str:
-    return f"{pid}:{start_time!r}"
-
-
-def decode_id(external_id: str) -> tuple[int, float | None]:
-    """(pid, start time) from an external id; (0, None) for an empty or unreadable one."""
+def decode_id(external_id: str) -> tuple[int, process.ProcessIdentity | float | None]:
+    """(pid, identity) from an external id: `pid:ticks:boot` (`ProcessIdentity.token`), or the
+    `pid:create_time` of rows written before; (0, None) for an empty or unreadable one."""
+    ident = process.ProcessIdentity.parse(external_id)
+    if ident is not None:
+        return ident.pid, ident
     pid, _, start = external_id.partition(":")
     try:
         return int(pid), float(start) if start else None
     except ValueError:
         return 0, None
+
+
+def _launcher_of(pid: int, run_dir: Path) -> bool:
+    """True if `pid` is a job launcher for `run_dir`: a session leader whose environment names it.
+
+    The proof used when a stored identity does not match (a row from before start ticks were kept,
+    written by a clock that has since been stepped): such a process is adopted, never killed.
+    """
+    try:
+        if os.getsid(pid) != pid:
+            return False
+        p = psutil.Process(pid)
+        return (p.status() != psutil.STATUS_ZOMBIE and p.environ().get("LABDECK_RUN_DIR") == str(run_dir)
+                and "engine.launcher" in p.cmdline())
+    except (psutil.Error, OSError):
+        return False
 
 
 class LocalExecutor(Executor):
@@ -64,11 +80,10 @@ class LocalExecutor(Executor):
                                   stdout=log_fd, stdin=subprocess.PIPE)
         finally:
             os.close(log_fd)
-        ident = process.identity(popen.pid)
-        start_time = ident.start_time if ident else 0.0
-        h = Handle(job_id=launch.job_id, run_dir=rd, external_id=encode_id(popen.pid, start_time), pid=popen.pid,
-                   state=_Local(start_time=start_time, popen=popen))
-        return h
+        ident = process.identity(popen.pid)  # our unreaped child: it cannot be gone or reused yet
+        token = ident.token() if ident else f"{popen.pid}:0:"
+        return Handle(job_id=launch.job_id, run_dir=rd, external_id=token, pid=popen.pid,
+                      state=_Local(ident=ident, popen=popen))
 
     def release(self, handle: Handle, go: bool) -> None:
         st: _Local = handle.state
@@ -120,7 +135,7 @@ class LocalExecutor(Executor):
             fd = os.pidfd_open(handle.pid)
         except OSError:
             return
-        if st.popen is None and not process.is_alive(handle.pid, st.start_time):
+        if st.popen is None and not process.is_alive(handle.pid, st.ident):
             os.close(fd)  # the pid was reused between the check and the open
             return
         st.pidfd = fd
@@ -168,25 +183,31 @@ class LocalExecutor(Executor):
     # ------------------------------------------------------------------ restart
 
     def adopt(self, job_id: int, run_dir: Path, external_id: str) -> Handle | None:
-        pid, start_time = decode_id(external_id)
-        if not pid or not process.is_alive(pid, start_time):
+        pid, stored = decode_id(external_id)
+        if not pid:
             return None
+        if not process.is_alive(pid, stored) and not _launcher_of(pid, run_dir):
+            return None
+        ident = process.identity(pid)
         try:
             proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
             return None
-        h = Handle(job_id=job_id, run_dir=run_dir, external_id=external_id, pid=pid, adopted=True,
-                   state=_Local(start_time=start_time or 0.0, proc=proc))
+        if ident is None:
+            return None
+        h = Handle(job_id=job_id, run_dir=run_dir, external_id=ident.token(), pid=pid, adopted=True,
+                   state=_Local(ident=ident, proc=proc),
+                   elapsed_s=max(0.0, process.boot_seconds() - ident.started_boot_s))
         self._open_pidfd(h)
         return h
 
     def legacy_id(self, pid: int | None, pid_start_time: float | None) -> str:
-        return encode_id(pid, pid_start_time or 0.0) if pid else ""
+        return f"{pid}:{pid_start_time!r}" if pid else ""
 
     def gone(self, job_id: int, run_dir: Path, external_id: str) -> Handle:
-        pid, start_time = decode_id(external_id)
+        pid, stored = decode_id(external_id)
         return Handle(job_id=job_id, run_dir=run_dir, external_id=external_id, pid=pid or None, ended=True,
-                      adopted=True, state=_Local(start_time=start_time or 0.0))
+                      adopted=True, state=_Local(ident=stored))
 
     def exit_record(self, handle: Handle) -> dict[str, Any] | None:
         return read_exit(handle.run_dir)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.hub import offline_problem
 from engine.jobs._common import JobInputError
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ def check_model_path(ref: ModelRef, what: str = "model", weights: bool | None = 
         return _check_local(Path(path), ref, what, weights)
     if not is_hub_id(ref.path):
         raise JobInputError(f"{what} {ref.path}: no such folder")
+    if why := offline_problem(ref.path, ref.revision):  # offline and not cached: say so before loading anything
+        raise JobInputError(f"{what} {ref.path}: {why}")
     key = (ref.path, ref.revision, weights, bool(ref.trust_remote_code))
     if key not in _resolved:
         _resolved[key] = _snapshot(ref, what, weights)
@@ -301,6 +304,8 @@ def read_records(paths: str | Sequence[str], label: str = "dataset", split: str 
             rows.extend(_read_datasets(str(p), label, split, config, from_disk=True))
         elif p.suffix.lower() in LOCAL_RECORD_SUFFIXES or item.startswith(("/", ".", "~")) or not _HUB_ID.match(item):
             raise JobInputError(f"{label} {item}: no such file")
+        elif why := offline_problem(item, repo_type="dataset"):
+            raise JobInputError(f"{label} {item}: {why}")
         else:
             rows.extend(_read_datasets(item, label, split, config, from_disk=False))
     return rows

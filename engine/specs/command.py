@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 
 from engine.specs.base import JobSpecBase
 
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
+
 
 class CommandSpec(JobSpecBase):
     """Runs `command` as given (no shell), with GPUs assigned through CUDA_VISIBLE_DEVICES.
@@ -33,4 +35,16 @@ class CommandSpec(JobSpecBase):
             raise ValueError("the program name is empty")
         if any("\x00" in a for a in v):
             raise ValueError("arguments may not contain NUL bytes")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _not_labdecks_own(cls, v: dict[str, str]) -> dict[str, str]:
+        """labdeck sets which GPUs a job sees and where it reports; a spec cannot override that (a
+        `gpus: 0` job could otherwise take a card another job holds)."""
+        for name in v:
+            if name in RESERVED_ENV or name.startswith("LABDECK_"):
+                raise ValueError(f"{name} is set by labdeck and cannot be overridden (remove it from env)")
+            if not name or "=" in name or "\x00" in name or "\x00" in v[name]:
+                raise ValueError(f"{name!r} is not a valid environment variable")
         return v

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from engine.specs.base import StrictModel
+
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelRef(StrictModel):
@@ -28,8 +31,9 @@ class ModelRef(StrictModel):
 
     @model_validator(mode="after")
     def _remote_code_needs_revision(self) -> ModelRef:
-        if self.trust_remote_code and not self.revision:
-            raise ValueError("trust_remote_code needs a pinned revision, so the code that runs is known")
+        if self.trust_remote_code and not (self.revision and COMMIT_HASH.fullmatch(self.revision)):
+            raise ValueError("trust_remote_code needs a pinned revision: a 40-hex-digit commit hash, so the "
+                             "code that runs is known (a branch or tag such as 'main' can move)")
         return self
 
 

@@ -108,7 +108,16 @@ def test_retry_brings_back_the_stages_skipped_by_a_failure(tmp_path, home, capsy
     assert code == 0 and f"(skipped dependents: {down} -> " in out
     new_down = int(out.rsplit("->", 1)[1].strip(" )\n"))
     d = json.loads(run(capsys, "show", str(new_down), "--json")[1])
-    assert d["status"] == "queued" and f"/runs/{up + 2}/outputs/x" in json.dumps(d["spec"])
+    # the stored spec names the stage by id; it resolves to the new attempt's folder at run time
+    assert d["status"] == "queued" and d["depends_on"] == [up + 2] and f"${{job:{up}.outputs}}/x" in json.dumps(d["spec"])
+    from db import stagerefs
+
+    with store.read() as s:
+        spec = stagerefs.resolve(s, home, new_down, s.get(Job, new_down).spec, {})
+    assert f"/runs/{up + 2}/outputs/x" in json.dumps(spec)
+    code, _, err = run(capsys, "retry", str(down), "--alone")  # its retry is still queued: one at a time
+    assert code == 2 and "one attempt at a time" in err and "\n" not in err.strip()
+    run(capsys, "cancel", str(new_down))
     code, out, _ = run(capsys, "retry", str(down), "--alone")
     assert code == 0 and "skipped dependents" not in out
 

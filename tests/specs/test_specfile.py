@@ -54,8 +54,9 @@ def test_pipeline_of_three_stages_has_the_right_dependencies() -> None:
     assert exp.drafts[4].params == {"stage": "sft", "teacher": "t2"}
     resolve = exp.resolver(Path("/h"))
     ids = [10, 11, 12, 13, 14, 15, 16]
-    assert resolve(4, exp.drafts[4].spec, ids)["dataset"]["path"] == "/h/runs/11/outputs/records.jsonl"
-    assert resolve(6, exp.drafts[6].spec, ids)["records"] == [f"/h/runs/{i}/outputs/records.jsonl" for i in (10, 11, 12)]
+    # Stored symbolic, by job id; the worker makes them paths when it prepares the run folder.
+    assert resolve(4, exp.drafts[4].spec, ids)["dataset"]["path"] == "${job:11.output}"
+    assert resolve(6, exp.drafts[6].spec, ids)["records"] == [f"${{job:{i}.output}}" for i in (10, 11, 12)]
 
 
 @pytest.mark.parametrize("change,message", [

@@ -80,3 +80,26 @@ def store_of():  # noqa: ANN201
     yield open_
     for s in stores:
         s.dispose()
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """A home with the demo's CAR pipeline half-way through (tui_seed_pipeline.py); read-only."""
+    from tui_seed_pipeline import seed_pipeline
+
+    from db.session import Store
+
+    root = tmp_path_factory.mktemp("pipeline") / "home"
+    store = Store(root)
+    ids = seed_pipeline(store)
+    store.checkpoint()
+    store.dispose()
+    return root, ids
+
+
+@pytest.fixture
+def pipeline_copy(pipeline_dir, tmp_path: Path) -> Path:  # noqa: ANN001
+    """A private copy of the pipeline home that a test may change."""
+    dst = tmp_path / "phome"
+    shutil.copytree(pipeline_dir[0], dst)
+    return dst

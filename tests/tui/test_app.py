@@ -17,6 +17,7 @@ from db.models import Job
 from db.queue import enqueue
 from db.session import Store
 from engine.specfile import expand
+from tui.app import LabdeckApp
 from tui.screens.help import HelpScreen, binding_groups
 from tui.source import Source
 from tui.widgets.jobs_table import JobsTable
@@ -58,7 +59,7 @@ async def test_keys_cross_page_boundaries_and_the_table_never_holds_more_than_a_
 
 async def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor(app, home_copy, ids) -> None:  # noqa: ANN001
     store = Store(home_copy)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(160, 30)) as pilot:  # wide enough for the ETA column next to full names
         await settle(pilot)
         table = app.screen.query_one(JobsTable)
         while table.cursor_job_id != ids["running"]:
@@ -124,7 +125,7 @@ async def test_help_lists_every_binding_with_its_id(read_app) -> None:  # noqa: 
         await settle(pilot)
         assert isinstance(read_app.screen, HelpScreen)
         text = screen_text(read_app)
-        ids = [b.id for _, bindings in binding_groups() for b in bindings]
+        ids = [b.id for _, bindings in binding_groups(LabdeckApp) for b in bindings]
         assert ids and all(i in text for i in ids), [i for i in ids if i not in text]
         await pilot.press("escape")
         await settle(pilot)
@@ -134,7 +135,7 @@ async def test_help_lists_every_binding_with_its_id(read_app) -> None:  # noqa: 
 def test_every_binding_has_a_description_and_a_unique_id() -> None:
     from tui.widgets.choice import Choice
 
-    groups = binding_groups() + [("choice", [b for b in Choice.BINDINGS if isinstance(b, Binding)])]
+    groups = binding_groups(LabdeckApp) + [("choice", [b for b in Choice.BINDINGS if isinstance(b, Binding)])]
     seen: set[str] = set()
     for title, bindings in groups:
         for b in bindings:

@@ -92,20 +92,21 @@ async def test_results_pivot_heatmap_bars_and_diff(read_app, ids) -> None:  # no
         screen.query_one("#sel-metric").value = "win_rate"
         await settle(pilot)
         p = screen.pivot
-        assert (p.metric, p.rows_field, p.cols_field) == ("win_rate", "dataset.path", "model.path")
-        cell = p.cells[("gemma-2-9b.jsonl", "llama-3.2-1b")]
+        # students (2) as rows, teachers (3) as columns: the fewer values on rows
+        assert (p.metric, p.rows_field, p.cols_field) == ("win_rate", "model.path", "dataset.path")
+        cell = p.cells[("llama-3.2-1b", "gemma-2-9b.jsonl")]
         assert cell.n == 2 and abs(cell.mean - 0.515) < 1e-9
         grid = screen.query_one("#view-table", DataTable)
-        assert grid.row_count == 3 and "0.515 ± 0.011" in screen_text(read_app)
+        assert grid.row_count == 2 and "0.515 ± 0.011" in screen_text(read_app)
         await pilot.press("h")
         await settle(pilot)
         assert "scale" in screen_text(read_app) and "0.358" in screen_text(read_app)
         await pilot.press("b")
         await settle(pilot)
-        assert "■ llama-3.2-1b" in screen_text(read_app)
+        assert "■ gemma-2-9b.jsonl" in screen_text(read_app)  # the legend: one colour per column (teacher)
         await pilot.press("f")  # swap rows and columns
         await settle(pilot)
-        assert (screen.pivot.rows_field, screen.pivot.cols_field) == ("model.path", "dataset.path")
+        assert (screen.pivot.rows_field, screen.pivot.cols_field) == ("dataset.path", "model.path")
         await pilot.press("v")
         await settle(pilot)
         diff = screen.query_one("#view-diff", DataTable)
@@ -122,7 +123,7 @@ async def test_export_the_pivot_to_csv_markdown_and_latex(read_app, seeded_dir, 
     with store.read() as s:
         rows = experiment_metric(s, "car-teachers", "win_rate", "last")
     store.dispose()
-    expected = pivot(rows, "car-teachers", "win_rate", "dataset.path", "model.path", "last")
+    expected = pivot(rows, "car-teachers", "win_rate", "model.path", "dataset.path", "last")
     async with read_app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         await pilot.press("2")
@@ -177,10 +178,23 @@ async def test_results_of_a_calibration_recipe_show_the_subject_heatmap(tmp_path
         screen.choose("calibration", "auroc/*")
         await settle(pilot)
         p = screen.pivot
-        assert (p.metric, p.rows_field, p.cols_field) == ("auroc/*", "group", "model,method")
+        assert (p.metric, p.rows_field, p.cols_field) == ("auroc/*", "group", "method,model")
         assert p.row_labels == ["machine_learning", "nutrition", "virology"] and len(p.col_labels) == 24
-        assert "mistral-7b · zero_shot" in p.col_labels and all(c.n == 1 for c in p.cells.values())
+        assert "zero_shot · mistral-7b" in p.col_labels and all(c.n == 1 for c in p.cells.values())
         await pilot.press("h")
         await settle(pilot)
         text = screen_text(app)
         assert "scale" in text and "virology" in text
+
+
+async def test_charts_offer_ema_smoothing(read_app, ids) -> None:  # noqa: ANN001
+    async with read_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = await _open(pilot, ids["running"])
+        await pilot.press("g", "m")
+        await settle(pilot)
+        charts = [c for c in screen.query(MetricChart) if not c.has_class("hidden")]
+        assert all(c.smoothing == 0.6 for c in charts)
+        await pilot.press("m", "m", "m")  # 0.9, 0.99, off
+        await settle(pilot)
+        assert all(c.smoothing == 0.0 for c in screen.query(MetricChart))

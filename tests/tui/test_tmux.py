@@ -25,13 +25,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Tmux:
-    """One private tmux server (its own socket), one 80x24 window running a command."""
+    """One private tmux server (its own socket), one window (80x24 unless told) running a command."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], size: tuple[int, int] = (80, 24)) -> None:
         self.socket = f"labdeck-test-{os.getpid()}-{time.monotonic_ns()}"
+        # Textual believes COLUMNS/LINES over the terminal: a value inherited from the caller would win
+        env = {**env, "COLUMNS": str(size[0]), "LINES": str(size[1])}
         exports = " ".join(f"{k}={v!s}" for k, v in env.items())
         line = f"env {exports} " + " ".join(command)
-        self._tmux("new-session", "-d", "-s", "w", "-x", "80", "-y", "24", line)
+        if size == (80, 24):
+            self._tmux("new-session", "-d", "-s", "w", "-x", "80", "-y", "24", line)
+        else:  # a detached session may start at tmux's default size: fix the size, then start the command
+            self._tmux("new-session", "-d", "-s", "w", "-x", str(size[0]), "-y", str(size[1]), "sleep 600")
+            self._tmux("set-option", "-g", "window-size", "manual")
+            self._tmux("resize-window", "-t", "w", "-x", str(size[0]), "-y", str(size[1]))
+            self._tmux("respawn-pane", "-k", "-t", "w", line)
         # tmux holds a lone Escape for 500 ms to see whether a sequence follows, so "Escape q"
         # arrives as alt+q; people who use vim or labdeck in tmux set this low, as here.
         self._tmux("set-option", "-s", "escape-time", "10")
@@ -116,3 +124,80 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
     (status,) = con.execute("SELECT status FROM job WHERE id = 1").fetchone()
     con.close()
     assert status == "succeeded"
+
+
+def test_a_pipeline_at_120_columns_full_names_its_metric_and_its_stages(tmp_path: Path) -> None:
+    """The demo's pipeline half-way through: full job names, results on the judges' win rate by
+    student and teacher, `e` lists the experiment with its stages and matrix points."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tui_seed_pipeline import seed_pipeline
+
+    from db.session import Store
+
+    home = tmp_path / "home"
+    store = Store(home)
+    seed_pipeline(store)
+    store.dispose()
+    env = {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "LABDECK_REFRESH_S": "0.5", "HOME": str(tmp_path)}
+    # no worker: the scene stays as seeded (the first test covers starting one)
+    code = f"from tui.app import run_app; run_app({str(home)!r}, start_worker=False)"
+    t = Tmux([sys.executable, "-c", f'"{code}"'], env, size=(120, 36))
+    try:
+        screen = t.wait_for("jobs 1–28 of 28", timeout=40)
+        for name in ("judge[teacher=teacher-c,student=student-llama]", "sft[teacher=teacher-a,student=student-qwen]"):
+            assert name in screen
+        t.keys("2")
+        screen = t.wait_for("student \\ teacher")
+        assert "win_rate" in screen and "student-llama" in screen and "teacher-a" in screen
+        t.keys("e")
+        screen = t.wait_for("experiments 1–1 of 1")
+        screen = t.wait_for("waits on")
+        for word in ("demo-car", "build", "generate", "compat", "sft", "answer", "judge", "teacher-a", "student-qwen"):
+            assert word in screen, word
+        t.keys("Enter")
+        t.wait_for("columns teacher × student")
+        t.keys("Escape")
+        t.wait_for("experiments 1–1 of 1")
+        t.keys("q")
+        end = time.monotonic() + 10
+        while t.alive() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not t.alive(), f"q did not quit:\n{t.screen()}"
+    finally:
+        t.close()
+
+
+def test_queue_a_recipes_tiny_variant_from_the_menu(tmp_path: Path) -> None:
+    """`n` lists the shipped recipes; the last one's tiny variant is queued with the queue paused
+    (nothing runs: only what was queued is checked)."""
+    home = tmp_path / "home"
+    env = {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "LABDECK_REFRESH_S": "0.5", "HOME": str(tmp_path)}
+    code = f"from tui.app import run_app; run_app({str(home)!r}, start_worker=False)"
+    t = Tmux([sys.executable, "-c", f'"{code}"'], env)
+    try:
+        t.wait_for("No jobs yet", timeout=40)
+        t.keys("p")
+        t.wait_for("paused")
+        t.keys("n")
+        t.wait_for("choose a kind or a preset")
+        end = time.monotonic() + 20  # the recipes are read in a thread and appended to the menu
+        while "--variant tiny" not in t.screen() and time.monotonic() < end:
+            t.keys("End")  # the last recipe's tiny variant; the help line names the command it stands for
+            time.sleep(0.3)
+        t.wait_for("--variant tiny")
+        t.keys("Enter")
+        t.wait_for("queues")  # the preview: stages, jobs, GPUs each, downloads
+        t.keys("C-s")
+        t.wait_for("Queued")
+        t.keys("q")
+        end = time.monotonic() + 10
+        while t.alive() and time.monotonic() < end:
+            time.sleep(0.1)
+    finally:
+        t.close()
+    con = sqlite3.connect(home / "labdeck.db")
+    statuses = {s for (s,) in con.execute("SELECT status FROM job")}
+    (queue,) = con.execute("SELECT value FROM setting WHERE key = 'queue_state'").fetchone()
+    (exp,) = con.execute("SELECT name FROM experiment").fetchone()
+    con.close()
+    assert statuses == {"queued"} and queue == "paused" and exp

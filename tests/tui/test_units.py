@@ -112,3 +112,12 @@ def test_text_helpers() -> None:
     assert number(620.0) == "620" and number(2e-5) == "2e-05" and number(0.5512) == "0.5512"
     assert bar(0.5, 4).plain == "██░░" and bar(None, 3).plain == "░░░"
     assert progress_cell(0.62, 10, "running").plain.endswith(" 62%")
+
+
+def test_ema_smoothing_is_debiased_and_follows_a_step() -> None:
+    from tui.widgets.charts import ema
+
+    assert ema([2.0, 2.0, 2.0], 0.9) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards zero at the start
+    out = ema([0.0] * 5 + [1.0] * 50, 0.6)
+    assert out[4] == 0.0 and 0.0 < out[5] < 1.0 and out[-1] == pytest.approx(1.0, abs=1e-6)
+    assert ema([1.0, 3.0], 0.0) == [1.0, 3.0]

@@ -31,12 +31,19 @@ def make_app(home: Path, *, source: Any = None, **kwargs: Any) -> Any:
 async def settle(pilot, rounds: int = 4) -> None:  # noqa: ANN001 - textual.pilot.Pilot
     """Let every thread worker finish and every message it posted be handled (a few rounds:
     a poll leads to a page load, which may lead to a chart load)."""
+    from textual.worker import WorkerCancelled
+
     app = pilot.app
     for _ in range(rounds):
         await pilot.pause()
-        await app.workers.wait_for_complete()
-        for screen in app.screen_stack:
-            await screen.workers.wait_for_complete() if hasattr(screen, "workers") else None
+        for _attempt in range(5):
+            try:  # an exclusive load replaced by a newer one is cancelled: that is not a failure
+                await app.workers.wait_for_complete()
+                for screen in app.screen_stack:
+                    await screen.workers.wait_for_complete() if hasattr(screen, "workers") else None
+                break
+            except WorkerCancelled:
+                await pilot.pause()
         await pilot.pause()
 
 

@@ -35,16 +35,32 @@ from db.session import Store
 from engine.launcher import read_exit
 
 JOB = """
-import os, sys, time
+import json, os, sys, time
 with open(sys.argv[1], "a") as f:
     f.write(os.environ["LABDECK_JOB_ID"] + "\\n")
 from engine.events import Reporter
 r = Reporter()
-n, dt = int(sys.argv[2]), float(sys.argv[3])
+n, dt, fault = int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+ev = os.environ["LABDECK_EVENTS"]
+def raw(b):
+    with open(ev, "ab") as f:
+        f.write(b)
 for i in range(n):
+    if fault == "unterminated" and i == n - 1:
+        raw(json.dumps({"type": "metric", "name": "m", "value": i, "step": i}).encode())
+        break
     r.metric("m", i, step=i)
+    if fault == "poison":
+        raw(b'{"type": "metric", "name": "m", "value": 1, "step": 18446744073709551616}\\n')
+        raw(b'{"type": "metric", "name": "\\\\udcff", "value": 1, "step": 1, "t": NaN}\\n')
+    if fault == "replay" and i == n // 2:
+        open(ev, "wb").close()  # cut, then written again from the start
+        for j in range(i + 1):
+            r.metric("m", j, step=j)
     time.sleep(dt)
 """
+# A fault injected into each trial besides the kill -9 (the slow test draws one per trial).
+FAULTS = ("none", "poison", "unterminated", "replay", "clock_step", "sigchld")
 M = 12
 TERMINAL = {"succeeded", "failed", "cancelled", "interrupted", "skipped"}
 
@@ -53,19 +69,28 @@ def _status(v) -> str:  # noqa: ANN001
     return v.value if hasattr(v, "value") else v
 
 
-def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, int]:
+def crash_trial(root: Path, seed: int, proc_worker: bool = False, fault: str | None = None) -> dict[str, int]:
     rng = random.Random(seed)
+    fault = fault or rng.choice(FAULTS)
     home = root / f"home{seed}"
     store = Store(home)
     starts = root / f"starts{seed}"
     script = write_script(root, "crashjob.py", JOB)
     n_jobs = rng.randint(2, 4)
-    ids = [submit(store, [PY, str(script), str(starts), str(M), str(rng.choice([0.02, 0.04]))]) for _ in range(n_jobs)]
+    limit = {"time_limit": 3600} if fault == "clock_step" else {}
+    ids = [submit(store, [PY, str(script), str(starts), str(M), str(rng.choice([0.02, 0.04])), fault], **limit)
+           for _ in range(n_jobs)]
 
     def start():
         if proc_worker:
             return ProcWorker(home)
-        return fork_worker(home)
+        if fault != "sigchld":
+            return fork_worker(home)
+        old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inherited by the forked worker
+        try:
+            return fork_worker(home)
+        finally:
+            signal.signal(signal.SIGCHLD, old)
 
     def kill9(w) -> None:  # noqa: ANN001
         if proc_worker:
@@ -75,7 +100,18 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
             reap(w)
 
     w = start()
-    time.sleep(rng.uniform(0.0, 0.9 if not proc_worker else 2.0))
+    if rng.random() < 0.5:
+        # Half the trials kill at a random moment of the worker's start-up; the other half once a
+        # job runs (on a loaded machine start-up alone can outlast the random window).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with store.read() as s:
+                if s.execute(select(Job.id).where(Job.status == "running", Job.pid.is_not(None))).first():
+                    break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.2))
+    else:
+        time.sleep(rng.uniform(0.0, 0.9 if not proc_worker else 2.0))
     kill9(w)
 
     # kill some running jobs too, while no worker watches
@@ -90,6 +126,8 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
             except ProcessLookupError:
                 pass
     time.sleep(rng.uniform(0.0, 0.3))
+    if fault == "clock_step":  # the wall clock stepped an hour while no worker watched
+        _step_the_clock(store)
 
     t_restart = time.time()
     w = start()
@@ -105,6 +143,13 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
     else:
         os.kill(w, signal.SIGTERM)
         reap(w)
+
+    # The restarted worker's own start (registration), not the moment we asked for it: starting an
+    # interpreter on a loaded machine can take seconds, which says nothing about reconciling.
+    from db.models import Worker
+
+    with store.read() as s:
+        t_restart = max(t_restart, s.execute(select(func.max(Worker.started_at))).scalar_one() or 0.0)
 
     # ---- invariants
     raw = sqlite3.connect(home / "labdeck.db")
@@ -136,7 +181,25 @@ def crash_trial(root: Path, seed: int, proc_worker: bool = False) -> dict[str, i
             assert finished - t_restart < 5
         outcome[st if jid not in victims else f"victim-{st}"] += 1
     store.dispose()
+    outcome[f"fault-{fault}"] += 1
     return dict(outcome)
+
+
+def _step_the_clock(store: Store) -> None:
+    """What a restarted worker sees after a clock step: identities read through the stepped clock
+    (psutil's create_time, as rows written before start ticks were kept) and wall-clock starts an
+    hour further back than the time limit allows."""
+    import psutil
+    from sqlalchemy import update
+
+    with store.write() as s:
+        for jid, pid, started in s.execute(select(Job.id, Job.pid, Job.started_at).where(Job.status == "running")).all():
+            try:
+                created = psutil.Process(pid).create_time() + 3600.0 if pid else None
+            except psutil.Error:
+                created = 12345.0
+            s.execute(update(Job).where(Job.id == jid).values(
+                external_id="", pid_start_time=created, started_at=(started or time.time()) - 7200.0))
 
 
 @pytest.mark.timeout(240)

@@ -167,13 +167,29 @@ def test_identity_detects_pid_reuse():
     p = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
     try:
         ident = process.identity(p.pid)
-        assert ident is not None and process.is_alive(p.pid, ident.start_time)
-        assert not process.is_alive(p.pid, ident.start_time - 3600)  # same pid, other process
-        assert not process.is_alive(None, ident.start_time)
+        assert ident is not None and process.is_alive(p.pid, ident)
+        assert process.ProcessIdentity.parse(ident.token()) == ident
+        other = process.ProcessIdentity(p.pid, ident.start_ticks - 1, ident.boot)
+        assert not process.is_alive(p.pid, other)  # same pid, other process
+        assert not process.is_alive(p.pid, process.ProcessIdentity(p.pid, ident.start_ticks, "another-boot"))
+        assert not process.is_alive(None, ident)
+        import psutil
+
+        created = psutil.Process(p.pid).create_time()  # identities stored before start ticks were kept
+        assert process.is_alive(p.pid, created) and not process.is_alive(p.pid, created - 3600)
     finally:
         p.kill()
         p.wait()
-    assert not process.is_alive(p.pid, ident.start_time)
+    assert not process.is_alive(p.pid, ident)
+
+
+def test_identity_does_not_read_the_wall_clock(monkeypatch):
+    """A stepped clock (NTP, a resumed VM) must not change who a process is."""
+    import time as time_module
+
+    before = process.identity(os.getpid())
+    monkeypatch.setattr(time_module, "time", lambda: 4_000_000_000.0)
+    assert process.identity(os.getpid()) == before
 
 
 def test_kill_session_reaches_a_child_that_ignores_sigterm(tmp_path):

@@ -18,12 +18,13 @@ def started(p) -> dict[int, tuple[int, ...]]:  # noqa: ANN001
     return {s.job_id: s.gpus for s in p.starts}
 
 
-def test_priority_then_oldest_then_id():
+def test_priority_then_id_never_the_wall_clock():
+    """Ids only grow; `queued_at` comes from a wall clock that can step back, so it never decides."""
     cands = [Candidate(1, 0, 10.0, gpus=1), Candidate(2, 5, 20.0, gpus=1), Candidate(3, 0, 5.0, gpus=1),
              Candidate(4, 0, 5.0, gpus=1)]
     p = plan(cands, gpus(2))
-    assert started(p) == {2: (0,), 3: (1,)}
-    assert set(p.waiting) == {1, 4}
+    assert started(p) == {2: (0,), 1: (1,)}
+    assert set(p.waiting) == {3, 4}
 
 
 def test_cpu_jobs_need_no_gpu_and_respect_slots():

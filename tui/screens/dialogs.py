@@ -1,7 +1,8 @@
-"""Small modal dialogs: a yes/no confirmation, a one-line prompt, and the results export."""
+"""Small modal dialogs: a yes/no confirmation, a one-line prompt, a choice among a few, the results export."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -43,8 +44,9 @@ class Dialog(ModalScreen):
         color: $text-muted;
     }
 
-    #export-format {
+    #export-format, #choice-list {
         height: auto;
+        max-height: 16;
         margin-bottom: 1;
     }
     """
@@ -79,16 +81,17 @@ class PromptScreen(Dialog, ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
 
-    def __init__(self, title: str, value: str = "", detail: str = "") -> None:
+    def __init__(self, title: str, value: str = "", detail: str = "", suggester=None) -> None:  # noqa: ANN001
         super().__init__()
         self.title_text = title
         self.value = value
         self.detail = detail
+        self.suggester = suggester  # a textual.suggester.Suggester: completion as you type (right arrow takes it)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
-            yield Input(self.value, id="prompt-input", compact=True, select_on_focus=False)
+            yield Input(self.value, id="prompt-input", compact=True, select_on_focus=False, suggester=self.suggester)
             yield Static(self.detail or "[b]enter[/b] save    [b]escape[/b] cancel", classes="dialog-keys")
 
     def on_mount(self) -> None:
@@ -152,6 +155,35 @@ class ExportScreen(Dialog, ModalScreen[tuple[str, str] | None]):
     def _done(self) -> None:
         path = self.query_one("#export-path", Input).value.strip()
         self.dismiss((self.fmt, path) if path else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ChoiceScreen(Dialog, ModalScreen):
+    """Pick one of a few labelled values (a job of a lineage); enter picks, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="choice.cancel")]
+
+    def __init__(self, title: str, options: list[tuple[str, object]]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.options = options
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield OptionList(*(Option(Text(label), id=str(i)) for i, (label, _v) in enumerate(self.options)),
+                             id="choice-list", compact=True)
+            yield Static("[b]enter[/b] open    [b]escape[/b] cancel", classes="dialog-keys")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).highlighted = 0
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(self.options[int(event.option.id or 0)][1])
 
     def action_cancel(self) -> None:
         self.dismiss(None)

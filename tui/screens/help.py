@@ -15,9 +15,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
 
-def binding_groups() -> list[tuple[str, list[Binding]]]:
-    """(title, bindings) for every part of the app that has keys."""
-    from tui.app import LabdeckApp
+def binding_groups(app_class: type) -> list[tuple[str, list[Binding]]]:
+    """(title, bindings) for every part of the app that has keys; `app_class` is the app's own
+    class, passed in so this module does not import the app that opens it."""
     from tui.screens.compare import CompareScreen
     from tui.screens.dialogs import ConfirmScreen, ExportScreen, PromptScreen
     from tui.screens.gpus import GpusScreen
@@ -31,7 +31,7 @@ def binding_groups() -> list[tuple[str, list[Binding]]]:
         return [x for x in cls.BINDINGS if isinstance(x, Binding)]
 
     return [
-        ("Everywhere", b(LabdeckApp) + [Binding("ctrl+p", "command_palette", "Command palette: every action by name", id="app.palette")]),
+        ("Everywhere", b(app_class) + [Binding("ctrl+p", "command_palette", "Command palette: every action by name", id="app.palette")]),
         ("Jobs", b(JobsScreen) + b(JobsTable) + [Binding("up,down", "", "Move (crosses pages)", id="jobs.cursor")]),
         ("Job detail", b(JobDetailScreen)),
         ("New job", b(NewJobScreen) + [Binding("tab,shift+tab", "", "Next / previous field", id="new.fields")]),
@@ -76,7 +76,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()
         table.add_column(style="dim", no_wrap=True)
         table.add_row(Text("labdeck keys", style="bold"), Text("Keyboard only; q leaves the app and the jobs keep running."), "")
-        for title, bindings in binding_groups():
+        for title, bindings in binding_groups(type(self.app)):
             table.add_row("", "", "")
             table.add_row(Text(title, style="bold underline"), "", "")
             for bnd in bindings:

@@ -21,7 +21,18 @@ from textual.widgets import DataTable, SelectionList, Static, TabbedContent, Tab
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, DetailLoaded, LogLoaded, SeriesLoaded
-from tui.render import ago, duration, number, plain_status, progress_cell, st, status_text, timestamp
+from tui.render import (
+    STATUS_ICON,
+    STATUS_STYLE,
+    ago,
+    duration,
+    number,
+    plain_status,
+    progress_cell,
+    st,
+    status_text,
+    timestamp,
+)
 from tui.screens.common import DataScreen, JobActions
 from tui.source import ActionError
 from tui.widgets.charts import MetricChart
@@ -59,6 +70,8 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
     if d.cancel_requested and status == "running":
         head.append("  cancel requested", style=st("yellow"))
     grid.add_row("status", head)
+    if status == "queued" and getattr(data, "waiting", None):
+        grid.add_row(Text("waiting", style=st("bold yellow")), Text(data.waiting, style=st("yellow")))
     grid.add_row("queued", Text(timestamp(r.queued_at)))
     started = Text(timestamp(r.started_at))
     if r.started_at is not None:
@@ -81,7 +94,18 @@ def overview_renderable(data, now: float, home: Path | None = None, width: int =
         grid.add_row("GPUs", Text(f"{r.assigned_gpus or '—'}  ({r.gpus_requested} requested)"))
     else:
         grid.add_row("GPUs", Text("none: runs on the CPU"))
-    if d.depends_on:
+    for label, linked in (("reads from", getattr(data, "upstream", ())), ("read by", getattr(data, "downstream", ()))):
+        if linked:
+            line = Text()
+            for j in linked[:6]:
+                if line:
+                    line.append(" · ", style="dim")
+                line.append(f"#{j.id} {j.name} ")
+                line.append(STATUS_ICON.get(j.status, "?"), style=st(STATUS_STYLE.get(j.status, "")))
+            if len(linked) > 6:
+                line.append(f" · … {len(linked) - 6} more (L lists them)", style="dim")
+            grid.add_row(label, line)
+    if d.depends_on and not getattr(data, "upstream", ()):
         grid.add_row("after", Text(", ".join(f"#{i}" for i in d.depends_on)))
     if d.parent_id:
         grid.add_row("retry of", Text(f"#{d.parent_id}"))
@@ -150,6 +174,9 @@ class JobDetailScreen(JobActions, DataScreen):
         Binding("g", "tab('metrics')", "Charts", id="detail.charts"),
         Binding("s", "tab('spec')", "Spec", id="detail.spec"),
         Binding("a", "tab('artifacts')", "Artifacts", show=False, id="detail.artifacts"),
+        Binding("m", "smooth", "Smoothing (EMA)", show=False, id="detail.smooth"),
+        Binding("L", "lineage", "Lineage", show=False, id="detail.lineage", tooltip="jobs it read from and that read it"),
+        Binding("E", "evaluate", "Evaluate this checkpoint", show=False, id="detail.evaluate"),
         Binding("c", "cancel", "Cancel", id="detail.cancel"),
         Binding("r", "retry", "Retry", show=False, id="detail.retry"),
         Binding("d", "duplicate", "Duplicate", show=False, id="detail.duplicate"),
@@ -162,6 +189,7 @@ class JobDetailScreen(JobActions, DataScreen):
         self.job_id = job_id
         self.data = None  # tui.source.DetailData
         self._series_version = -1
+        self.smoothing = 0.0
         self._log_busy = False
 
     def compose(self) -> ComposeResult:
@@ -291,12 +319,54 @@ class JobDetailScreen(JobActions, DataScreen):
         if not get_current_worker().is_cancelled:
             self.post_message(SeriesLoaded(job_id, series))
 
+    def action_lineage(self) -> None:
+        """Choose a job this one read from or that read its outputs, and open it."""
+        from tui.screens.dialogs import ChoiceScreen
+
+        data = self.data
+        if data is None or not (data.upstream or data.downstream):
+            self.notify("No lineage: this job neither read from nor fed another job", severity="warning")
+            return
+        options = [(f"reads from  #{j.id} {j.name} ({j.status})", j.id) for j in data.upstream]
+        options += [(f"read by     #{j.id} {j.name} ({j.status})", j.id) for j in data.downstream]
+
+        def chosen(job_id: int | None) -> None:
+            if job_id is not None:
+                self.app.push_screen(JobDetailScreen(job_id))
+
+        self.app.push_screen(ChoiceScreen(f"Lineage of job {self.job_id}", options), chosen)
+
+    def action_evaluate(self) -> None:
+        """A generate job on this job's model, prefilled in the composer (then a score job on its answers)."""
+        data = self.data
+        if data is None:
+            return
+        d = data.detail
+        if d.row.kind not in ("finetune", "merge") or plain_status(d.row.status) != "succeeded":
+            self.notify("Only a finished fine-tune or merge has a checkpoint to evaluate", severity="warning")
+            return
+        model = next((a.path for a in d.artifacts if a.kind == "model"), "outputs/model")
+        if d.run_dir and not model.startswith("/"):
+            model = f"{d.run_dir}/{model}"
+        spec = {"kind": "generate", "experiment": d.row.experiment, "name": f"eval-{d.row.id}", "model": model}
+        self.app.open_new_job(spec, f"Evaluate job {d.row.id}")
+
+    def action_smooth(self) -> None:
+        """Cycle the charts' EMA smoothing: off, 0.6, 0.9, 0.99."""
+        from tui.widgets.charts import SMOOTHING
+
+        self.smoothing = SMOOTHING[(SMOOTHING.index(self.smoothing) + 1) % len(SMOOTHING)]
+        for chart in self.query(MetricChart):
+            chart.set_smoothing(self.smoothing)
+        self.notify(f"Chart smoothing: {'off' if not self.smoothing else f'EMA {self.smoothing:g}'}", timeout=1.5)
+
     def on_series_loaded(self, message: SeriesLoaded) -> None:
         charts = list(self.query(MetricChart))
         items = list(message.series.items())
         for i, chart in enumerate(charts):
             if i < len(items):
                 chart.remove_class("hidden")
+                chart.smoothing = self.smoothing
                 chart.show(dict([items[i]]))
             else:
                 chart.add_class("hidden")

@@ -5,7 +5,8 @@ its docstrings as help for the focused field. Every change is validated (in a th
 through `engine.specfile.expand`, exactly as `labdeck submit` would) and the YAML preview and the
 list of jobs it would queue follow along; an error shows under the field it names. ctrl+s queues,
 ctrl+o saves the spec as a YAML file for `labdeck submit`. Duplicate-and-edit opens this screen
-filled from a past job's spec.
+filled from a past job's spec. The menu also lists the shipped recipes with their variants and a
+spec file from disk; those open `tui.screens.recipe` (a form over the file's `vars:`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from engine.specs import KINDS
 from tui import spec_fields as SF
 from tui.messages import ActionDone
 from tui.render import st
+from tui.screens.new_job_menu import RecipeMenu
 from tui.source import ActionError
+from tui.waiting import spec_warning
 from tui.widgets.choice import Choice
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
@@ -61,7 +64,7 @@ class SuggestionsLoaded(Message):
         self.suggestions = suggestions
 
 
-class NewJobScreen(Screen[list[int] | None]):
+class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
     DEFAULT_CSS = """
     #new-switcher {
         height: 1fr;
@@ -148,6 +151,11 @@ class NewJobScreen(Screen[list[int] | None]):
         color: $error;
         text-style: bold;
     }
+
+    #form-status.-warn {
+        color: $warning;
+        text-style: bold;
+    }
     """
 
     BINDINGS = [
@@ -168,6 +176,7 @@ class NewJobScreen(Screen[list[int] | None]):
         self._timer = None
         self._suggestions: dict[str, list[str]] = {}
         self._tried = False  # after a first ctrl+s, empty required fields are marked too
+        self._recipes: dict[str, tuple[str, str | None, str]] = {}  # menu option id -> (recipe, variant, text)
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -190,7 +199,9 @@ class NewJobScreen(Screen[list[int] | None]):
             opts.append(None)
             for name, p in PRESETS.items():
                 opts.append(Option(Text.assemble(("preset ", "dim"), (name, "bold"), "  ", (p.description, "dim")), id=f"preset:{name}"))
-        return opts
+        opts.append(None)
+        opts.append(Option(Text.assemble(("file   ", "dim"), ("a spec file or recipe from disk…", "bold")), id="file:"))
+        return opts  # the shipped recipes follow once read (`_load_recipes`, off the event loop)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
@@ -199,6 +210,7 @@ class NewJobScreen(Screen[list[int] | None]):
     def on_mount(self) -> None:
         self.set_class(self.app.size.width < NARROW, "-narrow")
         self._load_suggestions()
+        self._load_recipes()
         if self.initial is not None:
             self.call_after_refresh(self._open_form, self.initial.get("kind", "command"), self.initial)
         else:
@@ -217,11 +229,25 @@ class NewJobScreen(Screen[list[int] | None]):
         elif what == "preset":
             preset = PRESETS[name]
             await self._open_form(preset.kind, preset.spec())
+        elif what == "recipe":
+            from engine.recipes import recipe_path
+
+            recipe, variant, _text = self._recipes[event.option.id or ""]
+            path = recipe_path(recipe)
+            if path is not None:
+                await self._open_recipe(path, variant, f"{recipe} · {variant}" if variant else recipe)
+        elif what == "file":
+            self._ask_file()
 
     @on(OptionList.OptionHighlighted, "#kind-menu")
     def _menu_help(self, event: OptionList.OptionHighlighted) -> None:
         what, _, name = (event.option.id or "").partition(":")
         text = SF.kind_summary(name) if what == "kind" else (PRESETS[name].description if name in PRESETS else "")
+        if what == "recipe":
+            recipe, variant, text = self._recipes.get(event.option.id or "", ("", None, ""))
+            text = f"labdeck submit {recipe}{' --variant ' + variant if variant else ''}: {text}"
+        elif what == "file":
+            text = "A YAML or JSON spec: one job, a sweep or a pipeline (its vars: become a form)"
         self.query_one("#field-help", Static).update(Text(text))
 
     # ------------------------------------------------------------------ form
@@ -340,8 +366,12 @@ class NewJobScreen(Screen[list[int] | None]):
             self.query_one(f"#row-{f.name}").set_class(self._field_error(f.name) is not None, "-invalid")
         self._show_help()
         status = self.query_one("#form-status", Static)
-        status.remove_class("-ok", "-error")
-        if r.ok:
+        status.remove_class("-ok", "-error", "-warn")
+        warning = spec_warning(r.data, getattr(self.app, "overview", None)) if r.ok else None
+        if warning:
+            status.update(Text(f"⚠ {warning} · ctrl+s queues it anyway"))
+            status.add_class("-warn")
+        elif r.ok:
             n = len(r.names)
             status.update(Text(f"✔ valid · ctrl+s queues {n} job{'s' if n != 1 else ''}"))
             status.add_class("-ok")

@@ -82,6 +82,10 @@ class ResultsScreen(DataScreen):
         self.reduce = "last"
         self.rows_field: str | None = None
         self.cols_field: str | None = None
+        # What the person (or `labdeck demo`) asked for; None follows the experiment's main view
+        # (db.experiments.main_view), which moves to the last stage's metric once it is reported.
+        self.metric_request: str | None = None
+        self.axes_chosen = False
         self.view = "table"
         self.data = None  # tui.source.ResultsData
         self.pivot = None  # db.results.Pivot
@@ -138,6 +142,7 @@ class ResultsScreen(DataScreen):
         if experiment != self.experiment or metric:
             self.experiment = experiment
             self.rows_field, self.cols_field, self.metric = rows, cols, metric
+            self.metric_request, self.axes_chosen = metric, bool(rows)
             sel = self.query_one("#sel-experiment", Select)
             if experiment not in self._experiments:
                 self._experiments.append(experiment)
@@ -155,19 +160,20 @@ class ResultsScreen(DataScreen):
         sid = event.select.id
         if sid == "sel-experiment" and value and value != self.experiment:
             self.experiment = value
-            self.rows_field = self.cols_field = self.metric = None
+            self.rows_field = self.cols_field = self.metric = self.metric_request = None
+            self.axes_chosen = False
             self.load()
         elif sid == "sel-metric" and value and value != self.metric:
-            self.metric = value
+            self.metric = self.metric_request = value
             self.load()
         elif sid == "sel-reduce" and value and value != self.reduce:
             self.reduce = value
             self.load()
         elif sid == "sel-rows" and value != self.rows_field:
-            self.rows_field = value
+            self.rows_field, self.axes_chosen = value, True
             self._draw()
         elif sid == "sel-cols" and (None if value == NONE else value) != self.cols_field:
-            self.cols_field = None if value == NONE else value
+            self.cols_field, self.axes_chosen = (None if value == NONE else value), True
             self._draw()
 
     # ------------------------------------------------------------------ loading
@@ -175,7 +181,7 @@ class ResultsScreen(DataScreen):
 
     def load(self) -> None:
         if self.experiment:
-            self._load(self.experiment, self.metric, self.reduce)
+            self._load(self.experiment, self.metric_request, self.reduce)
 
     @work(thread=True, exclusive=True, group="results", exit_on_error=False)
     def _load(self, experiment: str, metric: str | None, reduce: str) -> None:
@@ -190,14 +196,12 @@ class ResultsScreen(DataScreen):
         self.data = data
         self.metric = data.metric
         fields = list(data.fields)
-        if self.rows_field not in fields:
-            self.rows_field = fields[0] if fields else None
-        if self.cols_field is not None and self.cols_field not in fields:
-            self.cols_field = None
-        if self.cols_field is None and len(fields) > 1 and fields[1] not in ("kind", "status", "name"):
-            candidate = fields[1]
-            if candidate != "seed":
-                self.cols_field = candidate
+        defaults = [f for f in (data.default_rows, data.default_cols) if f and f not in fields]
+        fields = defaults + fields
+        if data.default_rows and not (self.axes_chosen and self.rows_field in fields):
+            self.rows_field, self.cols_field = data.default_rows, data.default_cols
+        else:
+            self._fallback_axes(fields)
         metric_sel = self.query_one("#sel-metric", Select)
         metric_sel.set_options([(m, m) for m in data.metric_names])
         if data.metric:
@@ -210,6 +214,15 @@ class ResultsScreen(DataScreen):
         cols_sel.set_options([(NONE, NONE)] + [(f, f) for f in fields])
         cols_sel.value = self.cols_field or NONE
         self._draw()
+
+    def _fallback_axes(self, fields: list[str]) -> None:
+        """Rows and columns when the experiment names no axes: the first varying fields."""
+        if self.rows_field not in fields:
+            self.rows_field = fields[0] if fields else None
+        if self.cols_field is not None and self.cols_field not in fields:
+            self.cols_field = None
+        if self.cols_field is None and len(fields) > 1 and fields[1] not in ("kind", "status", "name", "seed"):
+            self.cols_field = fields[1]
 
     # ------------------------------------------------------------------ drawing
 
@@ -284,6 +297,7 @@ class ResultsScreen(DataScreen):
         if self.cols_field is None:
             return
         self.rows_field, self.cols_field = self.cols_field, self.rows_field
+        self.axes_chosen = True
         self.query_one("#sel-rows", Select).value = self.rows_field
         self.query_one("#sel-cols", Select).value = self.cols_field
         self._draw()

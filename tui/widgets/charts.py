@@ -10,6 +10,20 @@ from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
+SMOOTHING = (0.0, 0.6, 0.9, 0.99)  # what `m` cycles through on the charts tab, as trackers' sliders do
+
+
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing (the first points are not pulled
+    towards zero): s_t = w s_(t-1) + (1 - w) x_t, divided by 1 - w^t."""
+    out: list[float] = []
+    last, n = 0.0, 0
+    for v in values:
+        n += 1
+        last = weight * last + (1 - weight) * v
+        out.append(last / (1 - weight ** n) if weight > 0 else v)
+    return out
+
 
 class MetricChart(PlotextPlot):
     """One metric (or a few, overlaid) against step; long series arrive already thinned."""
@@ -21,6 +35,11 @@ class MetricChart(PlotextPlot):
     def __init__(self, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
         self.series: dict[str, Sequence[tuple[int, float]]] = {}
+        self.smoothing = 0.0
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = weight
+        self.show(self.series)
 
     def show(self, series: dict[str, Sequence[tuple[int, float]]]) -> None:
         self.series = series
@@ -30,7 +49,13 @@ class MetricChart(PlotextPlot):
         names = [n for n, pts in series.items() if pts]
         for name in names:
             pts = series[name]
-            plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille", label=name if len(names) > 1 else None)
-        plt.title(", ".join(names) if names else "no data with a step yet")
+            steps, values = [p[0] for p in pts], [p[1] for p in pts]
+            if self.smoothing > 0:  # the raw points faint, the smoothed curve over them
+                plt.plot(steps, values, marker="braille", color="gray")
+                plt.plot(steps, ema(values, self.smoothing), marker="braille", label=name if len(names) > 1 else None)
+            else:
+                plt.plot(steps, values, marker="braille", label=name if len(names) > 1 else None)
+        title = ", ".join(names) if names else "no data with a step yet"
+        plt.title(f"{title} (EMA {self.smoothing:g})" if names and self.smoothing > 0 else title)
         plt.xlabel("step")
         self.refresh()

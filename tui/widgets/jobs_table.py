@@ -9,23 +9,13 @@ position stay where they are; when the set of rows changes, the cursor follows i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
 from tui.render import duration, number, progress_cell, status_text
-
-WIDE = 120  # at this width and above, experiment and kind get their own columns
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    width: int
+from tui.widgets.job_columns import WIDE, Column, gpus_text, layout
 
 
 class JobsTable(DataTable):
@@ -66,26 +56,26 @@ class JobsTable(DataTable):
 
     # ------------------------------------------------------------------ layout
 
-    def _column_specs(self, width: int) -> list[Column]:
-        wide = width >= WIDE
-        metric = (self.metric or "metric")[: 10 if wide else 8]
-        if wide:
-            fixed = [Column("id", "id", 7), Column("experiment", "experiment", 18), Column("kind", "kind", 8),
-                     Column("name", "name", 0), Column("status", "status", 13), Column("gpus", "GPUs", 5),
-                     Column("progress", "progress", 16), Column("elapsed", "elapsed", 8), Column("eta", "ETA", 8),
-                     Column("metric", metric, 10)]
-        else:
-            fixed = [Column("id", "id", 6), Column("name", "name", 0), Column("status", "status", 9),
-                     Column("gpus", "GPU", 3), Column("progress", "progress", 10), Column("elapsed", "elapsed", 7),
-                     Column("eta", "ETA", 6), Column("metric", metric, 8)]
-        padding = 2 * self.cell_padding * len(fixed)
-        used = sum(c.width for c in fixed) + padding + 1  # the vertical scrollbar
-        name_width = max(10, width - used)
-        return [Column(c.key, c.label, name_width) if c.key == "name" else c for c in fixed]
+    def _column_specs(self, width: int, page) -> list[Column]:  # noqa: ANN001
+        rows = page.rows if page is not None else ()
+        texts = [self._metric_text(r.id, page) for r in rows] if self.metric else []
+        reasons = [self._reason(r.id, page) for r in rows] if page is not None and page.reasons else []
+        return layout(rows, width, metric=self.metric, metric_texts=texts, reasons=reasons, padding=self.cell_padding)
 
-    def _rebuild_columns(self) -> None:
-        width = self.size.width or 80
-        self._columns = self._column_specs(width)
+    @staticmethod
+    def _reason(job_id: int, page) -> str:  # noqa: ANN001
+        from tui.waiting import short_reason
+
+        found = page.reasons.get(job_id) if page is not None else None
+        return short_reason(found) if found else ""
+
+    def _metric_text(self, job_id: int, page) -> str:  # noqa: ANN001
+        v = page.metrics.get(job_id, {}).get(self.metric) if page is not None and self.metric else None
+        return number(v)
+
+    def _rebuild_columns(self, columns: list[Column]) -> None:
+        width = self.outer_size.width or 80
+        self._columns = columns
         self._wide = width >= WIDE
         self._built_width = width
         self.clear(columns=True)
@@ -95,14 +85,13 @@ class JobsTable(DataTable):
             self.add_column(c.label, width=c.width, key=c.key)
 
     def on_resize(self) -> None:
-        if self._columns and abs(self.size.width - self._built_width) >= 1:
+        if self._columns and abs(self.outer_size.width - self._built_width) >= 1:
             self._show(self.page, force_rebuild=True)
 
     # ------------------------------------------------------------------ cells
 
     def _row_cells(self, r) -> list[Text | str]:  # noqa: ANN001 - db.queries.JobRow
         out: list[Text | str] = []
-        metrics: dict[str, float] = self.page.metrics.get(r.id, {}) if self.page is not None else {}
         for c in self._columns:
             k = c.key
             if k == "id":
@@ -119,7 +108,9 @@ class JobsTable(DataTable):
                     label.append(f" #{r.attempt}", style="dim")
                 out.append(label)
             elif k == "gpus":
-                out.append(Text(r.assigned_gpus or (f"×{r.gpus_requested}" if r.gpus_requested else "-")))
+                out.append(Text(gpus_text(r)))
+            elif k == "reason":
+                out.append(Text(self._reason(r.id, self.page), style="dim", no_wrap=True, overflow="ellipsis"))
             elif k == "progress":
                 out.append(progress_cell(r.fraction, c.width, r.status))
             elif k == "elapsed":
@@ -127,8 +118,7 @@ class JobsTable(DataTable):
             elif k == "eta":
                 out.append(Text(duration(r.eta_s) if r.status == "running" else "", justify="right"))
             elif k == "metric":
-                v = metrics.get(self.metric) if self.metric else None
-                out.append(Text(number(v), justify="right"))
+                out.append(Text(self._metric_text(r.id, self.page), justify="right"))
         return out
 
     # ------------------------------------------------------------------ public
@@ -162,7 +152,10 @@ class JobsTable(DataTable):
         self.now = now
         if self.page is None:
             return
-        col = [c.key for c in self._columns].index("elapsed")
+        keys = [c.key for c in self._columns]
+        if "elapsed" not in keys:
+            return
+        col = keys.index("elapsed")
         for r in self.page.rows:
             if r.status == "running":
                 key = str(r.id)
@@ -173,9 +166,10 @@ class JobsTable(DataTable):
 
     def _show(self, page, *, select_id: int | None = None, cursor: str | None = None, force_rebuild: bool = False) -> None:  # noqa: ANN001, C901
         self.page = page
-        if not self._columns or force_rebuild or (self.size.width and (self.size.width >= WIDE) != self._wide):
+        columns = self._column_specs(self.outer_size.width or 80, page)
+        if columns != self._columns or force_rebuild:
             current = self.cursor_job_id
-            self._rebuild_columns()
+            self._rebuild_columns(columns)
             if select_id is None and cursor is None:
                 select_id = current
         if page is None:

@@ -1,0 +1,89 @@
+"""The app's reads and writes on whole experiments (the experiments and pipeline screens).
+
+A mixin of `tui.source.Source`, kept apart so the job-level source stays one module and the
+shared client layer can take these as a group. Blocking functions, called from thread workers
+only, returning frozen values from `db.experiments`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from db.experiments import ExperimentRow, Pipeline
+
+EXPERIMENTS_PAGE = 100
+LIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class ExperimentsPage:
+    text: str
+    statuses: tuple[str, ...]
+    offset: int
+    rows: tuple[ExperimentRow, ...]
+    total: int
+
+
+class ExperimentSource:
+    """Mixed into `Source`: needs its `store`."""
+
+    store: Any
+
+    def waiting_reasons(self, session: Any, job_ids: Sequence[int]) -> dict[int, str]:
+        """Why these queued jobs wait (tui.waiting), inside an open read session; {} for none."""
+        if not job_ids:
+            return {}
+        from db.waiting import queue_view
+        from tui.waiting import reasons
+
+        return reasons(queue_view(session, self.clock()), job_ids)  # type: ignore[attr-defined]
+
+    def experiments(self, text: str = "", statuses: Sequence[str] = (), offset: int = 0,
+                    limit: int = EXPERIMENTS_PAGE) -> ExperimentsPage:
+        from db.experiments import experiment_rows
+
+        with self.store.read() as s:
+            rows, total = experiment_rows(s, text=text or None, statuses=tuple(statuses), offset=offset, limit=limit)
+        return ExperimentsPage(text, tuple(statuses), offset, tuple(rows), total)
+
+    def disk_usage(self, experiments: Sequence[str]) -> dict[str, int]:
+        """Bytes the run folders of each experiment take (walks the files: call after the first paint)."""
+        from db.experiments import folder_bytes, run_dirs
+
+        with self.store.read() as s:
+            folders = run_dirs(s, list(experiments))
+        return {e: sum(folder_bytes(f) for f in fs) for e, fs in folders.items()}
+
+    def pipeline(self, experiment: str) -> Pipeline:
+        from db.experiments import pipeline
+
+        with self.store.read() as s:
+            found = pipeline(s, experiment)
+        if found is None:
+            from client import ClientError as ActionError
+
+            raise ActionError(f"experiment {experiment!r}: no such experiment")
+        return found
+
+    def retry_stage(self, experiment: str, stage: str | None) -> list[dict[int, int]]:
+        """Retry the failed, cancelled and interrupted jobs of one stage, each with the jobs its
+        failure skipped (db.queue.retry_with_dependents); skipped ones come back with their cause."""
+        from client import ClientError as ActionError
+
+        p = self.pipeline(experiment)
+        ids = [j.id for j in p.jobs.get(stage, []) if j.status in ("failed", "cancelled", "interrupted")]
+        if not ids:
+            raise ActionError(f"stage {stage or '(all)'} of {experiment}: no failed, cancelled or interrupted job to retry")
+        return self.retry(ids)  # type: ignore[attr-defined]
+
+    def live_jobs(self, experiment: str) -> list[int]:
+        """The queued and running jobs of an experiment: what "cancel what remains" stops."""
+        p = self.pipeline(experiment)
+        return [j.id for js in p.jobs.values() for j in js if j.status in LIVE]
+
+    def submit_file(self, path: Any, variables: dict[str, str], variant: str | None) -> list[int]:
+        """Queue a spec file or recipe as `labdeck submit PATH --var ... --variant ...` does; the new ids."""
+        return self.client.submit([str(path)], variables or None, variant)  # type: ignore[attr-defined]
