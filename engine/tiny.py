@@ -35,17 +35,28 @@ BASE_CORPUS = [
 ]
 
 
-def build_tokenizer(out_dir: Path | str, texts: Iterable[str] = (), vocab_size: int = 512):  # noqa: ANN201
-    """Train a byte-level BPE tokenizer on `texts` (plus a small base corpus) and save it."""
+# A base model's end of text, distinct from the chat template's end of turn (as Qwen2.5's <|endoftext|> vs <|im_end|>).
+BASE_EOS = "<|endoftext|>"
+
+
+def build_tokenizer(out_dir: Path | str, texts: Iterable[str] = (), vocab_size: int = 512,
+                    eos_token: str = "<|im_end|>"):  # noqa: ANN201
+    """Train a byte-level BPE tokenizer on `texts` (plus a small base corpus) and save it.
+
+    `eos_token` "<|im_end|>" (the default) makes eos and end of turn one token, as in an instruct model;
+    `BASE_EOS` gives a base model's split: eos <|endoftext|>, while the ChatML template still ends a turn
+    with <|im_end|> (Qwen2.5, Llama-3.x and Gemma-2 base models all have this split).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    special = SPECIAL_TOKENS + ([eos_token] if eos_token not in SPECIAL_TOKENS else [])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -56,8 +67,8 @@ def build_tokenizer(out_dir: Path | str, texts: Iterable[str] = (), vocab_size: 
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
+        eos_token=eos_token,
+        additional_special_tokens=["<|im_start|>"] + (["<|im_end|>"] if eos_token != "<|im_end|>" else []),
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
@@ -147,8 +158,9 @@ def build_reward_model(
 
 
 def fit_texts(model_dir: Path | str, texts: Sequence[str], *, prompts: Sequence[str] | None = None, steps: int = 100,
-              lr: float = 3e-3, batch: int = 16, seed: int = 0) -> Path:
-    """Train a saved causal LM for `steps` on `texts` (LM loss, eos appended) and save it in place.
+              lr: float = 3e-3, batch: int = 16, seed: int = 0, append_eos: bool = True) -> Path:
+    """Train a saved causal LM for `steps` on `texts` (LM loss, eos appended unless `append_eos` is off) and save it
+    in place. Chat-rendered texts with `append_eos=False` teach a model to end at its template's end of turn only.
 
     With `prompts` (one per text, each a prefix of it), the loss is on what follows the prompt only.
 
@@ -163,7 +175,7 @@ def fit_texts(model_dir: Path | str, texts: Sequence[str], *, prompts: Sequence[
     model = AutoModelForCausalLM.from_pretrained(out)
     model.train()
     torch.set_num_threads(1)  # tiny matrices: more threads only spin against each other on a shared box
-    seqs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    seqs = [tok(t)["input_ids"] + ([tok.eos_token_id] if append_eos else []) for t in texts]
     starts = [len(tok(p)["input_ids"]) for p in prompts] if prompts is not None else [0] * len(seqs)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -218,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-eos", action="store_true",
+                   help=f"eos {BASE_EOS} apart from the template's end of turn <|im_end|>, as in a base model")
     p.add_argument("--judge-prompt", action="store_true",
                    help="also train the tokenizer on the AlpacaEval judge prompt, so a tiny judge reads it in few tokens")
     args = p.parse_args(argv)
@@ -238,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # run as a labdeck job (a recipe's build stage), each model is reported as an artifact
     events = Reporter() if os.environ.get(ENV_EVENTS) else None
     tok_dir = args.out / "tokenizer"
-    tokenizer = build_tokenizer(tok_dir, texts, vocab_size=args.vocab)
+    tokenizer = build_tokenizer(tok_dir, texts, vocab_size=args.vocab,
+                                eos_token=BASE_EOS if args.base_eos else "<|im_end|>")
     built = {"tokenizer": str(tok_dir)}
     jobs = [(s, build_causal_lm, "causal_lm") for s in args.lm] + [(s, build_reward_model, "reward_model") for s in args.reward]
     for i, (spec, builder, what) in enumerate(jobs):

@@ -66,10 +66,42 @@ def jsd_per_token(logits_p: Any, logits_q: Any) -> Any:
     return 0.5 * (lp.exp() * (lp - lm)).sum(-1) + 0.5 * (lq.exp() * (lq - lm)).sum(-1)
 
 
-def fit_temperature(logits: Any, labels: Any, steps: int = 100) -> float:
-    """Fit a single log T (init 0) by CE on validation logits, everything else frozen (--scale-temp)."""
+# calibration-tuning's experiments/temperature_scale.py: AdamW(lr 1e-2, weight decay 1e-2), CosineAnnealingLR(T_max =
+# max_steps), 2000 steps over batches of 64 validation logits, CE, log T initialised at 0.
+OFFICIAL_TS = {"optimizer": "AdamW", "lr": 1e-2, "weight_decay": 1e-2, "schedule": "cosine", "steps": 2000, "batch_size": 64}
+
+
+def fit_temperature_adamw(logits: Any, labels: Any, steps: int = 2000, lr: float = 1e-2, weight_decay: float = 1e-2,
+                          batch_size: int = 64) -> float:
+    """The official fit (OFFICIAL_TS). Batches cycle through the validation logits in order (the official loader's
+    shuffling is not pinned), so the result is deterministic."""
     import torch
 
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([log_t], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    n = len(y)
+    starts = list(range(0, n, batch_size)) or [0]
+    for step in range(steps):
+        a = starts[step % len(starts)]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z[a:a + batch_size] / log_t.exp(), y[a:a + batch_size])
+        loss.backward()
+        opt.step()
+        sched.step()
+    t = float(log_t.detach().exp().item())
+    return t if math.isfinite(t) else 1.0
+
+
+def fit_temperature(logits: Any, labels: Any, steps: int = 100, method: str = "lbfgs") -> float:
+    """Fit a single log T (init 0) by CE on validation logits, everything else frozen (--scale-temp): 'lbfgs' the
+    exact optimum, 'adamw' calibration-tuning's own fit (`fit_temperature_adamw`)."""
+    import torch
+
+    if method == "adamw":
+        return fit_temperature_adamw(logits, labels)
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -196,6 +228,10 @@ def train(prep: Any, ctx: JobContext) -> None:
                 for i, r in enumerate(records)]
 
     rows = labelled(prep.records)
+    gold = spec.calibration_style == "lora_prompt" and spec.jsd_weight > 0 and spec.jsd_text == "target"
+    if gold:
+        need(prep.records, {"target_field (jsd_text: target)": spec.target_field}, ds)
+        gold_of = {(r[ds.instruction_field], r[ds.output_field]): str(r[spec.target_field]) for r in prep.records}
     if spec.validation is not None:
         val_records = read_dataset(spec.validation, "validation")
         need(val_records, {"validation.instruction_field": spec.validation.instruction_field,
@@ -219,6 +255,10 @@ def train(prep: Any, ctx: JobContext) -> None:
     def tokenize(rows_: list[tuple[str, str, int]]) -> dict[str, Any]:
         qa = tokenize_many(tokenizer, [[(c, False), (" " + p, True)] for c, p, _ in rows_], spec.max_seq_len, True)
         out = {"qa": [e for e, _ in qa], "y": [y for _, _, y in rows_], "cut": sum(c for _, c in qa)}
+        if gold:  # the JSD term on the question with its gold target, as calibration-tuning computes it
+            jsd = tokenize_many(tokenizer, [[(c, False), (" " + gold_of.get((c, p), p), True)] for c, p, _ in rows_],
+                                spec.max_seq_len, True)
+            out["jsd"] = [e for e, _ in jsd]
         if style == "lora_prompt":
             # the query is read at its last token: cut it from the left so that the question's end survives
             q = tokenize_many(tokenizer, [[(query_text(c, p), False)] for c, p, _ in rows_], 10**9, True)
@@ -279,7 +319,7 @@ def train(prep: Any, ctx: JobContext) -> None:
                      "y": torch.tensor([train_data["y"][i] for i in idx], device=device),
                      "n_real_tokens": int(mask.sum())}
             if style == "lora_prompt" and spec.jsd_weight > 0:
-                qa_ids, qa_mask, _, qa_labels = _pad([train_data["qa"][i] for i in idx], pad_id)
+                qa_ids, qa_mask, _, qa_labels = _pad([train_data["jsd" if gold else "qa"][i] for i in idx], pad_id)
                 batch.update(qa_ids=qa_ids.to(device), qa_mask=qa_mask.to(device), qa_labels=qa_labels.to(device))
                 batch["n_real_tokens"] += int(qa_mask.sum())
             return batch
@@ -315,7 +355,7 @@ def train(prep: Any, ctx: JobContext) -> None:
             z_chunks.append(inner.logits2(ids.to(device), mask.to(device), last.to(device)).float().cpu())
     z = torch.cat(z_chunks).numpy().astype(np.float64)
     y = np.asarray(val_data["y"])
-    temperature = fit_temperature(z, y) if spec.temperature_scaling else 1.0
+    temperature = fit_temperature(z, y, method=spec.temperature_fit) if spec.temperature_scaling else 1.0
     raw = calibration_summary(p_correct_from_logits(z), y)
     scaled = calibration_summary(p_correct_from_logits(z / temperature), y)
     metrics = {f"val_{k}": v for k, v in raw.items() if k != "n"}
@@ -345,6 +385,12 @@ def train(prep: Any, ctx: JobContext) -> None:
                 "feature": FEATURE_TEXT if style != "lora_prompt" else None,
                 "query_suffix": QUERY_SUFFIX if style == "lora_prompt" else None,
                 "choice_token_ids": list(ids_pair) if ids_pair else None, "jsd_weight": spec.jsd_weight,
+                "jsd_text": ("question + gold target" if gold else "question + the model's answer")
+                if style == "lora_prompt" and spec.jsd_weight > 0 else None,
+                "temperature_fit": ({"method": "adamw", **OFFICIAL_TS} if spec.temperature_fit == "adamw" else
+                                    {"method": "lbfgs", "optimum": "exact CE minimum of log T"})
+                if spec.temperature_scaling else None,
+                "question_field": ds.instruction_field,
                 "head": HEAD_TEXT if style != "lora_prompt" else None,
                 "validation": {k: v for k, v in metrics.items()}}
         (tmp / "calibration.json").write_text(json.dumps(info, indent=1), encoding="utf-8")

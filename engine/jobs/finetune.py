@@ -31,6 +31,7 @@ from typing import Any
 from engine.jobs import _checkpoint
 from engine.jobs._common import JobContext, JobInputError
 from engine.jobs._loading import check_model_path, read_dataset
+from engine.jobs._stopping import add_end_of_turn
 from engine.jobs._train_data import (
     Example,
     Plan,
@@ -398,10 +399,13 @@ def train_lm(prep: Prepared, ctx: JobContext) -> None:
     # ---- 4. save
     inner = accelerator.unwrap_model(module).model
     state_dict = accelerator.get_state_dict(module) if _checkpoint._is_fsdp(accelerator) else None
+    # trained to close its turn with the template's end-of-turn token: stop there, not only at the base eos
+    stops = add_end_of_turn(inner, tokenizer) if spec.template == "chat" else None
     fmt = save_model(inner, tokenizer, prep.out_model, lora=lora, merge=spec.merge_lora or bool(new_tokens and new_tokens.added),
                      dtype=built.save_dtype, is_main=accelerator.is_main_process, state_dict=state_dict,
                      info={"method": spec.method, "steps": state.step, "final_loss": state.last_loss,
-                           "fingerprint": _checkpoint.fingerprint(prep.spec_dump), "base_model": spec.model.path})
+                           "fingerprint": _checkpoint.fingerprint(prep.spec_dump), "base_model": spec.model.path,
+                           "stop_token_ids": stops})
     accelerator.wait_for_everyone()
     if state.seconds > 0 and state.step > start:
         events.metrics({"train_tokens_per_s": state.tokens / state.seconds, "train_seconds": state.seconds})

@@ -30,7 +30,8 @@ from engine.specs.score import ScoreSpec
 
 # Per-sample fields that are not averaged (lists, flags used elsewhere, raw logprobs).
 _NOT_AVERAGED = {"confidence_logits", "confidence_label", "correct_reply", "judge_switched", "judge_lp_m", "judge_lp_M",
-                 "injection_begin_with", "injection_in_response", "judge_preference"}
+                 "injection_begin_with", "injection_in_response", "judge_preference", "arena_hard_verdict_0",
+                 "arena_hard_verdict_1", "arena_hard_judgment_0", "arena_hard_judgment_1"}
 
 
 def _label(sc: Scorer) -> str:
@@ -46,7 +47,7 @@ def _check_spec(spec: ScoreSpec) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise JobInputError(f"scorers: field names {dup} are used by two scorers; set `field`/`prefix` apart")
-    for kind in ("length", "injection", "judge", "confidence", "correctness"):
+    for kind in ("length", "injection", "judge", "arena_hard", "confidence", "correctness"):
         if sum(s.type == kind for s in spec.scorers) > 1:
             raise JobInputError(f"scorers: at most one {kind} scorer per job")
     if spec.car_beta is not None:
@@ -57,13 +58,13 @@ def _check_spec(spec: ScoreSpec) -> None:
 
 
 def _needs_instruction(spec: ScoreSpec) -> bool:
-    return any(s.type in ("reward", "loss", "judge") or (s.type == "confidence" and not s.question_field)
+    return any(s.type in ("reward", "loss", "judge", "arena_hard") or (s.type == "confidence" and not s.question_field)
                for s in spec.scorers)
 
 
 def _check_models(spec: ScoreSpec) -> None:
     for s in spec.scorers:
-        what = {"reward": "reward model", "judge": "judge model"}.get(s.type, "model")
+        what = {"reward": "reward model", "judge": "judge model", "arena_hard": "judge model"}.get(s.type, "model")
         if getattr(s, "model", None) is not None:
             check_model_path(s.model, what)
         if s.type == "confidence" and s.estimator is not None:
@@ -92,6 +93,7 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
     for sc in scorers:
         required.update({k: v for k, v in sc.required_fields().items() if v not in written})
         written.update(sc.fields)
+    required.update({f"carry[{f}]": f for f in spec.carry if f not in written})
     check_fields(rows, required, "records", source)
 
     if _model_free(spec) and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -126,12 +128,15 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         pending = [i for i in range(n) if i not in done]
         progress += n - len(pending)
         ctx.events.progress(progress, total, "scores")
+        info_file = parts / f"{k}.info.json"
+        earlier = _read_info(info_file) if done else {}  # what an earlier attempt of this scorer recorded
         if pending:
             sc.prepare(items)
             ctx.events.info(f"score: {_label(sc)} ready", scorer=sc.spec.type, **_jsonable_info(sc.info))
             for batch in sc.batches(pending):
                 values = sc.score(batch)
                 out.append([{**v, INDEX: i} for i, v in zip(batch, values, strict=True)])
+                write_json(info_file, _merge_info(earlier, sc.info))
                 progress += len(batch)
                 ctx.events.progress(progress, total, "scores")
             if sc.stats.seconds > 0:
@@ -141,7 +146,11 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
         results.append(out.done())
         for i, fields in results[-1].items():  # later scorers see this one's fields (correctness -> confidence)
             items[i].record = {**items[i].record, **fields}
-        recorded[_label(sc)] = sc.info or sc.params()
+        info = _merge_info(earlier, sc.info) if pending else earlier
+        recorded[_label(sc)] = info or {"parameters": sc.params()}
+        if isinstance(info.get("baseline"), dict):
+            recorded.setdefault("baselines", {})[_label(sc)] = info["baseline"]
+        write_json(info_file, recorded[_label(sc)])
         _release(sc)
 
     merged = [dict(it.record) for it in items]
@@ -157,6 +166,27 @@ def run(spec: ScoreSpec, ctx: JobContext) -> None:
                                               "recorded": recorded, "notes": notes, "records": n})
     ctx.events.info("score: unpinned choices", **_jsonable_info(recorded))
     ctx.events.artifact("records", "outputs/records.jsonl", records=n)
+
+
+# Per-scorer counters that add up over attempts (the rest of a scorer's info is recomputed whole by `prepare`).
+_COUNTERS = ("too_long",)
+
+
+def _read_info(path: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _merge_info(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """A resumed scorer's info: this attempt's, with the counters of batches scored by earlier attempts added."""
+    merged = {**earlier, **_jsonable_info(now)}
+    for key in _COUNTERS:
+        if isinstance(earlier.get(key), int) and isinstance(now.get(key), int):
+            merged[key] = earlier[key] + now[key]
+    return merged
 
 
 def _model_free(spec: ScoreSpec) -> bool:
@@ -189,7 +219,18 @@ def _write_records(path: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _jsonable_info(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
+    """Info as strict JSON: paths as strings, a non-finite number (e.g. an estimator's validation AUROC on a
+    one-class split) as None, since events and summaries are strict JSON."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(json.loads(json.dumps(d, default=str)))
 
 
 def _nan_none(v: float) -> float | None:
@@ -245,6 +286,7 @@ def aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, fl
 def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, float], list[str]]:
     from engine.jobs._uncertainty import uncertainty_metrics
     from engine.metrics import (
+        arena_hard_win_rate,
         asr,
         car_from_samples,
         discrete_win_rate,
@@ -274,6 +316,7 @@ def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, f
             fields += ["confidence", "confidence_ts"]
         elif s.type == "correctness":
             fields.append(s.field)
+    fields += [f for f in spec.carry if f not in fields]  # computed once upstream, reported here too
     for f in fields:
         if f in _NOT_AVERAGED:
             continue
@@ -317,6 +360,11 @@ def _aggregate(rows: list[dict[str, Any]], spec: ScoreSpec) -> tuple[dict[str, f
                 notes.append("lc_win_rate: length_controlled_minimal (no difficulty term, no regularisation), §7.2")
             except (ValueError, ArithmeticError) as e:
                 notes.append(f"lc_win_rate not computed: {e}")
+        elif s.type == "arena_hard":
+            games = [tuple(f"[[{v}]]" if v else None for v in (r.get("arena_hard_verdict_0"), r.get("arena_hard_verdict_1")))
+                     for r in rows]
+            m["arena_hard_win_rate"] = arena_hard_win_rate(games)
+            m["arena_hard_no_verdict"] = float(sum(v is None for g in games for v in g))
         elif s.type == "injection":
             outputs = [str(r.get(spec.response_field, "")) for r in rows]
             m["asr"] = asr(outputs, "begin_with", s.keyword)

@@ -179,8 +179,16 @@ class FinetuneSpec(JobSpecBase):
     """§10.3: an MLP probe on frozen last-token features, LoRA + the same head, or LoRA + Prompt (the uncertainty query)."""
     jsd_weight: float = Field(0.0, ge=0)
     """κ for the JSD term of LoRA + Prompt (code default 0, README example 1)."""
+    jsd_text: Literal["target", "answer"] = "target"
+    """What the JSD term of LoRA + Prompt compares the two models on: the question with its gold target (as
+    calibration-tuning does) or with the model's own answer."""
+    target_field: str = "target"
+    """Record field with the gold answer (for `jsd_text: target`)."""
     temperature_scaling: bool = True
     """Fit a temperature on the validation split after calibration training (the '-TS' variants)."""
+    temperature_fit: Literal["adamw", "lbfgs"] = "adamw"
+    """'adamw': calibration-tuning's temperature_scale.py (AdamW lr 1e-2, weight decay 1e-2, cosine over 2000 steps,
+    batches of 64); 'lbfgs': the exact CE optimum of log T (L-BFGS)."""
     oom_retry: bool = False
     """On CUDA OOM, halve the micro-batch and double the accumulation (same examples per step), record it, and go on."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

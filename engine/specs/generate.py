@@ -44,6 +44,11 @@ class GenerateSpec(JobSpecBase):
     """Top-k sampling; 0 turns it off."""
     repetition_penalty: float = Field(1.0, gt=0.0)
     """HF/CTRL repetition penalty; 1.0 is none."""
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's presence penalty: subtracted once from the logit of every token already generated (not the prompt).
+    ExPO's evaluation uses 0.1 (§8.3). The HF backend applies it with a logits processor, vLLM natively."""
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    """OpenAI's frequency penalty: subtracted from a token's logit once per time it was generated so far (§8.3: 0.1)."""
     n: int = Field(1, ge=1, le=64)
     """Samples per prompt (§5 reject sampling uses 5)."""
     select: Literal["none", "best", "worst", "first"] = "none"
@@ -71,9 +76,10 @@ class GenerateSpec(JobSpecBase):
     job, so labdeck always passes this explicitly."""
     max_model_len: int | None = Field(None, ge=16)
     """vLLM's context length (prompt + response); None lets vLLM use the model's (§5 used 4096)."""
-    attack: Attack = "none"
+    attack: Attack | list[Attack] = "none"
     """Prompt-injection attack built into records that have a non-empty input (§9.5); records without an input are
-    skipped under an attack, as the paper's ASR counts only the 208 attacked samples."""
+    skipped under an attack, as the paper's ASR counts only the 208 attacked samples. A list runs every attack in one
+    job (the model is loaded once; each output record names its `attack`), in the order given."""
     defense_filter: bool = False
     """Apply the secure front-end filter to the data part (§9.1): for StruQ/SecAlign models only."""
 
@@ -89,6 +95,18 @@ class GenerateSpec(JobSpecBase):
             raise ValueError("system_prompt: only the 'chat' template has a system turn")
         if self.dataset.messages_field and self.template != "chat":
             raise ValueError("dataset.messages_field: chat messages need template 'chat'")
-        if self.attack != "none" and self.dataset.messages_field:
+        attacks = self.attacks()
+        if attacks != ["none"] and self.dataset.messages_field:
             raise ValueError("attack: injections go into the input field; not supported with messages_field")
+        if isinstance(self.attack, list):
+            if not self.attack:
+                raise ValueError("attack: name at least one attack")
+            if len(set(self.attack)) != len(self.attack):
+                raise ValueError("attack: an attack is listed twice")
+            if "none" in self.attack and len(self.attack) > 1:
+                raise ValueError("attack: 'none' cannot be mixed with attacks (its records would include the input-less ones)")
         return self
+
+    def attacks(self) -> list[str]:
+        """The attacks as a list (a single attack is a list of one)."""
+        return list(self.attack) if isinstance(self.attack, list) else [self.attack]

@@ -86,6 +86,20 @@ def _check_endpoint(endpoint: str | None, endpoint_model: str | None) -> None:
             raise ValueError("endpoint_model: name the model the endpoint should use")
 
 
+class Baseline(StrictModel):
+    """Which outputs a judge compares against, recorded with every win rate (a WR means nothing without it)."""
+
+    model: str = Field(min_length=1)
+    """The baseline model's name, e.g. 'gpt4_1106_preview' (AlpacaEval 2), 'text_davinci_003' (AlpacaEval 1, SecAlign's
+    utility), 'gpt-4-0314' (Arena-Hard v0.1)."""
+    dataset: str | None = None
+    """Where its outputs come from, e.g. 'tatsu-lab/alpaca_eval'."""
+    config: str | None = None
+    """The dataset config, e.g. 'alpaca_eval_gpt4_baseline' (GPT-4 Turbo's outputs) or 'alpaca_eval' (davinci-003's)."""
+    field: str | None = None
+    """The record field holding its outputs; None means the scorer's `reference_field`."""
+
+
 class JudgeScorer(StrictModel):
     """Pairwise preference against a reference output (§7.1): local judge logprobs, an HTTP endpoint, or a reward
     model."""
@@ -107,6 +121,8 @@ class JudgeScorer(StrictModel):
     """Environment variable holding the API key (never put the key in a spec)."""
     reference_field: str = "reference"
     """Record field with the baseline output (AlpacaFarm's davinci-003 outputs are in 'output')."""
+    baseline: Baseline | None = None
+    """What the reference outputs are (model, dataset, config, field); recorded in the summary and shown with results."""
     seed: int = 0
     """Seed of the per-instruction order randomisation (alpaca_eval's annotator seed, 0)."""
     batch_size: int = Field(4, ge=1, le=1024)
@@ -132,6 +148,48 @@ class JudgeScorer(StrictModel):
                              + (f", not {' and '.join(given)}" if given else ""))
         if self.reward_model is None and self.temperature != 1.0:
             raise ValueError("temperature: only used with `reward_model`")
+        _check_endpoint(self.endpoint, self.endpoint_model)
+        return self
+
+
+class ArenaHardScorer(StrictModel):
+    """Arena-Hard v0.1 (§7.3): two games per prompt (baseline as A, then as B), the judge's 5-point verdict
+    [[A>>B]] .. [[B>>A]], a decisive verdict counted as 3 battles, WR = mean score with ties as half.
+
+    With an `endpoint` the judge writes its own answer and explanation first (Arena-Hard's prompt, temperature 0,
+    up to `max_tokens`) and the verdict is parsed from its text. A local `model` instead ranks the five verdicts by
+    their likelihood after 'My final verdict is ' (a local stand-in, labelled as such: it cannot reason first)."""
+
+    type: Literal["arena_hard"] = "arena_hard"
+    model: ModelRef | None = None
+    """Local judge model (a causal LM with a chat template)."""
+    endpoint: str | None = None
+    """OpenAI-compatible base URL; POST {endpoint}/chat/completions (the paper's judge: gpt-4-1106-preview)."""
+    endpoint_model: str | None = None
+    """Model name sent to the endpoint."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never put the key in a spec)."""
+    reference_field: str = "baseline"
+    """Record field with the baseline's answer (Arena-Hard v0.1: gpt-4-0314's)."""
+    baseline: Baseline | None = None
+    """What the reference answers are; recorded in the summary."""
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    """Endpoint judge temperature (Arena-Hard: 0)."""
+    max_tokens: int = Field(4096, ge=16)
+    """Longest endpoint judgment (Arena-Hard: 4096)."""
+    batch_size: int = Field(4, ge=1, le=1024)
+    """Prompts per forward pass for a local judge."""
+    max_length: int = Field(8192, ge=64)
+    """A local judge prompt longer than this is refused for the game (no verdict, counted), never silently cut."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout for an endpoint."""
+    max_retries: int = Field(4, ge=0, le=20)
+    """Retries with exponential backoff on HTTP 429/5xx and network errors."""
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> ArenaHardScorer:
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("arena_hard: give exactly one of `model` (local) or `endpoint` (HTTP)")
         _check_endpoint(self.endpoint, self.endpoint_model)
         return self
 
@@ -199,10 +257,13 @@ class CorrectnessScorer(_Batched):
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the API key (never put the key in a spec)."""
     judge_prompt: str | None = None
-    """The user prompt with {question}, {target} and {answer}; None uses a reconstruction of CT-REPO's
-    PROMPT_ANSWER_KEY_EQUIVALENCY from docs/science.md §10.1 (recorded as such). Paste the verbatim string here."""
+    """The user prompt with {question}, {target} and {answer}; None uses calibration-tuning's
+    PROMPT_ANSWER_KEY_EQUIVALENCY verbatim."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Endpoint judge temperature; None sends none (the API default, 1.0 on OpenAI), as calibration-tuning does."""
     max_new_tokens: int = Field(8, ge=1, le=256)
-    """Longest judge reply, in tokens (UNPINNED; 'yes'/'no' needs one or two)."""
+    """Longest reply of a local judge, in tokens ('yes'/'no' needs one or two); an endpoint gets no max_tokens, as
+    calibration-tuning sends none."""
     max_length: int = Field(4096, ge=16)
     """A local judge's prompt keeps its last tokens beyond this."""
     timeout_s: float = Field(60.0, gt=0)
@@ -233,7 +294,8 @@ class CorrectnessScorer(_Batched):
 
 
 Scorer = Annotated[
-    RewardScorer | LossScorer | LengthScorer | InjectionScorer | JudgeScorer | ConfidenceScorer | CorrectnessScorer,
+    RewardScorer | LossScorer | LengthScorer | InjectionScorer | JudgeScorer | ArenaHardScorer | ConfidenceScorer
+    | CorrectnessScorer,
     Field(discriminator="type"),
 ]
 
@@ -258,6 +320,10 @@ class ScoreSpec(JobSpecBase):
     scorers: list[Scorer] = Field(min_length=1)
     """What to compute for every record, in order; a scorer sees the fields earlier ones wrote (e.g. correctness
     before confidence)."""
+    carry: list[str] = []
+    """Record fields computed by an earlier job (e.g. a teacher's rewards and GPT-2 IFD, scored once per teacher) that
+    this job also averages and reports, so every metric of a (teacher, student) pair sits on one job without a second
+    model pass."""
     car_beta: float | list[float] | None = None
     """If set, report CAR = mean reward / (1 + beta * mean loss) (§3; beta is UNPINNED, recorded). A list reports
     'car_b{beta}' for each (§3 suggests sweeping 0.5, 1, 2, 3, 5)."""

@@ -19,7 +19,7 @@ def qa(tmp_path: Path) -> str:
     for i in range(40):
         y = rng.random() < 0.5
         rows.append({"question": f"Question: what is {i} plus one?\nAnswer:", "answer": f"{i + 1 if y else 'no idea'}",
-                     "label": bool(y)})
+                     "label": bool(y), "target": str(i + 1)})
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
@@ -48,6 +48,10 @@ def test_each_style_trains_and_reports_ece_and_auroc(tiny, qa, tmp_path, style) 
     out = tmp_path / "run" / "outputs" / "model"
     info = json.loads((out / "calibration.json").read_text())
     assert info["style"] == style and info["temperature"] == pytest.approx(res.summary("temperature"))
+    # recorded with the estimator: calibration-tuning's temperature fit, and (LoRA + Prompt) the JSD on the gold target
+    assert info["temperature_fit"] == {"method": "adamw", "optimizer": "AdamW", "lr": 1e-2, "weight_decay": 1e-2,
+                                       "schedule": "cosine", "steps": 2000, "batch_size": 64}
+    assert info["jsd_text"] == ("question + gold target" if style == "lora_prompt" else None)
     if style == "lora_prompt":
         assert (out / "adapter_model.safetensors").is_file() and info["choice_token_ids"]
         assert len(res.series("jsd")) == 8 and res.series("jsd")[1] == pytest.approx(0.0, abs=1e-6)  # B = 0 at start
@@ -82,6 +86,10 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
 
     assert fit_temperature(z_true * 3.0, y) == pytest.approx(3.0, rel=0.1)
     assert fit_temperature(z_true / 2.0, y) == pytest.approx(0.5, rel=0.1)
+    # calibration-tuning's own fit (AdamW, 2000 cosine steps, weight decay on log T) lands near, not on, the optimum
+    exact = fit_temperature(z_true * 3.0, y, method="lbfgs")
+    official = fit_temperature(z_true * 3.0, y, method="adamw")
+    assert official == pytest.approx(exact, rel=0.05) and official != exact
 
 
 def test_jsd_is_symmetric_bounded_and_zero_on_equal_distributions() -> None:

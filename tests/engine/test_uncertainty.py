@@ -186,7 +186,7 @@ def test_local_judge_labels_and_says_it_is_a_replacement(tiny, tmp_path: Path) -
     out = res.records()
     assert all(o["correct"] in (0, 1) and isinstance(o["correct_reply"], str) for o in out)
     summary = json.loads((res.outputs / "summary.json").read_text())["recorded"]["correct"]
-    assert "LOCAL" in summary["judge"]["label"] and "NOT" in summary["prompt_source"]
+    assert "LOCAL" in summary["judge"]["label"] and "PROMPT_ANSWER_KEY_EQUIVALENCY" in summary["prompt_source"]
 
 
 class _Grader(BaseHTTPRequestHandler):
@@ -223,10 +223,17 @@ def test_endpoint_judge_gets_the_grading_prompt(tmp_path: Path) -> None:
     assert res.returncode == 0, res.errors()
     assert [o["correct"] for o in res.records()] == [int(i % 3 != 0) for i in range(24)]
     first = _Grader.bodies[0]
-    assert first["model"] == "gpt-3.5-turbo-1106" and first["temperature"] == 0
+    # calibration-tuning's request: no temperature, no max_tokens (the API defaults)
+    assert first["model"] == "gpt-3.5-turbo-1106" and "temperature" not in first and "max_tokens" not in first
     assert first["messages"][0]["content"] == "You are an automated grading assistant helping a teacher grade student answers."
-    assert first["messages"][1]["content"].endswith(
-        "Did the student provide an equivalent answer to the ground truth? Please answer yes or no without any explanation: ")
+    # PROMPT_ANSWER_KEY_EQUIVALENCY of calibration-tuning's llm/datasets/llm_utils_oe.py (commit 02379f88), byte for byte
+    assert first["messages"][1]["content"] == (
+        "The problem is: Question: what is 0 plus one?\nAnswer:\n\n The correct answer for this problem is: 1\n "
+        "A student submitted the answer: no idea\n "
+        "The student's answer must be correct and specific but not overcomplete (for example, if they provide two "
+        "different answers, they did not get the question right). However, small differences in formatting should "
+        "not be penalized (for example, 'New York City' is equivalent to 'NYC'). Did the student provide an "
+        "equivalent answer to the ground truth? Please answer yes or no without any explanation: ")
 
 
 def test_generate_sanitises_and_keeps_the_raw_answer(tiny, tmp_path: Path) -> None:  # noqa: ANN001
@@ -245,17 +252,29 @@ def test_generate_sanitises_and_keeps_the_raw_answer(tiny, tmp_path: Path) -> No
 
 
 def test_mmlu_oe_prompt_format() -> None:
+    """Byte for byte as calibration-tuning builds a 5-shot MMLU item (llm/datasets/hf/mmlu.py: `format_sample`,
+    `format_sample_prompt`, `get_mmlu`; llm/datasets/llm_utils.py: `LMText.__str__`): the label
+    `" ".join(task.split("_")).capitalize()`, ["header\n", shot + "\n" ..., "Now, answer the next question.\n\n"]
+    joined with "\n" (a blank line after the header and between shots), then context + "\nAnswer:"."""
     from engine.data.calibration import mmlu_record
 
-    shot = {"question": "What is 1+1?", "choices": ["3", "2"], "answer": 1}
+    shots = [{"question": "What is 1+1?", "choices": ["3", "2"], "answer": 1},
+             {"question": "What is 3+3?", "choices": ["6", "9"], "answer": 0}]
     row = {"question": "What is 2+2?", "choices": ["4", "5"], "answer": 0}
-    r = mmlu_record(row, "elementary_mathematics", [shot], "oe", "x")
-    assert r["instruction"] == ("The following are questions (with answers) about elementary mathematics.\n\n"
-                                "Question: What is 1+1?\nAnswer: 2\nNow, answer the next question.\n\n"
+    r = mmlu_record(row, "elementary_mathematics", shots, "oe", "x")
+    assert r["instruction"] == ("The following are questions (with answers) about Elementary mathematics.\n\n"
+                                "Question: What is 1+1?\nAnswer: 2\n\n"
+                                "Question: What is 3+3?\nAnswer: 6\n\n"
+                                "Now, answer the next question.\n\n"
                                 "Question: What is 2+2?\nAnswer:")
+    assert r["question"] == "Question: What is 2+2?\nAnswer:"  # the item without its shots (the estimator's input)
     assert r["target"] == "4" and r["subject"] == "elementary_mathematics"
-    mc = mmlu_record(row, "elementary_mathematics", [], "mc", "y")
-    assert mc["instruction"] == "Question:\nWhat is 2+2?\n\nChoices:\n  (a): 4\n  (b): 5\nAnswer:" and mc["target"] == "a"
+    mc = mmlu_record(row, "high_school_us_history", shots[:1], "mc", "y")
+    assert mc["instruction"] == ("The following are multiple-choice questions (with answers) about High school us "
+                                 "history.\n\nQuestion:\nWhat is 1+1?\n\nChoices:\n  (a): 3\n  (b): 2\nAnswer: b\n\n"
+                                 "Now, answer the next question.\n\n"
+                                 "Question:\nWhat is 2+2?\n\nChoices:\n  (a): 4\n  (b): 5\nAnswer:")
+    assert mc["target"] == "a"
 
 
 def test_shots_are_drawn_with_seed_plus_index() -> None:
@@ -263,6 +282,9 @@ def test_shots_are_drawn_with_seed_plus_index() -> None:
 
     dev = [{"question": f"d{i}", "choices": ["x"], "answer": 0} for i in range(10)]
     assert sample_shots(dev, 5, 0, 3) == sample_shots(dev, 5, 3, 0) != sample_shots(dev, 5, 0, 4)
+    import numpy as np  # calibration-tuning: np.random.default_rng(seed=seed + idx).permutation(len(dev))[:k]
+
+    assert sample_shots(dev, 5, 0, 3) == [dev[i] for i in np.random.default_rng(seed=3).permutation(10)[:5]]
     subjects = {"virology": {"dev": dev, "test": [{"question": "q", "choices": ["a", "b"], "answer": 1}] * 3}}
     rows = mmlu_records(subjects, "test", 5, 0, "oe")
     assert len(rows) == 3 and all(r["kshot"] == 5 and r["instruction"].endswith("Question: q\nAnswer:") for r in rows)

@@ -1,4 +1,4 @@
-"""`labdeck demo --no-tui`, the README's main job, end to end: 28 real jobs under a real worker."""
+"""`labdeck demo --no-tui`, the README's main job, end to end: 31 real jobs under a real worker."""
 
 from __future__ import annotations
 
@@ -47,11 +47,11 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
         jobs = list_jobs(s, experiment="demo-car")
         metrics = {m: {row.id: row.value for row in experiment_metric(s, "demo-car", m) if row.value is not None}
                    for m in ("car", "reward", "loss", "loss_ifd", "win_rate", "learning_rate")}
-    assert len(jobs) == 28 and {j.status for j in jobs} == {"succeeded"}
+    assert len(jobs) == 31 and {j.status for j in jobs} == {"succeeded"}
     by_stage: dict[str, list[int]] = {}
     for j in jobs:
         by_stage.setdefault(j.params["stage"], []).append(j.id)
-    assert {k: len(v) for k, v in by_stage.items()} == {"build": 1, "generate": 3, "compat": 6, "sft": 6, "answer": 6, "judge": 6}
+    assert {k: len(v) for k, v in by_stage.items()} == {"build": 1, "generate": 3, "quality": 3, "compat": 6, "sft": 6, "answer": 6, "judge": 6}
     for job_id in by_stage["compat"]:
         assert {"car", "reward", "loss", "loss_ifd"} <= {m for m, vals in metrics.items() if job_id in vals}
     for job_id in by_stage["sft"]:
@@ -68,4 +68,4 @@ def test_demo_runs_the_car_pipeline_and_prints_its_tables(demo_home: Path) -> No
                         capture_output=True, text=True, timeout=300, env=env)
     assert r2.returncode == 0 and "queued" not in r2.stdout.splitlines()[0]
     with store.read() as s:
-        assert len(list_jobs(s, experiment="demo-car")) == 28
+        assert len(list_jobs(s, experiment="demo-car")) == 31

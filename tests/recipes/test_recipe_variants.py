@@ -87,30 +87,37 @@ def test_car_teacher_selection_tiny_scores_trains_judges_and_correlates(run_vari
     run = run_variant("car_teacher_selection")
     print(f"car_teacher_selection --variant tiny: {len(run.jobs)} jobs in {time.monotonic() - t0:.1f} s")
     exp = "car-teacher-selection-tiny"
-    assert counts(run) == {"build": 1, "generate": 2, "compat": 2, "sft": 2, "answer": 2, "judge": 2}
+    assert counts(run) == {"build": 1, "generate": 2, "quality": 2, "compat": 2, "sft": 2, "answer": 2, "judge": 2,
+                           "answer_ah": 2, "arena_hard": 2, "ap": 2}
     built = artifacts(run, "build", "model")["build"]
-    assert {a.meta["name"] for a in built} == {"teacher-a", "teacher-b", "student-qwen", "gpt2", "judge", "reward"}
+    assert {a.meta["name"] for a in built} == {"teacher-a", "teacher-b", "student-qwen", "gpt2", "judge", "rm1", "rm2", "rm3"}
     stage_metrics(run, "generate", ["records", "mean_response_tokens"])
-    # reward, loss and IFD under the student (-Self) and under the GPT-2 stand-in, length, CAR (§1-§3)
-    compat = stage_metrics(run, "compat", ["reward", "loss", "loss_ifd", "loss_ppl", "gpt2", "gpt2_ifd", "length_tokens", "car"])
+    # once per teacher: the three rewards, IFD/PPL under the GPT-2 stand-in, length (§1, §2, §5)
+    stage_metrics(run, "quality", ["reward_rm1", "reward_rm2", "reward_rm3", "gpt2", "gpt2_ifd", "length_tokens"])
+    # per pair: loss and IFD under the student (-Self), CAR (§3), the teacher's metrics carried over
+    compat = stage_metrics(run, "compat", ["reward_rm1", "reward_rm3", "gpt2_ifd", "length_tokens", "loss", "loss_ifd",
+                                           "loss_ppl", "car"])
     for m in compat.values():
-        assert m["car"] == pytest.approx(m["reward"] / (1 + 1.0 * m["loss"]), rel=1e-6)
+        assert m["car"] == pytest.approx(m["reward_rm3"] / (1 + 1.0 * m["loss"]), rel=1e-6)
     stage_metrics(run, "sft", ["final_loss", "train_seconds"])
     assert all(arts for arts in artifacts(run, "sft", "model").values())
     stage_metrics(run, "answer", ["records"])
     judged = stage_metrics(run, "judge", ["win_rate", "lc_win_rate", "length_chars"])
     assert all(0 <= m["win_rate"] <= 100 for m in judged.values())
+    ah = stage_metrics(run, "arena_hard", ["arena_hard_win_rate"])
+    ap = stage_metrics(run, "ap", ["average_performance", "ae2_lc_win_rate", "arena_hard_win_rate"])
+    assert sorted(m["average_performance"] for m in ap.values()) == pytest.approx(sorted(
+        (j["lc_win_rate"] + a["arena_hard_win_rate"]) / 2 for j, a in zip(judged.values(), ah.values(), strict=True)))
 
-    # the view the recipe's header names: Spearman's rho of CAR against win rate, per student
-    args = ("correlate", exp, "car", "win_rate", "--match", "teacher", "--by", "student",
-            "--x-where", "stage=compat", "--y-where", "stage=judge")
+    # the view the recipe's header names: Spearman's rho of CAR against AP, per student
+    args = ("correlate", exp, "car", "average_performance", "--match", "teacher", "--by", "student",
+            "--x-where", "stage=compat", "--y-where", "stage=ap")
     r = run.cli(*args)
-    assert r.returncode == 0 and "Spearman rho of car against win_rate" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "Spearman rho of car against average_performance" in r.stdout, r.stdout + r.stderr
     r = run.cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     groups = json.loads(r.stdout)["groups"]
     assert [(g["group"], g["n"]) for g in groups] == [("student-qwen", 2)]
-    assert math.isfinite(groups[0]["rho"]) and abs(groups[0]["rho"]) == pytest.approx(1.0)  # two teachers: +-1
     data = pivot(run, exp, "--rows", "student", "--cols", "teacher", "--metric", "win_rate", "--where", "stage=judge")
     assert data["col_labels"] == ["teacher-a", "teacher-b"] and len(data["cells"]) == 2
     pivot(run, exp, "--rows", "student", "--cols", "teacher", "--metric", "car", "--where", "stage=compat")
@@ -121,7 +128,7 @@ def test_prompt_injection_tiny_attacks_each_defense_and_reports_asr_and_utility(
     run = run_variant("prompt_injection")
     print(f"prompt_injection --variant tiny: {len(run.jobs)} jobs in {time.monotonic() - t0:.1f} s")
     exp = "prompt-injection-tiny"
-    assert counts(run) == {"build": 1, "undefended": 1, "struq": 1, "secalign": 1, "attacked": 6, "asr": 3,
+    assert counts(run) == {"build": 1, "undefended": 1, "struq": 1, "secalign": 1, "attacked": 3, "asr": 3,
                            "utility": 3, "judge": 3}
     # the undefended model is trained on plain Cleaned Alpaca records (no StruQ injection mix),
     # in the StruQ format; SecAlign is DPO from the undefended model
@@ -140,7 +147,7 @@ def test_prompt_injection_tiny_attacks_each_defense_and_reports_asr_and_utility(
     with_input = sum(1 for line in eval_file.read_text().splitlines() if json.loads(line).get("input"))
     attacked = details(run, "attacked")
     for name, m in stage_metrics(run, "attacked", ["records"]).items():
-        assert m["records"] == with_input, name  # only samples with an input are attacked
+        assert m["records"] == 2 * with_input, name  # only samples with an input are attacked, by both attacks
         assert attacked[name].spec["defense_filter"] is ("defense=none" not in name), name  # front-end for defended models
 
     per_attack = ["asr_ignore", "asr_completion_realcmb"]

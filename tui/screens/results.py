@@ -249,6 +249,9 @@ class ResultsScreen(DataScreen):
         text = f"{data.experiment} · {p.metric} ({p.reduce}) · {len(p.row_labels)}×{max(1, len(p.col_labels))} cells from {n} jobs"
         if p.missing:
             text += f" · {p.missing} without {p.metric}"
+        baselines = _baselines(data.rows)
+        if baselines:  # a win rate means nothing without what it was against
+            text += " · vs " + ", ".join(baselines)
         text += f" · view {self.view}"
         info.update(Text(text))
         self._draw_table()
@@ -356,3 +359,19 @@ class ResultsScreen(DataScreen):
             self.post_message(ActionDone(f"Not exported: {e}", "warning", changed=False))
             return
         self.post_message(ActionDone(f"Exported {fmt} to {written}", changed=False))
+
+
+def _baselines(rows) -> list[str]:  # noqa: ANN001
+    """The judges' baselines named in the specs of the rows that have the metric (e.g. 'gpt4_1106_preview
+    (alpaca_eval_gpt4_baseline)'), in first-seen order."""
+    out: list[str] = []
+    for r in rows:
+        if r.value is None:
+            continue
+        for sc in (r.spec or {}).get("scorers") or []:
+            b = sc.get("baseline") if isinstance(sc, dict) else None
+            if isinstance(b, dict) and b.get("model"):
+                label = f"{b['model']} ({b['config']})" if b.get("config") else str(b["model"])
+                if label not in out:
+                    out.append(label)
+    return out

@@ -36,55 +36,63 @@ LETTERS = "abcdefghij"
 
 
 def subject_name(subject: str) -> str:
-    """'high_school_us_history' -> 'high school us history' (INFERRED: CT-REPO replaces underscores)."""
-    return subject.replace("_", " ")
+    """'high_school_us_history' -> 'High school us history': calibration-tuning's prompt label,
+    `(" ".join(task.split("_"))).capitalize()` (llm/datasets/hf/mmlu.py)."""
+    return " ".join(subject.split("_")).capitalize()
+
+
+def lm_text(context: str, target: str | None, target_prompt: str = "\nAnswer:") -> str:
+    """calibration-tuning's `str(LMText)`: (prompt + context + target_prompt + " " + target).strip(); without a target
+    the item a model answers, ending in 'Answer:'."""
+    return (context + target_prompt + " " + (target or "")).strip()
 
 
 def render_oe(question: str, target: str | None = None) -> str:
-    """An OE item, LMText-style: 'Question: {q}\\nAnswer: {target}', stripped; without target it ends in 'Answer:'."""
-    text = f"Question: {question.strip()}\nAnswer:"
-    return text if target is None else (text + " " + str(target)).strip()
+    """An OE item: context 'Question: {q}' (the question as given), then '\nAnswer:' and the target (§10.2)."""
+    return lm_text(f"Question: {question}", None if target is None else str(target))
 
 
 def render_mc(question: str, choices: Sequence[str], target: str | None = None) -> str:
-    """An MC item: 'Question:\\n{q}\\n\\nChoices:\\n  (a): ...' then '\\nAnswer:' and the letter (§10.2)."""
-    lines = [f"  ({LETTERS[i]}): {c}" for i, c in enumerate(choices)]
-    text = f"Question:\n{question.strip()}\n\nChoices:\n" + "\n".join(lines) + "\nAnswer:"
-    return text if target is None else (text + " " + target).strip()
+    """An MC item: 'Question:\n{q}\n\nChoices:\n  (a): ...' then '\nAnswer:' and the letter (§10.2)."""
+    context = "\n".join([f"Question:\n{question}", "\nChoices:", *(f"  ({LETTERS[i]}): {c}" for i, c in enumerate(choices))])
+    return lm_text(context, target)
 
 
 def kshot_prompt(header: str, shots: Sequence[str], item: str) -> str:
-    """§10.2: header line, the rendered shots, 'Now, answer the next question.', each joined with '\\n', then the item.
-
-    The exact joins are read off docs/science.md's rendering ('...about {S}.\\n' + shots + '\\nNow, answer the next
-    question.\\n\\n' before 'Question: ...'): INFERRED, recorded in prepare.json.
-    """
+    """§10.2 as calibration-tuning's `format_sample_prompt` builds it: ["{header}\n", each shot + "\n",
+    "Now, answer the next question.\n\n"] joined with "\n" (so a blank line after the header and between shots),
+    then the item."""
     if not shots:
         return item
-    return "\n".join([header + "\n", *shots, "Now, answer the next question.\n\n"]) + item
+    return "\n".join([header + "\n", *(s + "\n" for s in shots), "Now, answer the next question.\n\n"]) + item
 
 
 def mmlu_record(row: dict[str, Any], subject: str, shots: Sequence[dict[str, Any]], fmt: str, idx: str) -> dict[str, Any]:
-    """One MMLU item ({question, choices, answer: int}) with its k shots, as a records-file row."""
-    header = f"The following are questions (with answers) about {subject_name(subject)}."
+    """One MMLU item ({question, choices, answer: int}) with its k shots, as a records-file row. `question` is the
+    item alone (no shots): what an uncertainty estimator reads."""
     if fmt == "oe":
+        header = f"The following are questions (with answers) about {subject_name(subject)}."
         rendered = [render_oe(s["question"], s["choices"][int(s["answer"])]) for s in shots]
         item, target = render_oe(row["question"]), row["choices"][int(row["answer"])]
     elif fmt == "mc":
+        header = f"The following are multiple-choice questions (with answers) about {subject_name(subject)}."
         rendered = [render_mc(s["question"], s["choices"], LETTERS[int(s["answer"])]) for s in shots]
         item, target = render_mc(row["question"], row["choices"]), LETTERS[int(row["answer"])]
     else:
         raise ValueError(f"format: {fmt!r} is not oe or mc")
-    return {"id": idx, "instruction": kshot_prompt(header, rendered, item), "target": str(target), "subject": subject,
-            "dataset": "mmlu", "format": fmt, "kshot": len(shots)}
+    return {"id": idx, "instruction": kshot_prompt(header, rendered, item), "question": item, "target": str(target),
+            "subject": subject, "dataset": "mmlu", "format": fmt, "kshot": len(shots)}
 
 
 def sample_shots(dev: Sequence[dict[str, Any]], k: int, seed: int, idx: int) -> list[dict[str, Any]]:
-    """k dev examples drawn with seed + idx (§10.2: `eval_kshot=5`, shots sampled with `seed+idx`)."""
+    """k dev examples, as calibration-tuning draws them for item idx:
+    `np.random.default_rng(seed=seed + idx).permutation(len(dev))[:k]` (§10.2)."""
     if k <= 0 or not dev:
         return []
-    rng = random.Random(seed + idx)
-    return rng.sample(list(dev), min(k, len(dev)))
+    import numpy as np
+
+    order = np.random.default_rng(seed=seed + idx).permutation(len(dev))[:k].tolist()
+    return [dev[i] for i in order]
 
 
 # ----------------------------------------------------------------------------------------- training pool (§10.1)
@@ -136,7 +144,8 @@ def pool_record(source: str, question: str, answer: str, shot: tuple[str, str] |
     """A 1-shot OE training record (§10.1 `--kshot=1`; the header-less 1-shot layout is UNPINNED, recorded)."""
     shots = [render_oe(*shot)] if shot else []
     header = "The following are questions (with answers)."
-    return {"id": idx, "instruction": kshot_prompt(header, shots, render_oe(question)), "target": str(answer),
+    item = render_oe(question)
+    return {"id": idx, "instruction": kshot_prompt(header, shots, item), "question": item, "target": str(answer),
             "dataset": source, "split": split, "format": "oe", "kshot": len(shots)}
 
 

@@ -15,20 +15,25 @@ from engine.jobs._uncertainty import sanitize_answer
 from engine.jobs.scorers.base import Item, Scorer
 from engine.jobs.scorers.endpoint import chat_completions, endpoint_batches, make_client
 
+# calibration-tuning's grader (llm/datasets/llm_utils_oe.py: SYSTEM_PROMPT_ORACLE_EQUIVALENCY and
+# PROMPT_ANSWER_KEY_EQUIVALENCY, read at commit 02379f8804affabd015b77997a25e59d423598ba), byte for byte, with its
+# <question>/<ground-truth>/<prediction> slots written {question}/{target}/{answer}. Its request sets no temperature
+# or max_tokens (the API defaults), and y = 1 if "yes" is in the stripped, lower-cased reply.
 CORRECTNESS_SYSTEM = "You are an automated grading assistant helping a teacher grade student answers."
-# docs/science.md §10.1 describes PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py in CT-REPO) but does not quote
-# it. This is a reconstruction from that description, recorded as such with every result; paste the verbatim string
-# into the scorer's `judge_prompt` to reproduce the paper's labels exactly.
 CORRECTNESS_PROMPT = (
-    "The problem is: {question}\n\n"
-    "The correct answer for this problem is: {target}\n\n"
-    "A student submitted the answer: {answer}\n\n"
-    "The student's answer must be correct and specific but not overcomplete (for example, if they provide two "
-    "different answers, they did not get the question right). However, small differences in formatting should not "
-    "be penalized (for example, 'New York City' is equivalent to 'NYC'). "
-    "Did the student provide an equivalent answer to the ground truth? Please answer yes or no without any "
+    "The problem is: {question}\n\n The correct answer for this problem is: {target}\n "
+    "A student submitted the answer: {answer}\n "
+    "The student's answer must be correct and specific but not overcomplete "
+    "(for example, if they provide two different answers, they did not get the question right). "
+    "However, small differences in formatting should not be penalized (for example, 'New York City' is equivalent to "
+    "'NYC'). Did the student provide an equivalent answer to the ground truth? Please answer yes or no without any "
     "explanation: "
 )
+
+
+def fill_prompt(template: str, question: str, target: str, answer: str) -> str:
+    """The grader's slots filled in its own order (ground truth, prediction, question), by plain replacement."""
+    return template.replace("{target}", target).replace("{answer}", answer).replace("{question}", question)
 
 
 def normalize_answer(text: str) -> str:
@@ -85,11 +90,13 @@ class CorrectnessScorer(Scorer):
                                  "normalized": "normalize(answer) == normalize(target), SQuAD-style (UNPINNED)"}[s.mode]
             return
         self.messages = [[{"role": "system", "content": CORRECTNESS_SYSTEM},
-                          {"role": "user", "content": prompt.format(question=q, target=t, answer=a)}]
+                          {"role": "user", "content": fill_prompt(prompt, q, t, a)}]
                          for q, t, a in zip(self.questions, self.targets, self.answers, strict=True)]
         self.info.update(system=CORRECTNESS_SYSTEM, prompt=prompt,
                          prompt_source="judge_prompt (given in the spec)" if s.judge_prompt else
-                         "reconstructed from docs/science.md §10.1's description, NOT CT-REPO's verbatim PROMPT_ANSWER_KEY_EQUIVALENCY",
+                         "calibration-tuning's PROMPT_ANSWER_KEY_EQUIVALENCY (llm/datasets/llm_utils_oe.py)",
+                         temperature=s.temperature if s.temperature is not None else "endpoint default (1.0 on OpenAI), "
+                         "as calibration-tuning sends none",
                          rule="y = 1 if 'yes' in the lower-cased reply", max_new_tokens=s.max_new_tokens)
         if s.model is not None:
             import torch
@@ -138,8 +145,12 @@ class CorrectnessScorer(Scorer):
 
     def _http(self, idxs: list[int]) -> list[str]:
         s = self.spec
-        bodies = [{"model": s.endpoint_model, "messages": self.messages[i], "temperature": 0,
-                   "max_tokens": s.max_new_tokens} for i in idxs]
+        bodies = []
+        for i in idxs:
+            body: dict[str, Any] = {"model": s.endpoint_model, "messages": self.messages[i]}
+            if s.temperature is not None:  # calibration-tuning sends neither temperature nor max_tokens
+                body["temperature"] = s.temperature
+            bodies.append(body)
         out = []
         for data in chat_completions(self.client, bodies):
             try:

@@ -26,7 +26,8 @@ ALPACA_EVAL_SYSTEM = (
     "the quality of their responses to a given instruction. This process will be used to create a leaderboard "
     "reflecting the most accurate and human-preferred answers."
 )
-# alpaca_eval's `alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt` (the weighted_alpaca_eval_gpt4_turbo annotator).
+# alpaca_eval's `alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt` (the weighted_alpaca_eval_gpt4_turbo annotator), as
+# the messages alpaca_eval sends (tested byte for byte against alpaca_eval 0.6.6's own rendering).
 ALPACA_EVAL_USER = """I require a leaderboard for various large language models. I'll provide you with prompts given to these models and their corresponding outputs. Your task is to assess these responses, and select the model that produces the best output from a human perspective.
 
 ## Instruction
@@ -54,13 +55,14 @@ Here are the unordered outputs from the models. Each output is associated with a
 
 Evaluate the models based on the quality and relevance of their outputs, and select the model that generated the best output. Answer by providing the model identifier of the best model. We will use your output as the name of the best model, so make sure your output only contains one of the following model identifiers and nothing else (no quotes, no spaces, no new lines, ...): m or M.
 
-## Best Model Identifier
-"""
+## Best Model Identifier"""  # alpaca_eval's prompt_to_chatml strips each message: no trailing newline
 
 
 # alpaca_eval's PairwiseAnnotator names its switch column "is_switched_outputs" (kept for backward compatibility) and
 # RandomSwitchTwoColumnsProcessor seeds `random.Random(switch_column + instruction + str(seed))`; the annotator seed is 0.
-SWITCH_KEY = "is_switch_output_1_output_2"
+SWITCH_KEY = "is_switched_outputs"
+# weighted_alpaca_eval_gpt4_turbo's completions_kwargs (temperature 1 has no effect on the logprobs read).
+REQUEST = {"max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
 
 
 def alpaca_is_switched(instruction: str, seed: int = 0) -> bool:
@@ -97,6 +99,13 @@ class JudgeScorer(Scorer):
     def required_fields(self) -> dict[str, str | None]:
         return {"scorers[judge].reference_field": self.spec.reference_field}
 
+    def baseline(self) -> dict[str, Any]:
+        """What the reference outputs are, as the spec names them (model 'unrecorded' when it does not)."""
+        s = self.spec
+        out = s.baseline.model_dump() if s.baseline else {"model": "unrecorded", "dataset": None, "config": None}
+        out["field"] = out.get("field") or s.reference_field
+        return out
+
     def prepare(self, items: list[Item]) -> None:
         super().prepare(items)
         s = self.spec
@@ -127,8 +136,10 @@ class JudgeScorer(Scorer):
             key = os.environ.get(s.api_key_env)
             self.api_key = key
             self.client = make_client(s, key, self.outputs)
-            judge = {"endpoint": s.endpoint, "model": s.endpoint_model, "api_key_env": s.api_key_env if key else None}
+            judge = {"endpoint": s.endpoint, "model": s.endpoint_model, "api_key_env": s.api_key_env if key else None,
+                     "request": REQUEST}
         self.info = {"judge": judge, "prompt": "alpaca_eval_clf_gpt4_turbo", "order_seed": s.seed,
+                     "order_key": f"{SWITCH_KEY} + instruction + {s.seed}", "baseline": self.baseline(),
                      "switched": int(sum(self.switched)),
                      "label": f"AE2-style (judge {s.model.path if s.model else s.endpoint_model})"}
 
@@ -142,6 +153,7 @@ class JudgeScorer(Scorer):
                       for it, t, ref in zip(items, self.instr, self.refs, strict=True)]
         self.ids = None
         self.info = {"judge": self.rm.describe(), "judge_kind": "reward model", "temperature": s.temperature,
+                     "baseline": self.baseline(),
                      "preference": "sigmoid((r(response) - r(reference)) / temperature)", "switched": 0,
                      "label": f"RM-judge win rate (reward model {s.reward_model.path}; not AE2)"}
 
@@ -216,7 +228,7 @@ class JudgeScorer(Scorer):
         s = self.spec
         return {"model": s.endpoint_model, "messages": judge_messages(self.instr[i], self.refs[i], self.items[i].response,
                                                                       self.switched[i]),
-                "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5}
+                **REQUEST}
 
     @staticmethod
     def _logprobs(data: dict[str, Any]) -> tuple[float | None, float | None]:
