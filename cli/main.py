@@ -103,9 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def known_store_error(e: BaseException) -> str | None:
     """One line for the store errors a person can act on, else None (a bug: let it show its traceback)."""
-    from db.migrations import SchemaTooNew
+    from db.home import HomeError
+    from db.migrations import SchemaBusy, SchemaTooNew
 
-    if isinstance(e, SchemaTooNew):
+    if isinstance(e, (SchemaTooNew, SchemaBusy, HomeError)):
         return str(e)
     if isinstance(e, OverflowError):  # a number SQLite cannot hold (ids and values are 64-bit)
         return f"a number is too large for the store (at most {2**63 - 1}): {e}"
