@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from cli.common import AddCommand, UserError
 
@@ -20,10 +21,10 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     home = home_path(args)
     if args.action == "on":
         ensure_home(home)
-        cfg = {"tracker": "wandb", "project": args.project, "mode": args.mode}
+        wanted: dict[str, Any] = {"tracker": "wandb", "project": args.project, "mode": args.mode}
         if args.entity:
-            cfg["entity"] = args.entity
-        write_config(home, cfg)
+            wanted["entity"] = args.entity
+        write_config(home, wanted)
         print(f"jobs started from now on mirror their metrics to W&B ({args.mode}), project {args.project}")
         return 0
     if args.action == "off":

@@ -42,7 +42,8 @@ def pick_metric(names: list[str]) -> str | None:
         if preferred in names:
             return preferred
     plain = [n for n in names if n not in BOOKKEEPING and not n.endswith(BOOKKEEPING_SUFFIXES)]
-    return (plain or sorted(names) or [None])[0]
+    pool = plain or sorted(names)
+    return pool[0] if pool else None
 
 
 def pick_axes(params: list[dict[str, Any]]) -> tuple[str | None, str | None]:
@@ -177,7 +178,7 @@ def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], o
         cands = cands.where(or_(Experiment.name.like(like), Experiment.description.like(like)))
     if statuses:
         cands = cands.where(Experiment.id.in_(select(Job.experiment_id).where(Job.status.in_(list(statuses)))))
-    newest = dict(session.execute(
+    newest: dict[int, int] = dict(session.execute(
         select(Job.experiment_id, func.max(Job.id)).where(Job.experiment_id.in_(cands)).group_by(Job.experiment_id)
     ).all())
     ids = list(session.execute(cands).scalars())

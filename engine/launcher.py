@@ -412,7 +412,7 @@ def main(argv: list[str]) -> int:
     child.returncode = returncode
     sig = -returncode if returncode is not None and returncode < 0 else None
     oom_after = _oom_kills(cgroup)
-    record = {
+    record: dict[str, Any] = {
         **base,
         "started": True,
         "child_pid": child.pid,

@@ -147,7 +147,7 @@ def recipe_menu() -> list[tuple[str, str, str | None, str]]:
     """(option id, recipe name, variant or None, description) for every shipped recipe and variant."""
     from engine.recipes import list_recipes
 
-    out = []
+    out: list[tuple[str, str, str | None, str]] = []
     for r in list_recipes():
         out.append((f"recipe:{r.name}:", r.name, None, r.description))
         for v, text in r.variants.items():

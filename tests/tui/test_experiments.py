@@ -26,14 +26,14 @@ def test_experiment_rows_aggregate_jobs_by_state_in_sql(pipeline_dir) -> None:  
             rows, total = experiment_rows(s)
             assert total == 1
             r = rows[0]
-            assert (r.name, r.jobs) == ("demo-car", 28)
-            assert r.counts == {"succeeded": 14, "running": 2, "queued": 9, "failed": 1, "skipped": 2}
-            assert abs(r.progress - (17 + 2 * 30 / 48) / 28) < 1e-9  # finished jobs plus the running ones' fractions
+            assert (r.name, r.jobs) == ("demo-car", 31)
+            assert r.counts == {"succeeded": 17, "running": 2, "queued": 9, "failed": 1, "skipped": 2}
+            assert abs(r.progress - (20 + 2 * 30 / 48) / 31) < 1e-9  # finished jobs plus the running ones' fractions
             assert r.description.startswith("CAR teacher selection")
             assert experiment_rows(s, statuses=("interrupted",))[1] == 0
             assert experiment_rows(s, text="miniature")[1] == 1  # the description matches too
             p = pipeline(s, "demo-car")
-            assert p.stages == ["build", "generate", "compat", "sft", "answer", "judge"]
+            assert p.stages == ["build", "generate", "quality", "compat", "sft", "answer", "judge"]
             assert p.axes == ["teacher", "student"] and len(p.points) == 6
             assert p.needs["answer"] == ["sft"] and p.needs["build"] == []
             # a stage over fewer axes feeds every point: the teacher's generation under both students
@@ -55,17 +55,17 @@ async def test_e_lists_experiments_and_enter_opens_the_pipeline(pipeline_dir) ->
         await settle(pilot)
         assert isinstance(app.screen, ExperimentsScreen)
         text = screen_text(app)
-        assert "demo-car" in text and "✔14 ▶2 …9 ✘1 ↷2" in text and "CAR teacher selection" in text
-        for stage in ("build", "generate", "compat", "sft", "answer", "judge"):  # the preview under the list
+        assert "demo-car" in text and "✔17 ▶2 …9 ✘1 ↷2" in text and "CAR teacher selection" in text
+        for stage in ("build", "generate", "quality", "compat", "sft", "answer", "judge"):  # the preview under the list
             assert stage in text
         await pilot.press("enter")
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, PipelineScreen)
         grid = screen.query_one("#pipeline-grid", DataTable)
-        assert grid.row_count == 6 and len(grid.columns) == 2 + 6
+        assert grid.row_count == 7 and len(grid.columns) == 2 + 6
         assert "teacher-a" in screen_text(app)
-        await pilot.press("down", "down", "down", "enter")  # sft, first point: a finished fine-tune
+        await pilot.press("down", "down", "down", "down", "enter")  # sft, first point: a finished fine-tune
         await settle(pilot)
         assert isinstance(app.screen, JobDetailScreen)
         await pilot.press("escape")
@@ -97,7 +97,7 @@ async def test_retry_a_stage_brings_back_what_its_failure_skipped(pipeline_copy,
         await settle(pilot)
         await pilot.press("e", "enter")
         await settle(pilot)
-        await pilot.press("down", "down", "down", "r")  # the sft stage
+        await pilot.press("down", "down", "down", "down", "r")  # the sft stage
         await settle(pilot)
     store = Store(pipeline_copy)
     with store.read() as s:

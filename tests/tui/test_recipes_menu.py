@@ -18,7 +18,7 @@ from tui.screens.recipe import RecipeScreen, complete_path
 def test_variables_carry_the_recipes_comments_as_help() -> None:
     fields = {f.name: f for f in recipe_vars(recipe_path("car_teacher_selection"))}
     assert fields["beta"].value == "1.0" and "UNPINNED" in fields["beta"].help
-    assert fields["reward_model"].value == "Skywork/Skywork-Reward-Gemma-2-27B"
+    assert fields["rm3"].value == "Skywork/Skywork-Reward-Gemma-2-27B" and "CAR" in fields["rm3"].help
 
 
 def test_values_are_checked_as_paths_or_hub_ids(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """A home holding the demo's CAR pipeline half-way through, for the experiments and pipeline views.
 
-The shipped `demo_car` recipe (6 stages over teacher x student, 28 jobs) is expanded and queued as
-`labdeck submit` does; then the scene is set with the store's own transitions: build and generate
-done, two compat jobs running, one fine-tune failed (its answer and judge skipped), two judges
+The shipped `demo_car` recipe (7 stages over teacher x student, 31 jobs) is expanded and queued as
+`labdeck submit` does; then the scene is set with the store's own transitions: build, generate and
+quality done, two compat jobs running, one fine-tune failed (its answer and judge skipped), two judges
 with win rates. Timestamps are relative to the tests' frozen clock. `finish_judges` reports the
 remaining win rates (what the results view follows).
 """
@@ -55,7 +55,7 @@ def seed_pipeline(store: Store, now: float = FROZEN) -> dict[str, int]:
     for r in rows:
         by_stage.setdefault(r.params["stage"], []).append(r)
     t = now - 3600
-    for r in by_stage["build"] + by_stage["generate"]:
+    for r in by_stage["build"] + by_stage["generate"] + by_stage["quality"]:
         _finish(store, r, t)
         t += 90
     compat = by_stage["compat"]

@@ -10,6 +10,8 @@ what remains of the experiment (asks first), `2` opens its results.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -88,9 +90,9 @@ class PipelineScreen(DataScreen):
             table.clear(columns=True)
             table.header_height = depth
             table.add_column("stage", key="stage", width=max(5, *(len(stage_label(s)) for s in p.stages)))
-            needs = {s: ", ".join(stage_label(n) for n in p.needs.get(s, [])) for s in p.stages}
-            table.add_column("waits on", key="needs", width=max(8, *(len(v) for v in needs.values())))
-            used = max(5, *(len(stage_label(s)) for s in p.stages)) + max(8, *map(len, needs.values())) + 5
+            waits = {s: ", ".join(stage_label(n) for n in p.needs.get(s, [])) for s in p.stages}
+            table.add_column("waits on", key="needs", width=max(8, *(len(v) for v in waits.values())))
+            used = max(5, *(len(stage_label(s)) for s in p.stages)) + max(8, *map(len, waits.values())) + 5
             for i, lines in enumerate(header_labels(p, (table.outer_size.width or 80) - used)):
                 width = max(5, *map(len, lines))
                 table.add_column(Text("\n".join(lines), justify="center"), key=f"p{i}", width=width)
@@ -149,8 +151,8 @@ class PipelineScreen(DataScreen):
     def action_cancel_rest(self) -> None:
         from tui.screens.dialogs import ConfirmScreen
 
-        live = [j for js in (self.pipeline.jobs.values() if self.pipeline else []) for j in js
-                if j.status in ("queued", "running")]
+        groups: list[Any] = list(self.pipeline.jobs.values()) if self.pipeline else []
+        live = [j for js in groups for j in js if j.status in ("queued", "running")]
         if not live:
             self.notify(f"{self.experiment}: nothing queued or running", severity="warning")
             return

@@ -69,7 +69,8 @@ def complete_path(value: str) -> str | None:
     except OSError:
         return None
     spec = [n for n in names if n.endswith(("/", ".yaml", ".yml", ".json"))]
-    pick = (spec or names or [None])[0]
+    pool = spec or names
+    pick = pool[0] if pool else None
     return None if pick is None else (f"{folder}/" if folder or value.startswith("/") else "") + pick
 
 

@@ -6,7 +6,7 @@ module, and only when it is first opened.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from textual_plotext import PlotextPlot
 
@@ -34,7 +34,7 @@ class MetricChart(PlotextPlot):
 
     def __init__(self, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
-        self.series: dict[str, Sequence[tuple[int, float]]] = {}
+        self.series: Mapping[str, Sequence[tuple[float, float]]] = {}
         self.smoothing = 0.0
         self._labels: tuple[str | None, str] = (None, "step")  # title, x label of the last show()
 
@@ -42,7 +42,7 @@ class MetricChart(PlotextPlot):
         self.smoothing = weight
         self.show(self.series, *self._labels)
 
-    def show(self, series: dict[str, Sequence[tuple[float, float]]], title: str | None = None, xlabel: str = "step") -> None:
+    def show(self, series: Mapping[str, Sequence[tuple[float, float]]], title: str | None = None, xlabel: str = "step") -> None:
         self.series = series
         self._labels = (title, xlabel)
         plt = self.plt
