@@ -16,18 +16,16 @@ from engine.specs.generate import GenerateSpec
 
 
 def run_vllm(spec: GenerateSpec, ctx: JobContext, tokenizer: Any, work: list[Any], pending: list[Any],
-              out: ResumableRows, stats: dict[str, Any]) -> None:
+              out: ResumableRows, stats: dict[str, Any], job: Any) -> None:
+    """`job` is the generate module itself: its row and summary format (`_generator_meta`,
+    `_output_row`, `_finish`), passed in so this module does not import the job that calls it."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as e:
         raise JobInputError("backend vllm: vLLM is not installed in this environment; pip install vllm, or use backend hf") from e
     import torch
 
-    from engine.jobs.generate import (  # the job's own row and summary format
-        _finish,
-        _generator_meta,
-        _output_row,
-    )
+    _finish, _generator_meta, _output_row = job._finish, job._generator_meta, job._output_row
 
     if not torch.cuda.is_available():
         raise JobInputError("backend vllm: needs a CUDA GPU; use backend hf on the CPU")

@@ -23,6 +23,7 @@ file, and rank 0 merges them in dataset order.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -237,7 +238,7 @@ def run(spec: GenerateSpec, ctx: JobContext) -> None:
             raise JobInputError("backend vllm: run it as one process (vLLM spreads over the job's GPUs itself)")
         from engine.jobs._vllm import run_vllm
 
-        run_vllm(spec, ctx, tokenizer, work, pending, out, stats)
+        run_vllm(spec, ctx, tokenizer, work, pending, out, stats, sys.modules[__name__])
         return
 
     model = load_causal_lm(spec.model, device)

@@ -24,7 +24,7 @@ def test_experiments_lists_jobs_by_state_and_du_adds_up_run_folders(home: Path, 
     code, out, _ = run(capsys, "experiments", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0 and set(rows) == {"demo-car", "hello"}
-    assert rows["demo-car"]["jobs"] == 28 and rows["demo-car"]["counts"] == {"queued": 28}
+    assert rows["demo-car"]["jobs"] == 31 and rows["demo-car"]["counts"] == {"queued": 31}
     assert rows["demo-car"]["description"].startswith("CAR teacher selection")
     code, out, _ = run(capsys, "experiments", "miniature")
     assert code == 0 and "demo-car" in out and "hello" not in out

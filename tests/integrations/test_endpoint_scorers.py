@@ -41,7 +41,7 @@ def test_concurrent_scores_equal_sequential_ones_despite_429s(tmp_path: Path, ma
             res = run_inprocess(tmp_path / f"run{c}", {"kind": "score", "records": str(data), "scorers": [make(ep.url, c)]})
             assert res.returncode == 0, res.events[-3:]
             out[c] = res.records()
-            assert ep.max_in_flight == c
+            assert ep.max_in_flight <= c and (c == 1 or ep.max_in_flight > 1)  # the limit holds; requests overlap
         assert ep.refused > 0
     assert out[1] == out[8] and len(out[8]) == N
 

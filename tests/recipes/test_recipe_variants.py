@@ -139,7 +139,7 @@ def test_prompt_injection_tiny_attacks_each_defense_and_reports_asr_and_utility(
     assert (spec["transform"], spec["template"], spec["method"]) == ("none", "struq", "sft")
     specs = {stage: next(iter(details(run, stage).values())).spec for stage in ("struq", "secalign")}
     assert (specs["struq"]["transform"], specs["secalign"]["transform"], specs["secalign"]["method"]) == ("struq", "secalign", "dpo")
-    assert specs["secalign"]["model"]["path"] == f"{run.home}/runs/{undefended.id}/outputs/model"
+    assert specs["secalign"]["model"]["path"] == f"${{job:{undefended.id}.output}}"  # a path only in the run folder
     for stage in ("undefended", "struq", "secalign"):
         stage_metrics(run, stage, ["final_loss"])
 

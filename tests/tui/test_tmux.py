@@ -143,7 +143,7 @@ def test_a_pipeline_at_120_columns_full_names_its_metric_and_its_stages(tmp_path
     code = f"from tui.app import run_app; run_app({str(home)!r}, start_worker=False)"
     t = Tmux([sys.executable, "-c", f'"{code}"'], env, size=(120, 36))
     try:
-        screen = t.wait_for("jobs 1–28 of 28", timeout=40)
+        screen = t.wait_for("jobs 1–31 of 31", timeout=40)
         for name in ("judge[teacher=teacher-c,student=student-llama]", "sft[teacher=teacher-a,student=student-qwen]"):
             assert name in screen
         t.keys("2")
