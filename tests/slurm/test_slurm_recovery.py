@@ -122,6 +122,8 @@ def test_node_down_is_node_fail_interrupted_and_retried(cluster, tmp_path: Path)
         assert retry_id is not None, "a lost node is retried"
         # The retry runs; stopped from outside once it has started, so the test does not wait for it.
         wait_for(lambda: str(retry_id) in starts.read_text().split(), 60, what="the retry to run")
+        # sbatch can start the job before the worker commits the Slurm id it was given.
+        wait_for(lambda: job(store, retry_id).slurm_job_id, 30, what="the retry's Slurm id")
         cluster.run("scancel", job(store, retry_id).slurm_job_id)
         assert wait_status(store, retry_id, timeout=30) in ("cancelled", "succeeded")
     assert starts.read_text().split().count(str(retry_id)) == 1
