@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from slurm_helpers import ThreadSlurmWorker
 from worker_helpers import job, wait_status
 
@@ -18,7 +17,6 @@ from engine.specfile import expand
 RECORDS = [{"instruction": f"Repeat {i}.", "input": "", "output": f"{i} " * (1 + i % 5)} for i in range(16)]
 
 
-@pytest.mark.slow  # ~2 min on 2 shared cores: three torch start-ups and a training run
 def test_two_task_srun_launch_of_a_cpu_data_parallel_finetune(cluster, tiny, tmp_path: Path) -> None:  # noqa: ANN001
     home = tmp_path / "home"
     store = Store(home)
@@ -40,7 +38,7 @@ def test_two_task_srun_launch_of_a_cpu_data_parallel_finetune(cluster, tiny, tmp
     assert [e["parallel"] for e in events if "parallel" in e] == ["DDP"]  # two ranks, one process group
     assert len([e for e in events if e.get("type") == "metric" and e.get("name") == "loss"]) == 3  # rank 0 only
     assert (rd / "outputs" / "model" / "model.safetensors").is_file()
-    argv = json.loads((rd / "exit.json").read_text())["argv"]
+    argv = json.loads((rd / "env.json").read_text())["argv"]  # what the launcher ran
     assert argv[0] == "srun" and "engine.executors.slurm_task" in argv
 
 
