@@ -95,7 +95,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             raise UserError(f"--kind: {k!r} is not one of {', '.join(KINDS)}")
     with reader(args) as s:
         rows = list_jobs(s, experiment=args.experiment, statuses=args.status or (), kinds=args.kind or (),
-                         text=args.filter, limit=args.limit)
+                         text=args.filter, limit=args.limit, hide_archived=not args.all)
         metrics = latest_metrics(s, [r.id for r in rows]) if args.metric else {}
         worker = worker_state(s)
     if args.json:
@@ -276,6 +276,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from db.removal import folder_bytes, run_folders
 
     ids = _job_ids(args.jobs)
+    if args.experiment and not ids:
+        return _rm_experiment(args, args.experiment)
     if args.experiment:
         with reader(args) as s:
             found = [j.id for j in list_jobs(s, experiment=args.experiment)]
@@ -297,6 +299,26 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with _refusals():
         deleted = client.rm(ids)
     _emit(args, {"deleted": deleted}, [f"deleted {what}"])
+    return 0
+
+
+def _rm_experiment(args: argparse.Namespace, name: str) -> int:
+    """`rm -e EXP`: the experiment with every job, refused (naming them) while one is queued or running."""
+    client = _client(args)
+    with _refusals():
+        plan, size = client.deletion_plan(name)
+    if plan.refusal:
+        raise UserError(plan.refusal)
+    what = f"experiment {name} with {len(plan.job_ids)} job(s) and their run folders ({size / 1e6:.1f} MB)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    with _refusals():
+        deleted = client.delete_experiment(name)
+    _emit(args, {"deleted": deleted, "experiment": name, "bytes": size}, [f"deleted {what}"])
     return 0
 
 
@@ -355,6 +377,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("-f", "--filter", metavar="TEXT", help="only jobs whose name, experiment, kind or status contains TEXT")
     sp.add_argument("-m", "--metric", metavar="NAME", help="add a column with the latest value of this metric")
     sp.add_argument("-n", "--limit", type=bounded_int(1, MAX_ID), default=None, help="at most this many jobs")
+    sp.add_argument("-a", "--all", action="store_true", help="also the jobs of archived experiments (-e shows them anyway)")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
 
     sp = add("show", cmd_show, "Show one job: spec, status and timestamps, GPUs, metrics, artifacts, failure")
@@ -377,7 +400,7 @@ def register(add: AddCommand) -> None:
 
     sp = add("rm", cmd_rm, "Delete finished jobs with their metrics, artifacts and run folders")
     sp.add_argument("jobs", nargs="*", metavar="JOB")
-    sp.add_argument("-e", "--experiment", help="every job of this experiment (all must have finished)")
+    sp.add_argument("-e", "--experiment", help="the experiment with every job of it (refused while one is queued or running)")
     sp.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
     sp.add_argument("--json", action="store_true", help="print {\"deleted\": [ids]}")
 
