@@ -73,11 +73,19 @@ def cmd_du(args: argparse.Namespace) -> int:
             print(json.dumps(sizes, indent=2))
         return 0
     for name, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
-        print(f"{n / 2**20:10.1f} MiB  {name}")
+        print(f"{human_bytes(n):>10}  {name}")
         if args.runs:
             for f, b in sorted(runs[name], key=lambda fb: -fb[1]):
-                print(f"{b / 2**20:14.1f} MiB  job {f.id:<6} {f.status:<11} {f.name}")
+                print(f"{human_bytes(b):>14}  job {f.id:<6} {f.status:<11} {f.name}")
     return 0
+
+
+def human_bytes(n: int) -> str:
+    """1.5 GiB, 340.0 MiB, 12.0 KiB, 512 B."""
+    for unit, div in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
 
 
 def cmd_archive(args: argparse.Namespace) -> int:

@@ -1,0 +1,132 @@
+"""The experiments screen's housekeeping keys: archive and restore, show the archived, delete one whole.
+
+Real store, real run folders (tui_seed_housekeeping.py), keys -> client layer -> store and disk -> screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from textual.widgets import DataTable
+from tui_helpers import make_app, screen_text, settle
+from tui_seed_housekeeping import run_bytes, seed_housekeeping
+
+from db.models import Experiment, Job
+from db.session import Store
+from tui.screens.dialogs import ConfirmScreen
+from tui.screens.experiments import ExperimentsScreen
+from tui.widgets.jobs_table import JobsTable
+
+
+@pytest.fixture
+def hk_home(tmp_path: Path) -> tuple[Path, dict[str, list[int]]]:
+    home = tmp_path / "home"
+    store = Store(home)
+    ids = seed_housekeeping(store)
+    store.dispose()
+    return home, ids
+
+
+def _rows(app) -> list[str]:  # noqa: ANN001
+    return [str(k.value) for k in app.screen.query_one("#experiments-table", DataTable).rows]
+
+
+async def _to(pilot, name: str) -> None:  # noqa: ANN001
+    """Move the experiments cursor onto `name`."""
+    table = pilot.app.screen.query_one("#experiments-table", DataTable)
+    table.move_cursor(row=[str(k.value) for k in table.rows].index(name), animate=False)
+    await settle(pilot)
+
+
+async def test_a_archives_hides_and_A_shows_then_a_restores(hk_home) -> None:  # noqa: ANN001, N802
+    home, ids = hk_home
+    app = make_app(home)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        assert set(ids["sweep"]) <= set(app.jobs_screen().query_one(JobsTable).job_ids)
+        await pilot.press("e")
+        await settle(pilot)
+        assert isinstance(app.screen, ExperimentsScreen) and set(_rows(app)) == {"busy", "lr-sweep"}
+        await _to(pilot, "lr-sweep")
+        await pilot.press("a")
+        await settle(pilot)
+        assert _rows(app) == ["busy"]  # hidden from the list
+        await pilot.press("A")
+        await settle(pilot)
+        assert set(_rows(app)) == {"busy", "lr-sweep"}
+        assert "lr-sweep (archived)" in screen_text(app) and "archived shown" in screen_text(app)
+        await pilot.press("1")  # the jobs screen leaves the archived experiment's jobs out too
+        await settle(pilot)
+        assert set(app.jobs_screen().query_one(JobsTable).job_ids) == set(ids["busy"])
+        await pilot.press("e")
+        await settle(pilot)
+        await _to(pilot, "lr-sweep")
+        await pilot.press("a")  # on an archived row: restores it
+        await settle(pilot)
+    store = Store(home)
+    with store.read() as s:
+        assert s.execute(select(Experiment.archived_at).where(Experiment.name == "lr-sweep")).scalar_one() is None
+    store.dispose()
+    assert (home / "runs" / str(ids["sweep"][0]) / "outputs" / "model").is_dir()  # never touched
+
+
+async def test_archiving_an_experiment_with_live_jobs_is_refused_with_one_line(hk_home) -> None:  # noqa: ANN001
+    home, _ids = hk_home
+    app = make_app(home)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        await _to(pilot, "busy")
+        await pilot.press("a")
+        await settle(pilot)
+        assert set(_rows(app)) == {"busy", "lr-sweep"}
+        assert any("2 jobs still live (running 6, queued 7)" in n.message for n in app._notifications)
+
+
+async def test_ctrl_d_asks_naming_jobs_and_disk_then_deletes_rows_and_folders(hk_home) -> None:  # noqa: ANN001
+    home, ids = hk_home
+    app = make_app(home)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        await _to(pilot, "lr-sweep")
+        await pilot.press("ctrl+d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        total = sum(run_bytes(i) for i in range(4)) + 100  # the failed job's log too
+        text = screen_text(app)
+        assert "Delete experiment lr-sweep?" in text and "5 jobs" in text and f"{total / 1024:.1f}KB" in text
+        await pilot.press("n")  # declined: nothing goes
+        await settle(pilot)
+        assert all((home / "runs" / str(i)).is_dir() for i in ids["sweep"])
+        await pilot.press("ctrl+d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert _rows(app) == ["busy"]
+    assert not any((home / "runs" / str(i)).exists() for i in ids["sweep"] + ids["broken"])
+    assert (home / "runs" / str(ids["busy"][0])).parent.is_dir()
+    store = Store(home)
+    with store.read() as s:
+        assert s.execute(select(Job.id).where(Job.id.in_(ids["sweep"]))).all() == []
+        assert s.execute(select(Experiment.name)).scalars().all() == ["busy"]
+    store.dispose()
+
+
+async def test_deleting_an_experiment_with_live_jobs_is_refused_before_any_dialog(hk_home) -> None:  # noqa: ANN001
+    home, _ids = hk_home
+    app = make_app(home)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        await _to(pilot, "busy")
+        await pilot.press("ctrl+d")
+        await settle(pilot)
+        assert isinstance(app.screen, ExperimentsScreen)
+        assert any("before deleting the experiment" in n.message for n in app._notifications)
+        assert set(_rows(app)) == {"busy", "lr-sweep"}
