@@ -189,7 +189,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 for k, pts in sorted(curves.items())]
     if d.artifacts:
         out.append("artifacts:")
-        out += [f"  {a.kind:10} {a.path}" for a in d.artifacts]
+        out += [f"  {a.kind:10} {a.path}" + ("  (pruned: weights deleted by labdeck prune)" if "pruned_at" in a.meta else "")
+                for a in d.artifacts]
     out.append("spec:")
     out.append(yaml.safe_dump(d.spec, sort_keys=False).rstrip())
     if d.log_tail and r.status in ("failed", "interrupted"):

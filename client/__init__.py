@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from db.housekeeping import ExperimentDeletion
+    from db.prune import PrunePlan
     from db.session import Store
     from engine.specfile import Expansion
 
@@ -254,6 +255,22 @@ class Client:
         try:
             return delete_experiment(self.existing_store(), name)
         except (UnknownExperiment, IllegalTransition) as e:
+            raise ClientError(str(e)) from None
+
+    def prune(self, experiment: str, keep_best: int, metric: str, mode: str | None = None,
+              dry_run: bool = False) -> PrunePlan:
+        """Keep the best `keep_best` finished fine-tunes of `experiment` by `metric` (final value); delete
+        the others' model folders and checkpoints, marking their artifacts pruned (`db.prune`)."""
+        from db.housekeeping import UnknownExperiment
+        from db.prune import PruneError, apply_prune, plan_prune
+
+        store = self.existing_store()
+        try:
+            if dry_run:
+                with store.read() as s:
+                    return plan_prune(s, store.home, experiment, keep_best, metric, mode)
+            return apply_prune(store, experiment, keep_best, metric, mode)
+        except (UnknownExperiment, PruneError) as e:
             raise ClientError(str(e)) from None
 
     def priority(self, ids: Sequence[int], value: int | None = None, delta: int = 0) -> list[tuple[int, int]]:

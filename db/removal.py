@@ -33,7 +33,7 @@ def folder_bytes(folders: Sequence[Path]) -> int:
     return sum(f.stat().st_size for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rmtree that also clears folders a job made read-only (a plain rmtree would leave them behind)."""
     def fix(func, p, _exc) -> None:  # noqa: ANN001 - shutil's onerror signature
         try:
@@ -54,7 +54,7 @@ def sweep_deleted(home: Path) -> int:
     for root in dict.fromkeys((home / "runs", runs_root(home))):
         for aside in root.glob(".deleted-*"):
             if aside.is_dir() and not aside.is_symlink():
-                _remove_tree(aside)
+                remove_tree(aside)
                 n += not aside.exists()
     return n
 
@@ -62,8 +62,8 @@ def sweep_deleted(home: Path) -> int:
 def move_aside(folder: Path, moved: list[tuple[Path, Path]], root: Path | None = None, tag: str = "") -> None:
     """Rename `folder` to `.deleted-<tag>-<random>` in `root` (default: beside it; a runs folder, where
     `sweep_deleted` finishes an interrupted removal), recording the move in `moved` so the caller can
-    put it back. A link or a non-folder is left alone."""
-    if folder.is_dir() and not folder.is_symlink():
+    put it back. A file moves too (a model saved as one file); a link is left alone."""
+    if (folder.is_dir() or folder.is_file()) and not folder.is_symlink():
         aside = (root or folder.parent) / f".deleted-{tag or folder.name}-{secrets.token_hex(4)}"
         folder.rename(aside)
         moved.append((folder, aside))
@@ -83,7 +83,7 @@ def _delete(store: Store, pick: Callable[[Any], list[int]]) -> list[int]:
             aside.rename(d)
         raise
     for _, aside in moved:
-        _remove_tree(aside)
+        remove_tree(aside)
     sweep_deleted(store.home)  # and what an earlier, interrupted rm left
     return ids
 

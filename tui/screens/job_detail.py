@@ -280,7 +280,8 @@ class JobDetailScreen(JobActions, DataScreen):
         table = self.query_one("#detail-artifacts", DataTable)
         table.clear()
         for i, a in enumerate(self.data.detail.artifacts):
-            table.add_row(Text(a.kind), Text(a.path), Text(timestamp(a.created_at)), key=str(i))
+            path = Text.assemble(a.path, ("  pruned (weights deleted)", "bold")) if "pruned_at" in a.meta else Text(a.path)
+            table.add_row(Text(a.kind), path, Text(timestamp(a.created_at)), key=str(i))
 
     def _fill_metric_list(self, first: bool) -> None:
         sl = self.query_one("#metric-list", SelectionList)
@@ -351,6 +352,9 @@ class JobDetailScreen(JobActions, DataScreen):
         d = data.detail
         if d.row.kind not in ("finetune", "merge") or plain_status(d.row.status) != "succeeded":
             self.notify("Only a finished fine-tune or merge has a checkpoint to evaluate", severity="warning")
+            return
+        if any(a.kind == "model" and "pruned_at" in a.meta for a in d.artifacts):
+            self.notify("This job's model was pruned (labdeck prune deleted its weights)", severity="warning")
             return
         model = next((a.path for a in d.artifacts if a.kind == "model"), "outputs/model")
         if d.run_dir and not model.startswith("/"):
