@@ -97,7 +97,7 @@ def job_folders(session: Session, home: Path, job_ids: Sequence[int]) -> dict[in
     its runs_dir (moved since). A recorded path anywhere else is never touched; links are checked
     when the folder is moved (`db.removal`)."""
     roots = _roots(home)
-    recorded = dict(session.execute(select(Job.id, Job.run_dir).where(Job.id.in_(list(job_ids)))).all())
+    recorded: dict[int, str] = dict(session.execute(select(Job.id, Job.run_dir).where(Job.id.in_(list(job_ids)))).all())
     out: dict[int, list[Path]] = {}
     for i in sorted(set(job_ids)):
         found = [run_dir(home, i)]

@@ -133,7 +133,7 @@ def plan_prune(session: Session, home: Path, experiment: str, keep_best: int, me
     jobs = session.execute(select(Job.id, Job.name).where(Job.experiment_id == eid, Job.kind == "finetune",
                                                           Job.status == "succeeded").order_by(Job.id)).all()
     values = latest_metrics(session, [j for j, _ in jobs])
-    readers = dict(session.execute(
+    readers: dict[int, int] = dict(session.execute(
         select(JobDependency.depends_on_id, Job.id).join(Job, Job.id == JobDependency.job_id)
         .where(JobDependency.depends_on_id.in_([j for j, _ in jobs]), Job.status.in_(LIVE_STATUSES))).all())
     plan = PrunePlan(experiment, metric, mode, keep_best)

@@ -61,7 +61,7 @@ class ExperimentsScreen(ExperimentActions, DataScreen):
     BINDINGS = [
         Binding("enter", "open", "Pipeline", id="experiments.open"),
         Binding("slash", "filter", "Filter", id="experiments.filter"),
-        Binding("a", "archive", "Archive/restore", id="experiments.archive", tooltip="hide from the lists, keep on disk"),
+        Binding("a", "archive", "Archive/restore", show=False, id="experiments.archive", tooltip="hide from the lists, keep on disk"),
         Binding("A", "toggle_archived", "Show archived", show=False, id="experiments.show_archived"),
         Binding("ctrl+d", "delete_experiment", "Delete", show=False, id="experiments.delete", tooltip="asks first"),
         Binding("escape", "clear_filter", "Clear filter / jobs", show=False, id="experiments.clear_filter"),
