@@ -60,6 +60,15 @@ class ExperimentSource:
         """What deleting the experiment removes and the bytes it frees (walks its run folders)."""
         return self.client.deletion_plan(experiment)  # type: ignore[attr-defined]
 
+    def run_disk(self, run_dir: str) -> dict[str, int]:
+        """Bytes a run folder takes, and its checkpoints and outputs (walks it, links not followed)."""
+        from db.experiments import folder_bytes
+
+        if not run_dir:
+            return {"total": 0, "checkpoints": 0, "outputs": 0}
+        return {"total": folder_bytes(run_dir), "checkpoints": folder_bytes(f"{run_dir}/checkpoints"),
+                "outputs": folder_bytes(f"{run_dir}/outputs")}
+
     def delete_experiment(self, experiment: str) -> list[int]:
         return self.client.delete_experiment(experiment)  # type: ignore[attr-defined]
 

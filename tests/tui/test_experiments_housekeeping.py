@@ -130,3 +130,33 @@ async def test_deleting_an_experiment_with_live_jobs_is_refused_before_any_dialo
         assert isinstance(app.screen, ExperimentsScreen)
         assert any("before deleting the experiment" in n.message for n in app._notifications)
         assert set(_rows(app)) == {"busy", "lr-sweep"}
+
+
+async def test_the_detail_artifacts_tab_measures_the_run_folder_and_says_pruned(hk_home) -> None:  # noqa: ANN001
+    from tui_seed_housekeeping import CHECKPOINT_BYTES, MODEL_BYTES
+
+    from client import Client
+    from tui.render import size_text
+    from tui.screens.job_detail import JobDetailScreen
+
+    home, ids = hk_home
+    loser = ids["sweep"][3]  # the highest eval_loss
+    app = make_app(home)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        app.push_screen(JobDetailScreen(loser))
+        await settle(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        text = screen_text(app)
+        assert f"runs/{loser}" in text and f"{size_text(run_bytes(3))} on disk" in text and "checkpoints 1.5K" in text
+        assert "pruned" not in text
+        plan = Client(home).prune("lr-sweep", 3, "eval_loss")
+        assert [i.id for i in plan.prune] == [loser] and plan.bytes == MODEL_BYTES[3] + CHECKPOINT_BYTES
+        await app.run_action("reload")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "pruned (weights deleted)" in text and "100B on disk" in text
+        await pilot.press("E")  # nothing left to evaluate
+        await settle(pilot)
+        assert any("was pruned" in n.message for n in app._notifications)
