@@ -435,7 +435,6 @@ class JobDetailScreen(JobActions, DataScreen):
             chunk = self.app.source.read_log(path, offset)
         finally:
             self._log_busy = False
-        self._disk_key: tuple | None = None  # what the run folder was last measured at (_disk_state)
         self.post_message(LogLoaded(chunk))
 
     def on_log_loaded(self, message: LogLoaded) -> None:
