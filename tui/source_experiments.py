@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from db.experiments import ExperimentRow, Pipeline
     from db.housekeeping import ExperimentDeletion
+    from db.prune import PrunePlan
 
 EXPERIMENTS_PAGE = 100
 LIVE = ("queued", "running")
@@ -59,6 +60,18 @@ class ExperimentSource:
     def deletion_plan(self, experiment: str) -> tuple[ExperimentDeletion, int]:
         """What deleting the experiment removes and the bytes it frees (walks its run folders)."""
         return self.client.deletion_plan(experiment)  # type: ignore[attr-defined]
+
+    def metric_names_of(self, experiment: str) -> list[str]:
+        """Every metric name the experiment's jobs reported (what the prune dialog completes from)."""
+        from db.queries import experiment_metric_names
+
+        with self.store.read() as s:
+            return experiment_metric_names(s, experiment)
+
+    def prune(self, experiment: str, keep_best: int, metric: str, mode: str | None = None,
+              dry_run: bool = False) -> PrunePlan:
+        """Keep the best fine-tunes' weights, delete the others' (`labdeck prune`); the plan, applied unless dry_run."""
+        return self.client.prune(experiment, keep_best, metric, mode, dry_run=dry_run)  # type: ignore[attr-defined]
 
     def run_disk(self, run_dir: str) -> dict[str, int]:
         """Bytes a run folder takes, and its checkpoints and outputs (walks it, links not followed)."""

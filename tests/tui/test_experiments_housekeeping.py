@@ -160,3 +160,35 @@ async def test_the_detail_artifacts_tab_measures_the_run_folder_and_says_pruned(
         await pilot.press("E")  # nothing left to evaluate
         await settle(pilot)
         assert any("was pruned" in n.message for n in app._notifications)
+
+
+async def test_K_asks_for_n_and_metric_previews_then_prunes(hk_home) -> None:  # noqa: ANN001, N802
+    from textual.widgets import Input
+
+    from tui.screens.prune_dialog import PruneScreen
+
+    home, ids = hk_home
+    sweep = ids["sweep"]
+    app = make_app(home)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await settle(pilot)
+        await _to(pilot, "lr-sweep")
+        await pilot.press("K")
+        await settle(pilot)
+        assert isinstance(app.screen, PruneScreen)
+        assert app.screen.query_one("#prune-metric", Input).value == "eval_loss"  # the one metric there is
+        assert app.screen.query_one("#prune-mode", Input).value == "min"
+        app.screen.query_one("#prune-keep", Input).value = "2"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        text = screen_text(app)
+        assert "Delete the weights of 2 fine-tunes of lr-sweep?" in text and f"prune  #{sweep[3]}" in text
+        assert "frees 13.7KB" in text
+        await pilot.press("y")
+        await settle(pilot)
+        assert isinstance(app.screen, ExperimentsScreen)
+    assert not (home / "runs" / str(sweep[0]) / "outputs" / "model").exists()
+    assert (home / "runs" / str(sweep[1]) / "outputs" / "model").is_dir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
 from textual import work
 from textual.message import Message
 
@@ -38,7 +39,7 @@ def deletion_question(plan: Any, size: int) -> tuple[str, str]:
     detail = (f"{n} job{'s' if n != 1 else ''} with {'their' if n != 1 else 'its'} metrics, artifacts and run folders "
               f"(checkpoints, outputs): frees {bytes_text(size)}. This cannot be undone; "
               f"[b]a[/b] archives instead (hidden, kept on disk).")
-    return f"Delete experiment {plan.name}?", detail
+    return f"Delete experiment {escape(plan.name)}?", detail
 
 
 class ExperimentActions:

@@ -22,6 +22,7 @@ from tui.messages import DiskLoaded, ExperimentsLoaded, PipelineLoaded
 from tui.render import ago, size_text, state_bar, state_counts
 from tui.screens.common import DataScreen
 from tui.screens.experiment_actions import ExperimentActions
+from tui.screens.prune_dialog import PruneActions
 from tui.source import JobQuery
 from tui.source_experiments import EXPERIMENTS_PAGE
 from tui.widgets.key_bar import KeyBar
@@ -50,7 +51,7 @@ def column_widths(page, width: int, now: float) -> list[tuple[str, str, int]]:  
     return cols
 
 
-class ExperimentsScreen(ExperimentActions, DataScreen):
+class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
     DEFAULT_CSS = """
     #experiments-table { height: auto; max-height: 50%; scrollbar-size-vertical: 1; }
     #experiments-preview { height: 1fr; padding: 0 1; border-top: solid $panel; }
@@ -64,6 +65,8 @@ class ExperimentsScreen(ExperimentActions, DataScreen):
         Binding("a", "archive", "Archive/restore", show=False, id="experiments.archive", tooltip="hide from the lists, keep on disk"),
         Binding("A", "toggle_archived", "Show archived", show=False, id="experiments.show_archived"),
         Binding("ctrl+d", "delete_experiment", "Delete", show=False, id="experiments.delete", tooltip="asks first"),
+        Binding("K", "prune", "Keep best N", show=False, id="experiments.prune",
+                tooltip="delete the weights of all but the best fine-tunes by a metric (asks first)"),
         Binding("escape", "clear_filter", "Clear filter / jobs", show=False, id="experiments.clear_filter"),
         Binding("j", "cursor('down')", "Down", show=False, id="experiments.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="experiments.up"),
