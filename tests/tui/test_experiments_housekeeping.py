@@ -192,3 +192,13 @@ async def test_K_asks_for_n_and_metric_previews_then_prunes(hk_home) -> None:  #
         assert isinstance(app.screen, ExperimentsScreen)
     assert not (home / "runs" / str(sweep[0]) / "outputs" / "model").exists()
     assert (home / "runs" / str(sweep[1]) / "outputs" / "model").is_dir()
+
+
+def test_the_first_paint_leaves_archived_jobs_out_too(hk_home) -> None:  # noqa: ANN001
+    from client import Client
+    from tui import fastread
+
+    home, ids = hk_home
+    Client(home).archive(["lr-sweep"])
+    rows, total, _metrics = fastread.first_page(home / "labdeck.db", 100)
+    assert {r.id for r in rows} == set(ids["busy"]) and total == 2
