@@ -90,7 +90,8 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
         yield StatusBar()
         yield Static("experiments …", id="experiments-info", classes="info-line")
         yield DataTable(id="experiments-table", cursor_type="row")
-        yield Static("No experiments yet. Press [b]n[/b] to queue a job or a recipe.", id="experiments-empty")
+        yield Static("No experiments yet (archived ones show with [b]A[/b]). Press [b]n[/b] to queue a job or a recipe.",
+                     id="experiments-empty")
         with VerticalScroll(id="experiments-preview"):
             yield Static("", id="experiments-pipeline")
         yield Input(placeholder="filter: text  status:failed   (enter keeps, escape clears)",
@@ -233,7 +234,7 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
         if self.query_spec.filtered:
             parts.append(f"filter {self.query_spec.describe()}")
         self.query_one("#experiments-info", Static).update(" · ".join(parts))
-        self.query_one("#experiments-empty").display = page.total == 0 and not self.query_spec.filtered
+        self.query_one("#experiments-empty").display = page.total == 0 and not self.query_spec.filtered and not self.show_archived
 
     # ------------------------------------------------------------------ actions
 
