@@ -47,6 +47,8 @@ def test_the_real_entry_refuses_with_one_line_and_exit_2(home: Path, hk) -> None
     for argv, says in ((["archive", "nope"], "experiment 'nope': no such experiment"),
                        (["archive", "busy"], "experiment 'busy': 2 jobs still live (running 6, queued 7)"),
                        (["rm", "-e", "busy", "--yes"], "before deleting the experiment"),
+                       (["rm", "-e", "nope", "--yes"], "experiment 'nope': no such experiment"),
+                       (["prune", "nope", "-n", "1", "-m", "eval_loss"], "experiment 'nope': no such experiment"),
                        (["prune", "lr-sweep", "-n", "1", "-m", "grad_norm"], "--mode: say whether")):
         p = subprocess.run([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=60)
