@@ -47,13 +47,19 @@ def test_the_real_entry_refuses_with_one_line_and_exit_2(home: Path, hk) -> None
     for argv, says in ((["archive", "nope"], "experiment 'nope': no such experiment"),
                        (["archive", "busy"], "experiment 'busy': 2 jobs still live (running 6, queued 7)"),
                        (["rm", "-e", "busy", "--yes"], "before deleting the experiment"),
-                       (["rm", "-e", "nope", "--yes"], "experiment 'nope': no such experiment"),
-                       (["prune", "nope", "-n", "1", "-m", "eval_loss"], "experiment 'nope': no such experiment"),
+
                        (["prune", "lr-sweep", "-n", "1", "-m", "grad_norm"], "--mode: say whether")):
         p = subprocess.run([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=60)
         assert p.returncode == 2 and says in p.stderr and p.stderr.count("\n") == 1, (argv, p.stderr)
     assert db_rows(home, "SELECT count(*) FROM job") == [(7,)]
+
+
+@pytest.mark.parametrize("argv", [["rm", "-e", "nope", "--yes"], ["prune", "nope", "-n", "1", "-m", "eval_loss"],
+                                  ["du", "nope", "--runs"], ["unarchive", "lr-sweep", "nope"]])
+def test_an_unknown_experiment_is_one_line_and_exit_2(home: Path, hk, capsys, argv) -> None:  # noqa: ANN001
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err == "labdeck: experiment 'nope': no such experiment\n"
 
 
 def test_archive_hides_from_lists_keeps_everything_and_restores(home: Path, hk, capsys) -> None:  # noqa: ANN001
