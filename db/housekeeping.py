@@ -79,11 +79,6 @@ def archive(session: Session, names: Sequence[str], restore: bool = False, now: 
     return out
 
 
-def is_archived(session: Session, name: str) -> bool:
-    eid = experiment_id(session, name)
-    return session.execute(select(Experiment.archived_at).where(Experiment.id == eid)).scalar_one() is not None
-
-
 # ----------------------------------------------------------------------------- run folders
 
 
