@@ -79,3 +79,23 @@ def test_the_lists_ask_only_an_index_while_nothing_is_archived(store) -> None:  
     plan = " ".join(r[-1] for r in con.execute("EXPLAIN QUERY PLAN SELECT 1 FROM experiment WHERE archived_at IS NOT NULL LIMIT 1"))
     con.close()
     assert "ix_experiment_archived" in plan
+
+
+def test_only_run_folders_of_the_home_are_ever_candidates_for_removal(store, tmp_path) -> None:  # noqa: ANN001
+    from sqlalchemy import text
+
+    from db.home import set_runs_dir
+    from db.housekeeping import job_folders
+
+    home = store.home
+    with store.write() as s:
+        s.execute(text(
+            "UPDATE job SET run_dir = CASE id WHEN 1 THEN :inside WHEN 2 THEN :outside WHEN 3 THEN :wrong ELSE '' END"),
+            {"inside": str(home / "runs" / "1"), "outside": str(tmp_path / "elsewhere" / "2"),
+             "wrong": str(home / "runs" / "4")})
+    scratch = set_runs_dir(home, tmp_path / "scratch")  # run folders moved to shared storage since
+    with store.read() as s:
+        found = job_folders(s, home, [1, 2, 3])
+    assert found[1] == [scratch / "1", home / "runs" / "1"]  # where it is now, and where it was recorded
+    assert found[2] == [scratch / "2"]  # a recorded folder outside the home's runs is never touched
+    assert found[3] == [scratch / "3"]  # nor one named for another job
