@@ -85,7 +85,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from db.reads import latest_metrics, list_jobs, worker_state
+    from db.reads import any_archived, latest_metrics, list_jobs, worker_state
 
     for st in args.status or ():
         if st not in STATUSES:
@@ -98,6 +98,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                          text=args.filter, limit=args.limit, hide_archived=not args.all)
         metrics = latest_metrics(s, [r.id for r in rows]) if args.metric else {}
         worker = worker_state(s)
+        hidden = not args.all and not args.experiment and any_archived(s)
     if args.json:
         out = [r.as_dict() | ({"metric": metrics.get(r.id, {}).get(args.metric)} if args.metric else {}) for r in rows]
         print(json.dumps(out, indent=None))
@@ -120,7 +121,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         lines.append(line)
     print(table(headers, lines, right=(0, 6, 7, 8)))
     state = "online" if worker.online else "offline"
-    print(f"worker {state} · queue {worker.queue_state} · {len(rows)} jobs")
+    print(f"worker {state} · queue {worker.queue_state} · {len(rows)} jobs"
+          + (" · archived experiments hidden (-a shows them)" if hidden else ""))
     return 0
 
 

@@ -72,6 +72,7 @@ def test_archive_hides_from_lists_keeps_everything_and_restores(home: Path, hk, 
     assert {r["name"] for r in json.loads(run(capsys, "experiments", "--all", "--json")[1])} == {"busy", "lr-sweep"}
     assert {r["id"] for r in json.loads(run(capsys, "ls", "--json")[1])} == set(hk["busy"])
     assert len(json.loads(run(capsys, "ls", "--all", "--json")[1])) == 7
+    assert run(capsys, "ls")[1].rstrip().endswith("2 jobs · archived experiments hidden (-a shows them)")
     assert len(json.loads(run(capsys, "ls", "-e", "lr-sweep", "--json")[1])) == 5  # naming it shows it
     assert sorted(p.relative_to(home) for p in (home / "runs").rglob("*")) == before  # nothing on disk changed
     assert run(capsys, "archive", "lr-sweep")[1] == "lr-sweep: already archived\n"
