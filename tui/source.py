@@ -107,6 +107,7 @@ class JobsPage:
     total: int
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # queued job id -> why it waits (tui.waiting)
+    archived_hidden: bool = False  # jobs of archived experiments are left out of this page
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ class Source(ExperimentSource, ResultsSource):
                 )
             metrics = Q.latest_metrics(s, [r.id for r in rows])
             reasons = self.waiting_reasons(s, [r.id for r in rows if r.status == "queued"])
-        return JobsPage(query, offset, tuple(rows), total, metrics, reasons)
+            hidden = not query.experiment and Q.any_archived(s)
+        return JobsPage(query, offset, tuple(rows), total, metrics, reasons, hidden)
 
     def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
         """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""

@@ -60,6 +60,7 @@ async def test_a_archives_hides_and_A_shows_then_a_restores(hk_home) -> None:  #
         await pilot.press("1")  # the jobs screen leaves the archived experiment's jobs out too
         await settle(pilot)
         assert set(app.jobs_screen().query_one(JobsTable).job_ids) == set(ids["busy"])
+        assert "archived experiments hidden" in screen_text(app)
         await pilot.press("e")
         await settle(pilot)
         await _to(pilot, "lr-sweep")
