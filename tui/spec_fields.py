@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from engine.specs import SPEC_CLASSES, DatasetRef, JobSpecBase, ModelRef
+from engine.specs.form import layout_of
 
 OMIT = object()  # "leave this field out": its default applies
 
@@ -47,6 +48,8 @@ class FieldSpec:
     required: bool = False
     default: Any = None
     description: str = ""
+    common: bool = False  # at the top of the form; the rest is under "Advanced" (engine.specs.form)
+    when: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # (other field, values it applies for; None: set)
 
     def default_text(self) -> str:
         return "required" if self.required else format_value(self, self.default)
@@ -92,7 +95,9 @@ def field_spec(name: str, info: Any) -> FieldSpec:
         section = "model"
     else:
         section = "parameters"
-    common = {"optional": optional, "required": required, "default": default, "description": description}
+    layout = layout_of(info)
+    common = {"optional": optional, "required": required, "default": default, "description": description,
+              "common": layout.common, "when": tuple(layout.when.items())}
     if typing.get_origin(tp) is Literal:
         return FieldSpec(name, section, "select", "choice", tuple(str(a) for a in typing.get_args(tp)), **common)
     if tp is bool:
@@ -123,6 +128,48 @@ def fields_for(kind: str) -> list[FieldSpec]:
                   description="Fields to sweep: `learning_rate=1e-5,2e-5; lora.r=8,16` (or a YAML mapping). One job per combination."),
         FieldSpec(SWEEP_SEEDS, "sweep", "text", "seeds", description="Seeds to repeat every point with, e.g. `0, 1, 2`."),
     ]
+
+
+def applicable(fields: list[FieldSpec], raw: dict[str, Any]) -> set[str]:
+    """The names of the fields that apply, given the editors' contents: a field with `when` applies
+    when every field it names applies and holds one of the listed values (or, for None, any value)."""
+    by_name = {f.name: f for f in fields}
+    memo: dict[str, bool] = {}
+
+    def value_of(name: str) -> str:
+        f = by_name[name]
+        v = raw[name] if name in raw else format_value(f, None if f.required else f.default)
+        return str(v).lower() if isinstance(v, bool) else ("" if v is None else str(v).strip())
+
+    def ok(name: str, depth: int = 0) -> bool:
+        if name not in memo:
+            f = by_name.get(name)
+            memo[name] = f is not None and depth < 10 and all(
+                other in by_name and ok(other, depth + 1)
+                and (bool(value_of(other)) if values is None else value_of(other) in values)
+                for other, values in f.when)
+        return memo[name]
+
+    return {f.name for f in fields if ok(f.name)}
+
+
+def is_default(f: FieldSpec, raw: Any) -> bool:
+    """True when the editor's content leaves the field at its default (so the spec omits it)."""
+    try:
+        return parse_value(f, raw) is OMIT
+    except FieldError:
+        return False
+
+
+def form_order(kind: str, fields: list[FieldSpec]) -> tuple[list[FieldSpec], list[FieldSpec]]:
+    """(common fields, advanced fields): the job's name and experiment first, then the kind's own
+    common fields in class order (a fine-tune's method, model, data, learning rate, ...), then GPUs;
+    advanced ones keep section order."""
+    position = {n: i for i, n in enumerate(SPEC_CLASSES[kind].model_fields)}
+    tail = {"resources": 1, "sweep": 2}
+    common = sorted((f for f in fields if f.common),
+                    key=lambda f: (f.section != "job", tail.get(f.section, 0), position.get(f.name, 0)))
+    return common, [f for f in fields if not f.common]
 
 
 def kind_summary(kind: str) -> str:
@@ -278,9 +325,11 @@ def collect(kind: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     data: dict[str, Any] = {"kind": kind}
     errors: dict[str, str] = {}
     sweep: dict[str, Any] = {}
-    for f in fields_for(kind):
-        if f.name not in raw:
-            continue
+    fields = fields_for(kind)
+    applies = applicable(fields, raw)
+    for f in fields:
+        if f.name not in raw or f.name not in applies:
+            continue  # a field the chosen method does not use keeps its editor's text but stays out
         try:
             value = parse_value(f, raw[f.name])
         except FieldError as e:
@@ -393,5 +442,5 @@ def error_field(fields: list[FieldSpec], name: str) -> str | None:
     return name if name in names else None
 
 
-__all__ = ["OMIT", "SECTIONS", "FieldError", "FieldSpec", "JobSpecBase", "Validation", "collect", "editor_values",
-           "fields_for", "format_value", "kind_summary", "parse_grid", "parse_value", "to_yaml", "validate"]
+__all__ = ["OMIT", "SECTIONS", "FieldError", "FieldSpec", "JobSpecBase", "Validation", "applicable", "collect",
+           "editor_values", "fields_for", "form_order", "is_default", "format_value", "kind_summary", "parse_grid", "parse_value", "to_yaml", "validate"]

@@ -1,0 +1,144 @@
+"""The New-job form's fields: common ones on top, the rest folded under "Advanced".
+
+The form owns one editor per field of the kind's spec class (`tui.spec_fields`): an `Input` or a
+`Choice`, beside a label, in a two-column grid (few widgets, so a 50-field form mounts fast). The
+layout comes from the spec classes (`engine.specs.form`): the common fields first (name,
+experiment, method, model, data, learning rate, epochs or steps, GPUs), the others in their
+sections inside a `Collapsible`, closed unless one of them holds a non-default value or an error.
+A field that the chosen method does not use (DPO's beta for SFT) is hidden, not removed: what was
+typed there comes back when the method does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.containers import Grid, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Collapsible, Input, Label, Static
+
+from tui import spec_fields as SF
+from tui.widgets.choice import Choice
+
+BOOL_CHOICES = [("true", True), ("false", False)]
+
+
+class SpecForm(VerticalScroll):
+    """Build with `await form.build(kind, values)`; read with `raw_values()`."""
+
+    DEFAULT_CSS = """
+    SpecForm .section { margin-top: 1; text-style: bold; color: $accent; height: 1; }
+    SpecForm .fields { grid-size: 2; grid-columns: 24 1fr; grid-rows: 1; height: auto; }
+    SpecForm .field-label { height: 1; color: $text-muted; }
+    SpecForm .field-label.-invalid { color: $error; text-style: bold; }
+    SpecForm #advanced { margin-top: 1; border: none; padding: 0; background: transparent; }
+    SpecForm #advanced > Contents { padding: 0 0 0 1; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind: str | None = None
+        self.fields: list[SF.FieldSpec] = []
+        self.advanced: set[str] = set()
+        self.shown: set[str] = set()
+
+    async def build(self, kind: str, values: dict[str, Any]) -> None:
+        self.kind = kind
+        self.fields = SF.fields_for(kind)
+        common, rest = SF.form_order(kind, self.fields)
+        self.advanced = {f.name for f in rest}
+        await self.remove_children()
+        sections: list[Widget] = []
+        for section, title in SF.SECTIONS:
+            members = [f for f in rest if f.section == section]
+            if members:
+                sections += [Static(title, classes="section", id=f"section-{section}"),
+                             self._grid(members, values, f"grid-{section}")]
+        raw = {f.name: values.get(f.name) for f in self.fields}
+        shown = SF.applicable(self.fields, raw)
+        folded = not any(n in shown and not SF.is_default(f, raw[n]) for f in rest for n in [f.name])
+        await self.mount_all([self._grid(common, values, "grid-common"),
+                              Collapsible(*sections, title="Advanced", collapsed=folded, id="advanced")])
+        self.show_applicable()
+
+    def _title(self) -> str:
+        n = len(self.advanced & self.shown)
+        return f"Advanced · {n} more field{'s' if n != 1 else ''} (ctrl+f finds one by name)"
+
+    def _grid(self, members: list[SF.FieldSpec], values: dict[str, Any], wid: str) -> Grid:
+        cells: list[Widget] = []
+        for f in members:
+            cells += [Label(f.name, classes="field-label", id=f"row-{f.name}"), self._editor(f, values.get(f.name))]
+        return Grid(*cells, classes="fields", id=wid)
+
+    @staticmethod
+    def _editor(f: SF.FieldSpec, value: Any) -> Widget:
+        wid = f"f-{f.name}"
+        if f.editor == "select":
+            options = ([("(none)", "")] if f.optional else []) + [(c, c) for c in f.choices]
+            current = value if value in f.choices else options[0][1]
+            return Choice(options, current, id=wid)
+        if f.editor == "bool":
+            return Choice(BOOL_CHOICES, bool(value), id=wid)
+        placeholder = "required" if f.required else ("" if value else f"(none) {f.description[:60]}")
+        return Input(str(value or ""), id=wid, compact=True, placeholder=placeholder, select_on_focus=False)
+
+    # ------------------------------------------------------------------ values
+
+    def raw_values(self) -> dict[str, Any]:
+        """Every editor's content, hidden ones included (`spec_fields.collect` leaves those out)."""
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            w = self.query_one(f"#f-{f.name}")
+            if isinstance(w, (Choice, Input)):
+                out[f.name] = w.value
+        return out
+
+    def set_value(self, name: str, value: Any) -> None:
+        w = self.query_one(f"#f-{name}")
+        if isinstance(w, Choice):
+            w.value = value
+        elif isinstance(w, Input):
+            w.value = str(value)
+
+    def is_selector(self, name: str) -> bool:
+        """Whether other fields' presence depends on this one (a fine-tune's method, `lora`)."""
+        return any(other == name for f in self.fields for other, _ in f.when)
+
+    def show_applicable(self) -> set[str]:
+        """Hide the fields the current values make irrelevant, show the others; the shown names."""
+        self.shown = SF.applicable(self.fields, self.raw_values())
+        for f in self.fields:
+            on = f.name in self.shown
+            self.query_one(f"#row-{f.name}").display = on
+            self.query_one(f"#f-{f.name}").display = on
+        for section, _ in SF.SECTIONS:
+            for title in self.query(f"#section-{section}"):
+                title.display = any(f.name in self.shown for f in self.fields
+                                    if f.section == section and f.name in self.advanced)
+        self.query_one("#advanced", Collapsible).title = self._title()
+        return self.shown
+
+    # ------------------------------------------------------------------ errors and focus
+
+    def mark(self, errors: dict[str, str | None]) -> None:
+        """Mark the fields with an error; an error inside the fold opens it."""
+        for f in self.fields:
+            self.query_one(f"#row-{f.name}").set_class(errors.get(f.name) is not None, "-invalid")
+        if any(errors.get(n) is not None for n in self.advanced & self.shown):
+            self.unfold()
+
+    def unfold(self) -> None:
+        self.query_one("#advanced", Collapsible).collapsed = False
+
+    @property
+    def folded(self) -> bool:
+        return self.query_one("#advanced", Collapsible).collapsed
+
+    def focus_field(self, name: str) -> None:
+        """Unfold the field's section if needed, focus its editor and scroll it into view."""
+        if name in self.advanced:
+            self.unfold()
+        editor = self.query_one(f"#f-{name}")
+        editor.focus()
+        self.call_after_refresh(editor.scroll_visible, animate=False)
