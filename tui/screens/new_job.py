@@ -333,7 +333,8 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
             return
         titles = dict(SF.SECTIONS)
         common, rest = SF.form_order(self.kind, self.fields)
-        commands = [(f.name, partial(self.form.focus_field, f.name),
+        # the focus waits for a refresh: the palette's screen is still closing when the callback runs
+        commands = [(f.name, partial(self.call_after_refresh, self.form.focus_field, f.name),
                      f.description if f.common else f"Advanced · {titles[f.section]} · {f.description}")
                     for f in common + rest if f.name in self.form.shown]
         self.app.search_commands(commands, placeholder="Go to field…")

@@ -137,8 +137,13 @@ class SpecForm(VerticalScroll):
 
     def focus_field(self, name: str) -> None:
         """Unfold the field's section if needed, focus its editor and scroll it into view."""
-        if name in self.advanced:
-            self.unfold()
         editor = self.query_one(f"#f-{name}")
-        editor.focus()
-        self.call_after_refresh(editor.scroll_visible, animate=False)
+        if name in self.advanced and self.folded:
+            self.unfold()  # the editor has no place on screen until the fold's contents are laid out
+            self.call_after_refresh(self._focus, editor)
+        else:
+            self._focus(editor)
+
+    def _focus(self, editor: Widget) -> None:
+        editor.focus(scroll_visible=False)
+        editor.scroll_visible(animate=False)  # itself after the next refresh, once the fold is laid out
