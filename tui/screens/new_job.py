@@ -1,12 +1,14 @@
 """New job: a menu of kinds and presets, then a form generated from the kind's spec class.
 
-kind → model → dataset → parameters → resources → sweep, with the class's defaults filled in and
-its docstrings as help for the focused field. Every change is validated (in a thread worker,
-through `engine.specfile.expand`, exactly as `labdeck submit` would) and the YAML preview and the
-list of jobs it would queue follow along; an error shows under the field it names. ctrl+s queues,
-ctrl+o saves the spec as a YAML file for `labdeck submit`. Duplicate-and-edit opens this screen
-filled from a past job's spec. The menu also lists the shipped recipes with their variants and a
-spec file from disk; those open `tui.screens.recipe` (a form over the file's `vars:`).
+The form (`tui.widgets.spec_form`) shows the fields that fit the kind and method, the common ones
+first and the rest folded under "Advanced", with the class's defaults filled in and its docstrings
+as help for the focused field; ctrl+f finds a field by name. Every change is validated (in a thread
+worker, through `client.Client.expand`, exactly as `labdeck submit` would) and the YAML preview and
+the list of jobs it would queue follow along; an error shows at the field it names. ctrl+s queues;
+ctrl+b saves the spec to the user's saved specs and ctrl+o to any file (`new_job_save`).
+Duplicate-and-edit opens this screen filled from a past job's spec. The menu also lists the saved
+specs, the shipped recipes with their variants and a spec file from disk; those open
+`tui.screens.recipe` (a form over the file's `vars:`).
 """
 
 from __future__ import annotations
