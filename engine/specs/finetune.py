@@ -134,7 +134,7 @@ class FinetuneSpec(JobSpecBase):
     """DPO: the field with the dispreferred response."""
     label_field: str = Field("label", json_schema_extra=CALIBRATION)
     """Calibration: the field with the correctness label y (0/1 or false/true) of the answer (§10.1)."""
-    lora: LoraConfig | None = Field(None, json_schema_extra=COMMON)
+    lora: LoraConfig | None = Field(None, json_schema_extra=form(common=True, expand=True))
     """Set to train LoRA adapters instead of all weights."""
     merge_lora: bool = Field(False, json_schema_extra=form(when={"lora": None}))
     """With LoRA: save the base model with the adapters merged in, instead of the adapter folder."""

@@ -8,6 +8,8 @@ new field is placed where its author put it, and `labdeck spec KIND --json` show
 - `when`: the field applies only when other fields have certain values, e.g. DPO's beta when
   `method` is `dpo`; `None` instead of a list of values means "whenever that field is set". A
   field that does not apply is hidden and left out of the spec the form builds.
+- `expand`: an optional block of its own fields (LoRA's r, alpha, ...) becomes an on/off switch
+  with one editor per inner field, shown while it is on, instead of one line of YAML.
 
 A field without `x-form` is an advanced field that always applies.
 """
@@ -21,11 +23,14 @@ from typing import Any
 FORM_KEY = "x-form"
 
 
-def form(*, common: bool = False, when: dict[str, Sequence[str] | None] | None = None) -> dict[str, Any]:
+def form(*, common: bool = False, when: dict[str, Sequence[str] | None] | None = None,
+         expand: bool = False) -> dict[str, Any]:
     """The `json_schema_extra` of a field: its place in the New-job form."""
     meta: dict[str, Any] = {}
     if common:
         meta["common"] = True
+    if expand:
+        meta["expand"] = True
     if when:
         meta["when"] = {k: (None if v is None else [str(x) for x in v]) for k, v in when.items()}
     return {FORM_KEY: meta}
@@ -35,6 +40,7 @@ def form(*, common: bool = False, when: dict[str, Sequence[str] | None] | None =
 class FieldLayout:
     common: bool = False
     when: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    expand: bool = False
 
 
 def layout_of(info: Any) -> FieldLayout:
@@ -42,7 +48,7 @@ def layout_of(info: Any) -> FieldLayout:
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     meta = extra.get(FORM_KEY) or {}
     when = {str(k): (None if v is None else tuple(str(x) for x in v)) for k, v in (meta.get("when") or {}).items()}
-    return FieldLayout(bool(meta.get("common")), when)
+    return FieldLayout(bool(meta.get("common")), when, bool(meta.get("expand")))
 
 
 __all__ = ["FORM_KEY", "FieldLayout", "form", "layout_of"]

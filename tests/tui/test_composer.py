@@ -15,6 +15,7 @@ from tui_helpers import make_app, palette_choose, screen_text, settle, type_text
 from cli.main import main as cli_main
 from db.models import Job
 from db.session import Store
+from tui import spec_fields as SF
 from tui.saved_specs import SpecNameError, list_specs, save_spec
 from tui.screens.dialogs import PromptScreen
 from tui.screens.new_job import NewJobScreen
@@ -32,6 +33,18 @@ def _shown(screen, name: str) -> bool:  # noqa: ANN001
     return screen.query_one(f"#f-{name}").display and screen.query_one(f"#row-{name}").display
 
 
+def test_the_lora_block_is_a_switch_with_a_field_per_setting() -> None:
+    base = {"experiment": "e", "name": "n", "model": "m", "dataset": "d.jsonl"}
+    raw = SF.editor_values("finetune", {**base, "lora": {"r": 64, "alpha": 16, "target_modules": ["q_proj"]}})
+    assert (raw["lora"], raw["lora.r"], raw["lora.target_modules"]) == (True, "64", "[q_proj]")
+    assert SF.collect("finetune", raw)[0]["lora"] == {"r": 64, "target_modules": ["q_proj"]}  # alpha 16: the default
+    raw["lora.r"] = "0"
+    assert SF.validate("finetune", raw).errors == {"lora.r": "lora.r: Input should be greater than or equal to 1"}
+    raw["lora"] = False  # off: its fields leave the spec, and merge_lora with them
+    raw["merge_lora"] = True
+    assert "lora" not in SF.collect("finetune", raw)[0] and "merge_lora" not in SF.collect("finetune", raw)[0]
+
+
 async def test_lora_sft_shows_the_lora_fields_and_not_dpos_and_keeps_what_was_typed(read_app) -> None:  # noqa: ANN001
     async with read_app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
@@ -39,7 +52,9 @@ async def test_lora_sft_shows_the_lora_fields_and_not_dpos_and_keeps_what_was_ty
         await settle(pilot)
         await _choose(pilot, "preset:finetune: LoRA SFT")
         screen = read_app.screen
-        assert _shown(screen, "lora") and _shown(screen, "merge_lora")
+        assert screen.query_one("#f-lora").value is True
+        assert _shown(screen, "lora") and _shown(screen, "lora-r") and _shown(screen, "lora-alpha")
+        assert _shown(screen, "merge_lora")
         assert not _shown(screen, "dpo_beta") and not _shown(screen, "chosen_field")
         assert not _shown(screen, "calibration_style") and not _shown(screen, "validation")
         # switch to DPO with the keys: its fields appear; type a beta
@@ -80,8 +95,10 @@ async def test_gpus_is_within_the_first_ten_tab_stops(read_app) -> None:  # noqa
             if read_app.focused.id == "f-gpus":
                 break
         assert seen[-1] == "f-gpus", seen
-        assert seen == ["f-experiment", "f-name", "f-method", "f-model", "f-dataset", "f-lora", "f-learning_rate",
-                        "f-epochs", "f-max_steps", "f-gpus"]
+        assert seen == ["f-experiment", "f-name", "f-method", "f-model", "f-dataset", "f-learning_rate", "f-epochs",
+                        "f-max_steps", "f-gpus"]
+        await pilot.press("tab")  # then the LoRA switch; its fields wait until it is on
+        assert read_app.focused.id == "f-lora" and not read_app.screen.query_one("#f-lora-r").display
         assert read_app.screen.form.folded  # the rest waits under Advanced
         assert "Advanced · 35 more fields" in screen_text(read_app)
 

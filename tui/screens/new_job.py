@@ -224,7 +224,8 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
     def _edited(self, event: Message) -> None:
         wid = getattr(getattr(event, "control", None), "id", None) or ""
         if self.kind is not None and wid.startswith("f-"):
-            if self.form.is_selector(wid[2:]):
+            f = self.form.field(wid)
+            if f is not None and self.form.is_selector(f.name):
                 self.form.show_applicable()  # the method changed: its fields, with what was typed in them
             self._schedule(0.25)
 
@@ -298,7 +299,7 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
         wid = getattr(self.focused, "id", None) or ""
         if not wid.startswith("f-"):
             return
-        f = next((x for x in self.fields if x.name == wid[2:]), None)
+        f = self.form.field(wid)
         if f is None:
             return
         err = self._field_error(f.name)

@@ -21,6 +21,7 @@ from tui import spec_fields as SF
 from tui.widgets.choice import Choice
 
 BOOL_CHOICES = [("true", True), ("false", False)]
+OFF_ON = [("off", False), ("on", True)]  # an expanded block's switch (LoRA): its fields show while on
 
 
 class SpecForm(VerticalScroll):
@@ -68,18 +69,19 @@ class SpecForm(VerticalScroll):
     def _grid(self, members: list[SF.FieldSpec], values: dict[str, Any], wid: str) -> Grid:
         cells: list[Widget] = []
         for f in members:
-            cells += [Label(f.name, classes="field-label", id=f"row-{f.name}"), self._editor(f, values.get(f.name))]
+            label = f"  {f.name.split('.', 1)[1]}" if f.group and f.group != f.name else f.name
+            cells += [Label(label, classes="field-label", id=f"row-{f.wid[2:]}"), self._editor(f, values.get(f.name))]
         return Grid(*cells, classes="fields", id=wid)
 
     @staticmethod
     def _editor(f: SF.FieldSpec, value: Any) -> Widget:
-        wid = f"f-{f.name}"
+        wid = f.wid
         if f.editor == "select":
             options = ([("(none)", "")] if f.optional else []) + [(c, c) for c in f.choices]
             current = value if value in f.choices else options[0][1]
             return Choice(options, current, id=wid)
         if f.editor == "bool":
-            return Choice(BOOL_CHOICES, bool(value), id=wid)
+            return Choice(OFF_ON if f.parse == "present" else BOOL_CHOICES, bool(value), id=wid)
         placeholder = "required" if f.required else ("" if value else f"(none) {f.description[:60]}")
         return Input(str(value or ""), id=wid, compact=True, placeholder=placeholder, select_on_focus=False)
 
@@ -89,13 +91,21 @@ class SpecForm(VerticalScroll):
         """Every editor's content, hidden ones included (`spec_fields.collect` leaves those out)."""
         out: dict[str, Any] = {}
         for f in self.fields:
-            w = self.query_one(f"#f-{f.name}")
+            w = self.query_one(f"#{f.wid}")
             if isinstance(w, (Choice, Input)):
                 out[f.name] = w.value
         return out
 
+    def field(self, name: str) -> SF.FieldSpec | None:
+        """The field named `name` (`lora.r`), or whose editor has the widget id `name` (`f-lora-r`)."""
+        return next((f for f in self.fields if name in (f.name, f.wid)), None)
+
+    def editor(self, name: str) -> Widget:
+        f = self.field(name)
+        return self.query_one(f"#{f.wid if f else 'f-' + name}")
+
     def set_value(self, name: str, value: Any) -> None:
-        w = self.query_one(f"#f-{name}")
+        w = self.editor(name)
         if isinstance(w, Choice):
             w.value = value
         elif isinstance(w, Input):
@@ -110,8 +120,8 @@ class SpecForm(VerticalScroll):
         self.shown = SF.applicable(self.fields, self.raw_values())
         for f in self.fields:
             on = f.name in self.shown
-            self.query_one(f"#row-{f.name}").display = on
-            self.query_one(f"#f-{f.name}").display = on
+            self.query_one(f"#row-{f.wid[2:]}").display = on
+            self.query_one(f"#{f.wid}").display = on
         for section, _ in SF.SECTIONS:
             for title in self.query(f"#section-{section}"):
                 title.display = any(f.name in self.shown for f in self.fields
@@ -124,7 +134,7 @@ class SpecForm(VerticalScroll):
     def mark(self, errors: dict[str, str | None]) -> None:
         """Mark the fields with an error; an error inside the fold opens it."""
         for f in self.fields:
-            self.query_one(f"#row-{f.name}").set_class(errors.get(f.name) is not None, "-invalid")
+            self.query_one(f"#row-{f.wid[2:]}").set_class(errors.get(f.name) is not None, "-invalid")
         if any(errors.get(n) is not None for n in self.advanced & self.shown):
             self.unfold()
 
@@ -137,7 +147,7 @@ class SpecForm(VerticalScroll):
 
     def focus_field(self, name: str) -> None:
         """Unfold the field's section if needed, focus its editor and scroll it into view."""
-        editor = self.query_one(f"#f-{name}")
+        editor = self.editor(name)
         if name in self.advanced and self.folded:
             self.unfold()  # the editor has no place on screen until the fold's contents are laid out
             self.call_after_refresh(self._focus, editor)
