@@ -42,6 +42,7 @@ from tui.widgets.key_bar import KeyBar
 from tui.widgets.spec_form import SpecForm
 from tui.widgets.status_bar import StatusBar
 
+FORM_ACTIONS = frozenset({"submit", "find_field", "save_spec", "save", "toggle_preview"})
 NARROW = 120  # below this width the YAML preview is a toggle (ctrl+y) instead of a side pane
 
 
@@ -118,6 +119,10 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
         opts.append(Option(Text.assemble(("file   ", "dim"), ("a spec file or recipe from disk…", "bold")), id="file:"))
         return opts  # the shipped recipes follow once read (`_load_recipes`, off the event loop)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The form's keys (queue, find, save, preview) are offered only once a form is open."""
+        return self.kind is not None or action not in FORM_ACTIONS
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
             self.app.report_worker_error(event.worker)
@@ -183,6 +188,7 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
 
     async def _open_form(self, kind: str, spec: dict[str, Any] | None) -> None:
         self.kind = kind
+        self.refresh_bindings()
         self.fields = SF.fields_for(kind)
         values = SF.editor_values(kind, {**self._defaults(kind), **(spec or {})})
         await self.form.build(kind, values)
@@ -318,6 +324,7 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
         if switcher.current == "form-body" and self.initial is None:
             switcher.current = "kind-menu"
             self.kind = None
+            self.refresh_bindings()
             self.query_one("#form-title", Static).update(f"{self.title_text} · choose a kind or a preset")
             self.query_one("#form-status", Static).update("")
             self.query_one("#kind-menu", OptionList).focus()
