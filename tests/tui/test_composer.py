@@ -178,7 +178,7 @@ def _jobs(home: Path) -> list[tuple[str, dict]]:
 async def test_a_saved_spec_is_listed_in_the_menu_and_queues_what_the_cli_queues(home_copy, tmp_path: Path) -> None:  # noqa: ANN001
     before = len(_jobs(home_copy))
     app = make_app(home_copy)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
         await settle(pilot)
         await pilot.press("n")
         await settle(pilot)
