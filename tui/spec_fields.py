@@ -2,8 +2,11 @@
 
 The form is generated from the pydantic spec classes in `engine.specs`: one editor per field, in
 the class's order, grouped kind → model → dataset → parameters → resources → sweep; defaults and
-help text come from the class (a docstring per field). What the person typed is turned back into
-a spec mapping holding only what differs from the defaults, and validated by
+help text come from the class (a docstring per field). Each field's place (`engine.specs.form`):
+common or advanced (`form_order`), and the values of other fields it applies for (`applicable`: DPO's
+beta only for method dpo); an expanded block (`lora`) is a switch plus one field per inner field
+(`lora.r`). What the person typed is turned back into a spec mapping holding only what differs from
+the defaults and only the fields that apply, and validated by
 `client.Client.expand`, the same call `labdeck submit` makes, so a spec the form accepts is one
 the CLI accepts, and the YAML preview is a file `labdeck submit` can read.
 """

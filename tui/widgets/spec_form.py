@@ -57,7 +57,7 @@ class SpecForm(VerticalScroll):
                              self._grid(members, values, f"grid-{section}")]
         raw = {f.name: values.get(f.name) for f in self.fields}
         shown = SF.applicable(self.fields, raw)
-        folded = not any(n in shown and not SF.is_default(f, raw[n]) for f in rest for n in [f.name])
+        folded = not any(f.name in shown and not SF.is_default(f, raw[f.name]) for f in rest)
         await self.mount_all([self._grid(common, values, "grid-common"),
                               Collapsible(*sections, title="Advanced", collapsed=folded, id="advanced")])
         self.show_applicable()
