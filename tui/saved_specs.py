@@ -57,6 +57,14 @@ def save_spec(home: Path, name: str, text: str) -> Path:
     return write_text_atomic(target, text)
 
 
+def exists(home: Path, name: str) -> bool:
+    """Whether a saved spec of that name is there already (so the composer can say it replaced it)."""
+    try:
+        return (specs_dir(home) / f"{spec_name(name)}.yaml").is_file()
+    except SpecNameError:
+        return False
+
+
 def _describe(path: Path) -> str:
     import yaml
 

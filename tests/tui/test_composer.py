@@ -16,7 +16,7 @@ from cli.main import main as cli_main
 from db.models import Job
 from db.session import Store
 from tui import spec_fields as SF
-from tui.saved_specs import SpecNameError, list_specs, save_spec
+from tui.saved_specs import SpecNameError, exists, list_specs, save_spec
 from tui.screens.dialogs import PromptScreen
 from tui.screens.new_job import NewJobScreen
 from tui.screens.recipe import RecipeScreen
@@ -160,7 +160,9 @@ def test_saved_spec_names_cannot_leave_the_folder(tmp_path: Path) -> None:
         with pytest.raises(SpecNameError):
             save_spec(tmp_path, bad, "kind: command\n")
     assert not (tmp_path / "evil.yaml").exists() and not (tmp_path / "specs" / "a").exists()
+    assert not exists(tmp_path, "lora-sft")
     path = save_spec(tmp_path, "lora-sft.yaml", "description: LoRA on the small model\nkind: command\n")
+    assert exists(tmp_path, "lora-sft") and not exists(tmp_path, "../lora-sft")
     assert path == tmp_path / "specs" / "lora-sft.yaml"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     [spec] = list_specs(tmp_path)

@@ -49,8 +49,9 @@ class SaveActions:
 
     @work(thread=True, group="write", exit_on_error=False)
     def _save_spec(self, name: str, text: str) -> None:
-        from tui.saved_specs import SpecNameError, save_spec
+        from tui.saved_specs import SpecNameError, exists, save_spec
 
+        replaced = exists(self.app.source.home, name)
         try:
             written = save_spec(self.app.source.home, name, text)
         except SpecNameError as e:
@@ -60,7 +61,8 @@ class SaveActions:
             self.post_message(ActionDone(f"Not saved: {e.filename or name}: {e.strerror or e}", "warning",
                                          changed=False))
             return
-        self.post_message(ActionDone(f"Saved {written}", changed=False))
+        self.post_message(ActionDone(f"Saved {written}{' (it replaced the one saved before)' if replaced else ''}",
+                                     changed=False))
         self._load_recipes()  # the menu lists it when the person goes back
 
     def action_save(self) -> None:
