@@ -5,7 +5,7 @@ first and the rest folded under "Advanced", with the class's defaults filled in 
 as help for the focused field; ctrl+f finds a field by name. Every change is validated (in a thread
 worker, through `client.Client.expand`, exactly as `labdeck submit` would) and the YAML preview and
 the list of jobs it would queue follow along; an error shows at the field it names. ctrl+s queues;
-ctrl+b saves the spec to the user's saved specs and ctrl+o to any file (`new_job_save`).
+ctrl+t saves the spec to the user's saved specs and ctrl+o to any file (`new_job_save`).
 Duplicate-and-edit opens this screen filled from a past job's spec. The menu also lists the saved
 specs, the shipped recipes with their variants and a spec file from disk; those open
 `tui.screens.recipe` (a form over the file's `vars:`).
@@ -75,7 +75,7 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
         Binding("escape", "back", "Back", id="new.back"),
         Binding("ctrl+s", "submit", "Queue", id="new.submit"),
         Binding("ctrl+f", "find_field", "Find a field", id="new.find"),
-        Binding("ctrl+b", "save_spec", "Save to my specs", id="new.save_spec"),
+        Binding("ctrl+t", "save_spec", "Save to my specs", id="new.save_spec"),
         Binding("ctrl+o", "save", "Save as file", id="new.save"),
         Binding("ctrl+y", "toggle_preview", "YAML preview", id="new.preview"),
     ]

@@ -1,7 +1,7 @@
 """The New-job form's saves: to the user's saved specs (`n` lists them) or to any YAML file.
 
 A mixin of `NewJobScreen`. Both write what the form would queue (only the fields that differ from
-their defaults, the YAML preview's text), in a thread worker: ctrl+b asks for a name and writes
+their defaults, the YAML preview's text), in a thread worker: ctrl+t asks for a name and writes
 `HOME/specs/NAME.yaml` (`tui.saved_specs`: 0600, a name that cannot leave the folder), ctrl+o asks
 for a path (relative to the working directory). A refused name or path is a one-line warning.
 """
