@@ -75,9 +75,11 @@ async def test_lora_sft_shows_the_lora_fields_and_not_dpos_and_keeps_what_was_ty
                     "the preview back on SFT")
         assert not _shown(screen, "dpo_beta")
         assert "dpo_beta" not in str(screen.query_one("#preview-text").render())
+        screen.query_one("#advanced").collapsed = True
         await pilot.press("right")
         await settle(pilot)
         assert _shown(screen, "dpo_beta") and screen.query_one("#f-dpo_beta").value == "0.25"
+        assert not screen.form.folded  # the beta came back with its value: the fold opens to show it
 
 
 async def test_gpus_is_within_the_first_ten_tab_stops(read_app) -> None:  # noqa: ANN001

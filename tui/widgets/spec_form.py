@@ -116,8 +116,13 @@ class SpecForm(VerticalScroll):
         return any(other == name for f in self.fields for other, _ in f.when)
 
     def show_applicable(self) -> set[str]:
-        """Hide the fields the current values make irrelevant, show the others; the shown names."""
-        self.shown = SF.applicable(self.fields, self.raw_values())
+        """Hide the fields the current values make irrelevant, show the others; the shown names. A
+        field that comes back with a value of its own (typed before the method changed) opens the fold."""
+        before, raw = self.shown, self.raw_values()
+        self.shown = SF.applicable(self.fields, raw)
+        back = (self.shown - before) & self.advanced
+        if before and any(not SF.is_default(f, raw[f.name]) for f in self.fields if f.name in back):
+            self.unfold()
         for f in self.fields:
             on = f.name in self.shown
             self.query_one(f"#row-{f.wid[2:]}").display = on
