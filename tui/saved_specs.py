@@ -65,6 +65,12 @@ def exists(home: Path, name: str) -> bool:
         return False
 
 
+def tilde(path: Path) -> str:
+    """`~/...` for a path under the user's home folder (short enough for a help line)."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def _describe(path: Path) -> str:
     import yaml
 

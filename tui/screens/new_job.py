@@ -33,6 +33,7 @@ from engine.specs import KINDS
 from tui import spec_fields as SF
 from tui.messages import ActionDone
 from tui.render import st
+from tui.saved_specs import tilde
 from tui.screens.new_job_menu import RecipeMenu
 from tui.screens.new_job_save import SaveActions
 from tui.source import ActionError
@@ -173,7 +174,7 @@ class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
         elif what == "file":
             text = "A YAML or JSON spec: one job, a sweep or a pipeline (its vars: become a form)"
         elif what == "saved":
-            text = f"labdeck submit {self._saved.get(name, name)}"
+            text = f"labdeck submit {tilde(self._saved.get(name, Path(name)))}"
         self.query_one("#field-help", Static).update(Text(text))
 
     # ------------------------------------------------------------------ form
