@@ -220,6 +220,6 @@ async def test_a_saved_spec_is_listed_in_the_menu_and_queues_what_the_cli_queues
         assert not isinstance(app.screen, (RecipeScreen, NewJobScreen))
     from_app = _jobs(home_copy)[before:]
     other = tmp_path / "cli-home"
-    assert cli_main(["submit", str(saved), "--home", str(other)]) == 0
+    assert cli_main(["submit", str(saved), "--home", str(other), "--no-worker"]) == 0
     from_cli = _jobs(other)
     assert len(from_app) == 2 and from_app == from_cli
