@@ -115,15 +115,16 @@ async def test_typing_a_field_name_jumps_to_it_and_unfolds_its_section(read_app)
         assert screen.form.folded
         await pilot.press("ctrl+f")
         await palette_choose(pilot, "gradchk")
-        await settle(pilot)
-        assert read_app.screen is screen
-        assert read_app.focused.id == "f-gradient_checkpointing"
-        assert not screen.form.folded
-        assert screen.form.region.contains_region(read_app.focused.region)  # scrolled into view
+
+        def shown(editor_id: str) -> bool:  # focused and scrolled into view (after the fold's layout)
+            w = read_app.focused
+            return w is not None and w.id == editor_id and screen.form.region.contains_region(w.region)
+
+        await until(pilot, lambda: shown("f-gradient_checkpointing"), "gradient_checkpointing focused and in view")
+        assert read_app.screen is screen and not screen.form.folded
         await pilot.press("ctrl+f")
         await palette_choose(pilot, "gpus")
-        await settle(pilot)
-        assert read_app.focused.id == "f-gpus"
+        await until(pilot, lambda: shown("f-gpus"), "gpus focused and in view")
 
 
 async def test_an_error_inside_advanced_unfolds_it(read_app) -> None:  # noqa: ANN001
