@@ -11,7 +11,7 @@ import pytest
 from test_snapshots import _steps
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, LoadingIndicator, OptionList
-from tui_helpers import make_app, screen_text, settle, type_text, until
+from tui_helpers import make_app, settle, type_text, until
 
 from tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen, PromptScreen
 from tui.screens.recipe import RecipeScreen
@@ -131,29 +131,28 @@ def test_recipe_menu(snap_compare, seeded_dir, size) -> None:  # noqa: ANN001
     assert snap_compare(make_app(seeded_dir[0]), terminal_size=size, run_before=run)
 
 
+def _open_from_menu(option_id: str, ready, what: str):  # noqa: ANN001, ANN202
+    """A run_before: choose `option_id` in the New-job menu, then wait until `ready(screen)`."""
+
+    async def run(pilot) -> None:  # noqa: ANN001
+        await _menu_at(pilot, option_id)
+        await pilot.press("enter")
+        await until(pilot, lambda: ready(pilot.app.screen), what)
+        await _quiet(pilot)
+
+    return run
+
+
 @SIZES
 def test_recipe_form(snap_compare, seeded_dir, size) -> None:  # noqa: ANN001
     """A shipped recipe's variables with their help and checks, and the preview of what it queues."""
-
-    async def run(pilot) -> None:  # noqa: ANN001
-        await _menu_at(pilot, "recipe:car_teacher_selection:")
-        await pilot.press("enter")
-        await until(pilot, lambda: isinstance(pilot.app.screen, RecipeScreen) and pilot.app.screen.preview is not None,
-                    "the recipe's preview")
-        assert "queues" in screen_text(pilot.app)
-        await _quiet(pilot)
-
+    run = _open_from_menu("recipe:car_teacher_selection:",
+                          lambda s: isinstance(s, RecipeScreen) and s.preview is not None, "the recipe's preview")
     assert snap_compare(make_app(seeded_dir[0]), terminal_size=size, run_before=run)
 
 
 @SIZES
 def test_spec_file_prompt(snap_compare, seeded_dir, size) -> None:  # noqa: ANN001
     """The menu's "a spec file from disk": a prompt that completes paths as they are typed."""
-
-    async def run(pilot) -> None:  # noqa: ANN001
-        await _menu_at(pilot, "file:")
-        await pilot.press("enter")
-        await until(pilot, lambda: isinstance(pilot.app.screen, PromptScreen), "the spec file prompt")
-        await _quiet(pilot)
-
+    run = _open_from_menu("file:", lambda s: isinstance(s, PromptScreen), "the spec file prompt")
     assert snap_compare(make_app(seeded_dir[0]), terminal_size=size, run_before=run)
