@@ -2,8 +2,8 @@
 
 `FakeEndpoint(latency_s=0.2)` serves `POST /v1/chat/completions` from a thread of the calling
 process. Its answers are a pure function of the request body (so a concurrent run can be compared
-with a sequential one), with `logprobs` for the judge (tokens "m" and "M") and a yes/no reply for
-the correctness judge. It can refuse every k-th request with 429 and a `Retry-After` header, and it
+with a sequential one), with `logprobs` for the judge (tokens "m" and "M"), a yes/no reply for
+the correctness judge, and a five-point verdict for an Arena-Hard prompt. It can refuse every k-th request with 429 and a `Retry-After` header, and it
 counts what it was asked (per body, total, and the most requests in flight at once) so tests can
 check that a resumed job did not ask again.
 
@@ -27,6 +27,9 @@ def fake_answer(body: dict[str, Any]) -> dict[str, Any]:
     lp_m = -digest[0] / 64.0
     lp_M = -digest[1] / 64.0
     word = "yes" if digest[2] % 2 else "no"
+    if any("[[A>>B]]" in str(m.get("content", "")) for m in body.get("messages") or []):  # Arena-Hard's judge prompt
+        verdict = ("A>>B", "A>B", "A=B", "B>A", "B>>A")[digest[3] % 5]
+        word = f"Both answers address the question. My final verdict is [[{verdict}]]."
     first = "m" if lp_m >= lp_M else "M"
     return {
         "id": "fake-" + digest[:6].hex(), "object": "chat.completion", "model": body.get("model", "fake"),

@@ -184,7 +184,13 @@ class ArenaHardScorer(StrictModel):
     timeout_s: float = Field(120.0, gt=0)
     """Per-request timeout for an endpoint."""
     max_retries: int = Field(4, ge=0, le=20)
-    """Retries with exponential backoff on HTTP 429/5xx and network errors."""
+    """Retries on HTTP 429/5xx and network errors: the server's Retry-After, else exponential backoff with jitter."""
+    max_concurrency: int = Field(8, ge=1, le=256)
+    """Endpoint requests in flight at once (verdicts keep the records' order, so scores equal the sequential ones)."""
+    requests_per_minute: int | None = Field(None, ge=1)
+    """The endpoint's request budget per minute (your API tier); requests wait rather than be refused. None: no limit."""
+    tokens_per_minute: int | None = Field(None, ge=1)
+    """The endpoint's token budget per minute (estimated before sending, corrected by the reply's usage). None: no limit."""
 
     @model_validator(mode="after")
     def _one_judge(self) -> ArenaHardScorer:

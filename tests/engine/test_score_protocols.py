@@ -79,7 +79,7 @@ def test_arena_hard_plays_two_games_and_counts_ties_as_half(tmp_path: Path) -> N
     try:
         res = run_inprocess(tmp_path / "run", score_spec(data, {
             "type": "arena_hard", "endpoint": f"http://127.0.0.1:{server.server_port}/v1", "endpoint_model": "judge-x",
-            "baseline": {"model": "gpt-4-0314", "field": "baseline"}}, input_field=None))
+            "baseline": {"model": "gpt-4-0314", "field": "baseline"}, "max_concurrency": 1}, input_field=None))
     finally:
         server.shutdown()
     assert res.returncode == 0, res.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The judge and correctness scorers through the concurrent client: same scores as one at a time, resumable."""
+"""The judge, correctness and Arena-Hard scorers through the concurrent client: same scores as one at a time, resumable."""
 
 from __future__ import annotations
 
@@ -31,7 +31,12 @@ def _correct(url: str, concurrency: int) -> dict:
             "endpoint_model": "grader", "max_concurrency": concurrency}
 
 
-@pytest.mark.parametrize("make", [_judge, _correct], ids=["judge", "correctness"])
+def _arena_hard(url: str, concurrency: int) -> dict:
+    return {"type": "arena_hard", "endpoint": url, "endpoint_model": "judge-x", "reference_field": "reference",
+            "max_concurrency": concurrency}
+
+
+@pytest.mark.parametrize("make", [_judge, _correct, _arena_hard], ids=["judge", "correctness", "arena_hard"])
 def test_concurrent_scores_equal_sequential_ones_despite_429s(tmp_path: Path, make) -> None:  # noqa: ANN001
     data = write_jsonl(tmp_path / "r.jsonl", _rows())
     out = {}
@@ -44,6 +49,8 @@ def test_concurrent_scores_equal_sequential_ones_despite_429s(tmp_path: Path, ma
             assert ep.max_in_flight <= c and (c == 1 or ep.max_in_flight > 1)  # the limit holds; requests overlap
         assert ep.refused > 0
     assert out[1] == out[8] and len(out[8]) == N
+    if make is _arena_hard:  # the verdicts were read from the judgments, both games of every record
+        assert all(r["arena_hard_verdict_0"] and r["arena_hard_verdict_1"] for r in out[8])
 
 
 def test_a_rerun_in_the_same_run_folder_does_not_ask_again(tmp_path: Path) -> None:

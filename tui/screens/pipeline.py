@@ -3,9 +3,11 @@
 A 63-job pipeline is 63 rows in the jobs table; here it is a grid like Airflow's: which stage is
 where, for which teacher and student, at a glance. The `needs` column names the stages each
 stage waits on. A stage over fewer axes than the grid (the teachers' generation under every
-student) shows its job under each point it feeds. Keys act on the cell or its stage: `enter`
-opens the job, `r` retries the stage's failed jobs (with the stages they skipped), `c` cancels
-what remains of the experiment (asks first), `2` opens its results.
+student) shows its job under each point it feeds. A deep or wide matrix (three axes, or more
+points than columns fit) opens as a tree instead (stage → axis values → jobs, `tui.widgets.pipeline_tree`);
+`t` switches between the two. Keys act on the cell, tree line or its stage: `enter` opens the
+job, `r` retries the stage's failed jobs (with the stages they skipped), `c` cancels what remains
+of the experiment (asks first), `2` opens its results.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Static, Tree
 from textual.worker import get_current_worker
 
 from tui.messages import ActionDone, PipelineLoaded
 from tui.screens.common import DataScreen
 from tui.source import ActionError
+from tui.widgets import pipeline_tree
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.pipeline_grid import ATTENTION, cell_text, header_labels, stage_label
 from tui.widgets.status_bar import StatusBar
@@ -29,7 +32,7 @@ from tui.widgets.status_bar import StatusBar
 
 class PipelineScreen(DataScreen):
     DEFAULT_CSS = """
-    #pipeline-grid { height: 1fr; scrollbar-size-vertical: 1; }
+    #pipeline-grid, #pipeline-tree { height: 1fr; scrollbar-size-vertical: 1; }
     """
 
     BINDINGS = [
@@ -38,6 +41,7 @@ class PipelineScreen(DataScreen):
         Binding("r", "retry_stage", "Retry stage", id="pipeline.retry", tooltip="its failed jobs, with what they skipped"),
         Binding("c", "cancel_rest", "Cancel rest", id="pipeline.cancel", tooltip="asks first"),
         Binding("2", "results", "Results", id="pipeline.results"),
+        Binding("t", "toggle_view", "Grid/tree", id="pipeline.view", tooltip="stages × points, or a tree of axes"),
     ]
 
     def __init__(self, experiment: str) -> None:
@@ -45,16 +49,21 @@ class PipelineScreen(DataScreen):
         self.experiment = experiment
         self.pipeline = None  # db.experiments.Pipeline
         self._shape: tuple = ()
+        self.as_tree: bool | None = None  # chosen on the first load (pipeline_tree.prefers_tree), then `t`
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
         yield Static(f"{self.experiment} …", id="pipeline-title", classes="screen-title")
         yield Static("", id="pipeline-info", classes="info-line")
         yield DataTable(id="pipeline-grid", cursor_type="cell")
+        tree: Tree = Tree("", id="pipeline-tree")
+        tree.display = False
+        yield tree
         yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#pipeline-grid").focus()
+        self.query_one("#pipeline-tree", Tree).auto_expand = True
         self.load()
 
     def load(self) -> None:
@@ -77,9 +86,28 @@ class PipelineScreen(DataScreen):
         self.query_one("#pipeline-title", Static).update(title)
         axes = " × ".join(p.axes) if p.axes else "no matrix"
         self.query_one("#pipeline-info", Static).update(f"{len(p.stages)} stages · {n} jobs · columns {axes}")
+        if self.as_tree is None:
+            self._show(pipeline_tree.prefers_tree(p))
         self._draw()
 
+    def _show(self, as_tree: bool) -> None:
+        self.as_tree = as_tree
+        grid, tree = self.query_one("#pipeline-grid", DataTable), self.query_one("#pipeline-tree", Tree)
+        grid.display, tree.display = not as_tree, as_tree
+        (tree if as_tree else grid).focus()
+
+    def action_toggle_view(self) -> None:
+        self._show(not self.as_tree)
+        if self.pipeline is not None:
+            self._draw()
+
     def _draw(self) -> None:
+        if self.as_tree:
+            pipeline_tree.fill(self.query_one("#pipeline-tree", Tree), self.pipeline)
+        else:
+            self._draw_grid()
+
+    def _draw_grid(self) -> None:
         p = self.pipeline
         table = self.query_one("#pipeline-grid", DataTable)
         depth = max(1, len(p.axes))
@@ -107,13 +135,23 @@ class PipelineScreen(DataScreen):
 
     # ------------------------------------------------------------------ where the cursor is
 
+    def _tree_node(self) -> pipeline_tree.PipelineNode | None:
+        node = self.query_one("#pipeline-tree", Tree).cursor_node
+        return node.data if node is not None and isinstance(node.data, pipeline_tree.PipelineNode) else None
+
     def _stage(self):  # noqa: ANN202 - str | None, or False when nothing is shown
+        if self.as_tree:
+            here = self._tree_node()
+            return False if here is None else here.stage
         table = self.query_one("#pipeline-grid", DataTable)
         if self.pipeline is None or not table.row_count:
             return False
         return self.pipeline.stages[table.cursor_coordinate.row]
 
     def _jobs_here(self) -> list:
+        if self.as_tree:
+            here = self._tree_node()
+            return [] if here is None else list(here.jobs)
         table = self.query_one("#pipeline-grid", DataTable)
         stage = self._stage()
         if stage is False:
@@ -142,6 +180,13 @@ class PipelineScreen(DataScreen):
     def _cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()
         self.action_open()
+
+    @on(Tree.NodeSelected, "#pipeline-tree")
+    def _line_selected(self, event: Tree.NodeSelected) -> None:
+        """`enter` on a job's line opens it; on a stage or group it folds or unfolds (the tree's own)."""
+        event.stop()
+        if not event.node.children and isinstance(event.node.data, pipeline_tree.PipelineNode):
+            self.action_open()
 
     def action_retry_stage(self) -> None:
         stage = self._stage()

@@ -5,7 +5,9 @@ parsed from `[[...]]` (`engine.metrics.arena_hard`); the win rate (ties as half,
 verdict as three battles) is aggregated by the score job.
 
 Endpoint judge: Arena-Hard's system prompt and user template, temperature 0, up to 4096 tokens,
-as `arena-hard-auto` sends them. Local judge (a stand-in): the same messages, then the verdict
+as `arena-hard-auto` sends them, both games of a batch in flight together through the shared
+concurrent client (`endpoint.py`: `max_concurrency`, Retry-After, budgets, the resume cache).
+Local judge (a stand-in): the same messages, then the verdict
 whose tokens are most likely after "My final verdict is " — a tiny or small model cannot write
 the judgment Arena-Hard asks for first, so its numbers are labelled as not Arena-Hard's.
 """
@@ -20,7 +22,7 @@ from engine.jobs._batching import pad
 from engine.jobs._loading import load_causal_lm, load_tokenizer, model_record, require_chat_template
 from engine.jobs._prompts import apply_chat
 from engine.jobs.scorers.base import Item, Scorer
-from engine.jobs.scorers.endpoint import chat_completion
+from engine.jobs.scorers.endpoint import chat_completions, endpoint_batches, make_client
 
 # arena-hard-auto's judge_config.yaml (v0.1, judge gpt-4-1106-preview): system_prompt and prompt_template.
 ARENA_HARD_SYSTEM = (
@@ -87,6 +89,7 @@ class ArenaHardScorer(Scorer):
                      "verdicts": list(VERDICTS), "decisive_weight": 3, "ties": "half a win", "baseline": baseline}
         if s.model is None:
             self.api_key = os.environ.get(s.api_key_env)
+            self.client = make_client(s, self.api_key, self.outputs)
             self.ids = None
             self.info["judge"] = {"endpoint": s.endpoint, "model": s.endpoint_model, "temperature": s.temperature,
                                   "max_tokens": s.max_tokens, "api_key_env": s.api_key_env if self.api_key else None}
@@ -113,15 +116,24 @@ class ArenaHardScorer(Scorer):
     def lengths(self, idxs: list[int]) -> list[int]:
         return [1] * len(idxs) if self.ids is None else [len(self.ids[i][0]) + len(self.ids[i][1]) for i in idxs]
 
+    def batches(self, idxs: list[int]) -> list[list[int]]:
+        if self.ids is None:
+            return endpoint_batches(idxs, self.spec.max_concurrency)
+        return super().batches(idxs)
+
     def score(self, idxs: list[int]) -> list[dict[str, Any]]:
+        if self.ids is None:  # both games of the whole batch in flight together, answers in order
+            replies = chat_completions(self.client, [self._body(i, g) for i in idxs for g in (0, 1)])
+            texts = [_content(data) for data in replies]
+            return [{"arena_hard_verdict_0": parse(texts[2 * k]), "arena_hard_judgment_0": texts[2 * k],
+                     "arena_hard_verdict_1": parse(texts[2 * k + 1]), "arena_hard_judgment_1": texts[2 * k + 1]}
+                    for k in range(len(idxs))]
         out = []
         for i in idxs:
             row: dict[str, Any] = {}
             for g in (0, 1):
-                text = self._http(i, g) if self.ids is None else None
-                verdict = parse(text) if self.ids is None else self._local(i, g)
-                row[f"arena_hard_verdict_{g}"] = verdict
-                row[f"arena_hard_judgment_{g}"] = text
+                row[f"arena_hard_verdict_{g}"] = self._local(i, g)
+                row[f"arena_hard_judgment_{g}"] = None
             out.append(row)
         self.info["too_long"] = self.too_long
         return out
@@ -146,15 +158,17 @@ class ArenaHardScorer(Scorer):
         self.stats.stop()
         return VERDICTS[max(range(len(VERDICTS)), key=lambda k: totals[k])]
 
-    def _http(self, i: int, game: int) -> str:
+    def _body(self, i: int, game: int) -> dict[str, Any]:
         s = self.spec
-        body = {"model": s.endpoint_model, "temperature": s.temperature, "max_tokens": s.max_tokens,
+        return {"model": s.endpoint_model, "temperature": s.temperature, "max_tokens": s.max_tokens,
                 "messages": game_messages(self.questions[i], self.refs[i], self.items[i].response, game)}
-        data = chat_completion(s.endpoint, body, self.api_key, s.timeout_s, s.max_retries)
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError) as e:
-            raise RuntimeError(f"arena-hard judge endpoint returned no message: {json.dumps(data)[:200]}") from e
+
+
+def _content(data: dict[str, Any]) -> str:
+    try:
+        return str(data["choices"][0]["message"]["content"] or "")
+    except (KeyError, IndexError, TypeError) as e:
+        raise RuntimeError(f"arena-hard judge endpoint returned no message: {json.dumps(data)[:200]}") from e
 
 
 def parse(judgment: str | None) -> str | None:

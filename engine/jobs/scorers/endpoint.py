@@ -41,14 +41,3 @@ def endpoint_batches(idxs: list[int], max_concurrency: int) -> list[list[int]]:
     """Batches big enough to keep every concurrent slot busy (the answer cache makes a lost batch cheap)."""
     size = max(1, max_concurrency) * REQUESTS_PER_WORKER
     return [idxs[k:k + size] for k in range(0, len(idxs), size)]
-
-
-def chat_completion(endpoint: str, body: dict[str, Any], api_key: str | None, timeout: float,
-                    retries: int) -> dict[str, Any]:
-    """POST one `body` to `{endpoint}/chat/completions` and return the decoded JSON reply."""
-    client = ApiClient(endpoint.rstrip("/") + "/chat/completions",
-                       ApiConfig(max_concurrency=1, max_retries=retries, timeout_s=timeout, api_key=api_key))
-    try:
-        return chat_completions(client, [body])[0]
-    finally:
-        client.close()
