@@ -71,7 +71,7 @@ def attach(action: argparse.Action) -> argparse.Action:
     """Give a JOB, experiment or spec-file argument its completer (argcomplete reads `.completer`)."""
     if action.metavar == "JOB":
         action.completer = complete_jobs  # type: ignore[attr-defined]
-    elif action.dest == "experiment":
+    elif action.dest == "experiment" or action.metavar == "EXPERIMENT":
         action.completer = complete_experiments  # type: ignore[attr-defined]
     elif action.dest == "files":
         action.completer = _recipes_and_files  # type: ignore[attr-defined]

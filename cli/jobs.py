@@ -85,7 +85,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from db.reads import latest_metrics, list_jobs, worker_state
+    from db.reads import any_archived, latest_metrics, list_jobs, worker_state
 
     for st in args.status or ():
         if st not in STATUSES:
@@ -95,9 +95,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             raise UserError(f"--kind: {k!r} is not one of {', '.join(KINDS)}")
     with reader(args) as s:
         rows = list_jobs(s, experiment=args.experiment, statuses=args.status or (), kinds=args.kind or (),
-                         text=args.filter, limit=args.limit)
+                         text=args.filter, limit=args.limit, hide_archived=not args.all)
         metrics = latest_metrics(s, [r.id for r in rows]) if args.metric else {}
         worker = worker_state(s)
+        hidden = not args.all and not args.experiment and any_archived(s)
     if args.json:
         out = [r.as_dict() | ({"metric": metrics.get(r.id, {}).get(args.metric)} if args.metric else {}) for r in rows]
         print(json.dumps(out, indent=None))
@@ -120,7 +121,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         lines.append(line)
     print(table(headers, lines, right=(0, 6, 7, 8)))
     state = "online" if worker.online else "offline"
-    print(f"worker {state} · queue {worker.queue_state} · {len(rows)} jobs")
+    print(f"worker {state} · queue {worker.queue_state} · {len(rows)} jobs"
+          + (" · archived experiments hidden (-a shows them)" if hidden else ""))
     return 0
 
 
@@ -189,7 +191,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 for k, pts in sorted(curves.items())]
     if d.artifacts:
         out.append("artifacts:")
-        out += [f"  {a.kind:10} {a.path}" for a in d.artifacts]
+        out += [f"  {a.kind:10} {a.path}" + ("  (pruned: weights deleted by labdeck prune)" if "pruned_at" in a.meta else "")
+                for a in d.artifacts]
     out.append("spec:")
     out.append(yaml.safe_dump(d.spec, sort_keys=False).rstrip())
     if d.log_tail and r.status in ("failed", "interrupted"):
@@ -276,6 +279,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from db.removal import folder_bytes, run_folders
 
     ids = _job_ids(args.jobs)
+    if args.experiment and not ids:
+        return _rm_experiment(args, args.experiment)
     if args.experiment:
         with reader(args) as s:
             found = [j.id for j in list_jobs(s, experiment=args.experiment)]
@@ -297,6 +302,26 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with _refusals():
         deleted = client.rm(ids)
     _emit(args, {"deleted": deleted}, [f"deleted {what}"])
+    return 0
+
+
+def _rm_experiment(args: argparse.Namespace, name: str) -> int:
+    """`rm -e EXP`: the experiment with every job, refused (naming them) while one is queued or running."""
+    client = _client(args)
+    with _refusals():
+        plan, size = client.deletion_plan(name)
+    if plan.refusal:
+        raise UserError(plan.refusal)
+    what = f"experiment {name} with {len(plan.job_ids)} job(s) and their run folders ({size / 1e6:.1f} MB)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
+        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    with _refusals():
+        deleted = client.delete_experiment(name)
+    _emit(args, {"deleted": deleted, "experiment": name, "bytes": size}, [f"deleted {what}"])
     return 0
 
 
@@ -355,6 +380,7 @@ def register(add: AddCommand) -> None:
     sp.add_argument("-f", "--filter", metavar="TEXT", help="only jobs whose name, experiment, kind or status contains TEXT")
     sp.add_argument("-m", "--metric", metavar="NAME", help="add a column with the latest value of this metric")
     sp.add_argument("-n", "--limit", type=bounded_int(1, MAX_ID), default=None, help="at most this many jobs")
+    sp.add_argument("-a", "--all", action="store_true", help="also the jobs of archived experiments (-e shows them anyway)")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
 
     sp = add("show", cmd_show, "Show one job: spec, status and timestamps, GPUs, metrics, artifacts, failure")
@@ -377,7 +403,7 @@ def register(add: AddCommand) -> None:
 
     sp = add("rm", cmd_rm, "Delete finished jobs with their metrics, artifacts and run folders")
     sp.add_argument("jobs", nargs="*", metavar="JOB")
-    sp.add_argument("-e", "--experiment", help="every job of this experiment (all must have finished)")
+    sp.add_argument("-e", "--experiment", help="the experiment with every job of it (refused while one is queued or running)")
     sp.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a terminal)")
     sp.add_argument("--json", action="store_true", help="print {\"deleted\": [ids]}")
 

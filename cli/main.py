@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import complete, demo, experiments, jobs, mirror, plot, prefetch, results, wait, worker
+from cli import complete, demo, experiments, jobs, mirror, plot, prefetch, prune, results, wait, worker
 from cli import secrets as secrets_cmd
 from cli.common import EXIT_USAGE, UserError
 
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     wait.register(add)
     results.register(add)
     experiments.register(add)
+    prune.register(add)
     plot.register(add)
     mirror.register(add)
     worker.register(add)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from db.housekeeping import ExperimentDeletion
+    from db.prune import PrunePlan
     from db.session import Store
     from engine.specfile import Expansion
 
@@ -217,6 +219,58 @@ class Client:
         try:
             return delete_runs(self.existing_store(), ids)
         except (IllegalTransition, UnknownJob) as e:
+            raise ClientError(str(e)) from None
+
+    # ------------------------------------------------------------------ whole experiments
+
+    def archive(self, names: Sequence[str], restore: bool = False) -> list[tuple[str, bool]]:
+        """Archive (hide from lists, keep on disk) or restore experiments: (name, changed) each, all or none."""
+        from db.housekeeping import UnknownExperiment, archive
+        from db.queue import IllegalTransition
+
+        try:
+            with self.existing_store().write() as s:
+                return archive(s, names, restore)
+        except (UnknownExperiment, IllegalTransition) as e:
+            raise ClientError(str(e)) from None
+
+    def deletion_plan(self, name: str) -> tuple[ExperimentDeletion, int]:
+        """What deleting an experiment would remove, and the bytes its run folders take (walks them)."""
+        from db.experiments import folder_bytes
+        from db.housekeeping import UnknownExperiment, deletion_plan
+
+        try:
+            with self.existing_store().read() as s:
+                plan = deletion_plan(s, self.home, name)
+        except UnknownExperiment as e:
+            raise ClientError(str(e)) from None
+        return plan, sum(folder_bytes(str(f)) for f in plan.folders)
+
+    def delete_experiment(self, name: str) -> list[int]:
+        """Delete an experiment with all its jobs, rows and run folders (all or none); refused while a job is live."""
+        from db.housekeeping import UnknownExperiment
+        from db.queue import IllegalTransition
+        from db.removal import delete_experiment
+
+        try:
+            return delete_experiment(self.existing_store(), name)
+        except (UnknownExperiment, IllegalTransition) as e:
+            raise ClientError(str(e)) from None
+
+    def prune(self, experiment: str, keep_best: int, metric: str, mode: str | None = None,
+              dry_run: bool = False) -> PrunePlan:
+        """Keep the best `keep_best` finished fine-tunes of `experiment` by `metric` (final value); delete
+        the others' model folders and checkpoints, marking their artifacts pruned (`db.prune`)."""
+        from db.housekeeping import UnknownExperiment
+        from db.prune import PruneError, apply_prune, plan_prune
+
+        store = self.existing_store()
+        try:
+            if dry_run:
+                with store.read() as s:
+                    return plan_prune(s, store.home, experiment, keep_best, metric, mode)
+            return apply_prune(store, experiment, keep_best, metric, mode)
+        except (UnknownExperiment, PruneError) as e:
             raise ClientError(str(e)) from None
 
     def priority(self, ids: Sequence[int], value: int | None = None, delta: int = 0) -> list[tuple[int, int]]:

@@ -115,11 +115,13 @@ class ExperimentRow:
     progress: float | None  # finished jobs plus running jobs' fractions, over all jobs
     gpus_in_use: int
     last_activity: float | None
+    archived_at: float | None = None  # archived (hidden by default) since then
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "created_at": self.created_at,
                 "jobs": self.jobs, "counts": self.counts, "progress": self.progress,
-                "gpus_in_use": self.gpus_in_use, "last_activity": self.last_activity}
+                "gpus_in_use": self.gpus_in_use, "last_activity": self.last_activity,
+                "archived_at": self.archived_at}
 
 
 def _summary_columns() -> list[Any]:
@@ -143,23 +145,27 @@ def _summary_columns() -> list[Any]:
             func.coalesce(last, Experiment.created_at).label("last_activity")]
 
 
-def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], offset: int, limit: int
-                ) -> tuple[list[int], int]:
+def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], offset: int, limit: int,
+                archived: bool | None = False) -> tuple[list[int], int]:
     """Experiment ids of one page, most recently active first, and how many match.
 
     Activity order without aggregating every job: experiments with a running job first (the
     status index), then by their newest job (walking job ids downwards until the page is full, a
     few thousand index entries at most), then those without jobs. With a filter, the matching
-    experiments are ordered by their newest job through the experiment_id index.
+    experiments are ordered by their newest job through the experiment_id index. `archived`: False
+    leaves archived experiments out (skipped in the walk), True keeps only them, None keeps all.
     """
     from sqlalchemy import or_
 
     running = list(dict.fromkeys(session.execute(
         select(Job.experiment_id).where(Job.status == "running").order_by(Job.id.desc())).scalars()))
-    if not text and not statuses:
-        total = int(session.execute(select(func.count()).select_from(Experiment)).scalar_one())
-        order = list(running)
-        seen = set(order)
+    hidden: set[int] = set()
+    if archived is False:
+        hidden = set(session.execute(select(Experiment.id).where(Experiment.archived_at.is_not(None))).scalars())
+    if not text and not statuses and archived is not True:
+        total = int(session.execute(select(func.count()).select_from(Experiment)).scalar_one()) - len(hidden)
+        order = [e for e in running if e not in hidden]
+        seen = set(order) | hidden
         want = offset + limit
         if len(order) < want:
             for (eid,) in session.execute(select(Job.experiment_id).order_by(Job.id.desc())).yield_per(2000):
@@ -173,6 +179,8 @@ def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], o
                       if e not in seen][: want - len(order)]
         return order[offset:want], total
     cands = select(Experiment.id)
+    if archived is not None:
+        cands = cands.where(Experiment.archived_at.is_not(None) if archived else Experiment.archived_at.is_(None))
     if text:
         like = f"%{text}%"
         cands = cands.where(or_(Experiment.name.like(like), Experiment.description.like(like)))
@@ -189,23 +197,25 @@ def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], o
 
 def experiment_rows(
     session: Session, *, text: str | None = None, statuses: tuple[str, ...] = (),
-    offset: int = 0, limit: int = 100,
+    offset: int = 0, limit: int = 100, archived: bool | None = False,
 ) -> tuple[list[ExperimentRow], int]:
     """A page of experiments (most recently active first, see `_page_order`) with their jobs
     aggregated in SQL for that page only, and how many match. `text` matches name or description;
-    `statuses` keeps experiments having a job in one of them (`status:failed`: the ones to look at)."""
-    page, total = _page_order(session, text, statuses, offset, limit)
+    `statuses` keeps experiments having a job in one of them (`status:failed`: the ones to look at).
+    `archived` as in `_page_order`: archived experiments are hidden by default."""
+    page, total = _page_order(session, text, statuses, offset, limit, archived)
     if not page:
         return [], total
     q = (select(*_summary_columns()).select_from(Experiment)
          .join(Job, Job.experiment_id == Experiment.id, isouter=True)
          .where(Experiment.id.in_(page)).group_by(Experiment.id))
     found = {}
-    for r in session.execute(q.add_columns(Experiment.id)).all():
+    for r in session.execute(q.add_columns(Experiment.id, Experiment.archived_at)).all():
         name, desc, created, n = r[0], r[1], r[2], int(r[3])
         counts = {s: int(c) for s, c in zip(STATUS_ORDER, r[4:4 + len(STATUS_ORDER)], strict=True) if c}
-        done, gpus, last, eid = r[4 + len(STATUS_ORDER):]
-        found[eid] = ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0), last)
+        done, gpus, last, eid, archived_at = r[4 + len(STATUS_ORDER):]
+        found[eid] = ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0), last,
+                                   archived_at)
     return [found[e] for e in page if e in found], total
 
 

@@ -172,6 +172,13 @@ STEPS: list[list[str]] = [
         "ALTER TABLE job ADD COLUMN slurm_state VARCHAR NOT NULL DEFAULT ''",
         "ALTER TABLE job ADD COLUMN slurm_reason VARCHAR NOT NULL DEFAULT ''",
     ],
+    # 4 -> 5: an experiment can be archived (hidden from the experiments list, `labdeck ls` and the
+    # jobs screen, its rows and run folders kept) and restored: when, or NULL. The partial index
+    # answers "is anything archived?" without a scan, so lists pay nothing while nothing is.
+    [
+        "ALTER TABLE experiment ADD COLUMN archived_at FLOAT",
+        "CREATE INDEX ix_experiment_archived ON experiment (archived_at) WHERE archived_at IS NOT NULL",
+    ],
 ]
 
 SCHEMA_VERSION = len(STEPS)

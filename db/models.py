@@ -27,6 +27,7 @@ class Experiment(SQLModel, table=True):
     name: str = Field(index=True, unique=True)
     description: str = ""
     created_at: float
+    archived_at: float | None = None  # set by `labdeck archive`: hidden from lists, kept on disk
 
 
 class Job(SQLModel, table=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from db.reads import (  # noqa: F401 - the public read API
     GROUP_PARAM,
     JOB_SORTS,
+    any_archived,
     count_jobs,
     experiment_metric,
     experiment_metric_names,

@@ -88,9 +88,16 @@ class JobDraft:
     depends_on_ids: tuple[int, ...] = ()
 
 
+def bring_back(session: Session, experiment_id: int) -> None:
+    """New work in an archived experiment restores it: a job queued or retried there must not be hidden."""
+    session.execute(update(Experiment).where(Experiment.id == experiment_id, Experiment.archived_at.is_not(None))
+                    .values(archived_at=None))
+
+
 def _experiment_id(session: Session, name: str, now: float) -> int:
     found = session.execute(select(Experiment.id).where(Experiment.name == name)).first()
     if found is not None:
+        bring_back(session, int(found[0]))
         return int(found[0])
     exp = Experiment(name=name, created_at=now)
     session.add(exp)
@@ -251,6 +258,7 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
         )
     }
     new = Job(**fields, attempt=job.attempt + 1, parent_id=job.id, queued_at=time.time())
+    bring_back(session, job.experiment_id)
     session.add(new)
     session.flush()
     assert new.id is not None

@@ -29,10 +29,12 @@ from db.home import DB_NAME
 from db.redact import redact
 from db.rows import ArtifactRow, GpuInfo, JobDetail, JobRow, ResultRow, WorkerState, parse_gpu_snapshot
 from db.schema import (
+    ANY_ARCHIVED,
     GPU_SNAPSHOT_KEY,
     JOB_DETAIL_COLUMNS,
     JOB_ROW_COLUMNS,
     JOB_ROW_FROM,
+    NOT_ARCHIVED_JOB,
     QUEUE_STATE_KEY,
     SLURM_PARTITIONS_KEY,
     UnknownJob,
@@ -112,13 +114,22 @@ _ORDER = {
 }
 
 
+def any_archived(c: Any) -> bool:
+    """Whether any experiment is archived (an index probe)."""
+    return as_connection(c).execute(ANY_ARCHIVED).fetchone() is not None
+
+
 def _filters(experiment: str | None, statuses: Sequence[str], kinds: Sequence[str],
-             text: str | None) -> tuple[list[str], list[Any]]:
+             text: str | None, hide_archived: bool = False) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and their arguments; `hide_archived` (already checked with `any_archived`)
+    leaves out archived experiments' jobs unless the experiment is named."""
     where: list[str] = []
     args: list[Any] = []
     if experiment:
         where.append("experiment.name = ?")
         args.append(experiment)
+    elif hide_archived:
+        where.append(NOT_ARCHIVED_JOB)
     if statuses:
         where.append(f"job.status IN ({_marks(statuses)})")
         args += list(statuses)
@@ -137,9 +148,10 @@ def _where(clauses: list[str]) -> str:
 
 def list_jobs(c: Any, *, experiment: str | None = None, statuses: Sequence[str] = (), kinds: Sequence[str] = (),
               text: str | None = None, limit: int | None = None, before_id: int | None = None,
-              newest_first: bool = True) -> list[JobRow]:
-    """Jobs matching the filters. Keyset pagination: pass the last id seen as `before_id`."""
-    where, args = _filters(experiment, statuses, kinds, text)
+              newest_first: bool = True, hide_archived: bool = False) -> list[JobRow]:
+    """Jobs matching the filters. Keyset pagination: pass the last id seen as `before_id`.
+    `hide_archived`: leave out archived experiments' jobs (what a person's list shows by default)."""
+    where, args = _filters(experiment, statuses, kinds, text, hide_archived and any_archived(c))
     if before_id is not None:
         where.append("job.id < ?" if newest_first else "job.id > ?")
         args.append(before_id)
@@ -151,7 +163,8 @@ def list_jobs(c: Any, *, experiment: str | None = None, statuses: Sequence[str] 
 
 
 def page_jobs(c: Any, *, experiment: str | None = None, statuses: Sequence[str] = (), kinds: Sequence[str] = (),
-              text: str | None = None, sort: str = "newest", offset: int = 0, limit: int = 100) -> tuple[list[JobRow], int]:
+              text: str | None = None, sort: str = "newest", offset: int = 0, limit: int = 100,
+              hide_archived: bool = False) -> tuple[list[JobRow], int]:
     """One page of the jobs matching the filters, in `sort` order, and how many match in all.
 
     Offset paging rather than keyset: any sort order works, page numbers are exact, and a deep
@@ -160,7 +173,7 @@ def page_jobs(c: Any, *, experiment: str | None = None, statuses: Sequence[str] 
     if sort not in _ORDER:
         raise ValueError(f"sort: {sort!r} is not one of {', '.join(JOB_SORTS)}")
     con = as_connection(c)
-    where, args = _filters(experiment, statuses, kinds, text)
+    where, args = _filters(experiment, statuses, kinds, text, hide_archived and any_archived(con))
     rows = [_row(r) for r in con.execute(
         f"SELECT {JOB_ROW_COLUMNS} FROM {JOB_ROW_FROM}{_where(where)} ORDER BY {_ORDER[sort]} LIMIT ? OFFSET ?",
         [*args, limit, max(0, offset)])]
@@ -170,10 +183,11 @@ def page_jobs(c: Any, *, experiment: str | None = None, statuses: Sequence[str] 
     return rows, int(total)
 
 
-def offset_of(c: Any, job_id: int, sort: str, limit: int) -> int:
+def offset_of(c: Any, job_id: int, sort: str, limit: int, hide_archived: bool = False) -> int:
     """The offset of the page where `job_id` shows in an unfiltered newest- or oldest-first list."""
     cmp = ">" if sort == "newest" else "<"
-    before = as_connection(c).execute(f"SELECT count(*) FROM job WHERE id {cmp} ?", (job_id,)).fetchone()[0]
+    hidden = f" AND {NOT_ARCHIVED_JOB}" if hide_archived and any_archived(c) else ""
+    before = as_connection(c).execute(f"SELECT count(*) FROM job WHERE id {cmp} ?{hidden}", (job_id,)).fetchone()[0]
     return int(before) // limit * limit
 
 

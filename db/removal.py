@@ -1,4 +1,4 @@
-"""Delete finished jobs together with their run folders (`labdeck rm`, the app's delete key).
+"""Delete finished jobs, or a whole experiment, together with their run folders (`labdeck rm`, the app's delete keys).
 
 The rows go in one transaction (`db.queue.delete_jobs`); each run folder is renamed aside (`runs/.deleted-<id>-<random>`) inside that transaction and renamed back
 if it fails, so a refused or failed delete leaves rows and folders exactly as they were. The slow
@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from db.home import run_dir
-from db.queue import delete_jobs
+from sqlalchemy import delete
+
+from db.home import run_dir, runs_root
+from db.housekeeping import deletion_plan, job_folders
+from db.models import Experiment
+from db.queue import IllegalTransition, delete_jobs
 from db.session import Store
 
 
@@ -28,7 +33,7 @@ def folder_bytes(folders: Sequence[Path]) -> int:
     return sum(f.stat().st_size for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rmtree that also clears folders a job made read-only (a plain rmtree would leave them behind)."""
     def fix(func, p, _exc) -> None:  # noqa: ANN001 - shutil's onerror signature
         try:
@@ -43,31 +48,61 @@ def _remove_tree(path: Path) -> None:
 
 
 def sweep_deleted(home: Path) -> int:
-    """Remove run folders an interrupted `rm` left renamed aside (`runs/.deleted-*`); returns how many."""
+    """Remove run folders an interrupted `rm` left renamed aside (`.deleted-*` in the home's runs
+    folder and its runs_dir); returns how many."""
     n = 0
-    for aside in (home / "runs").glob(".deleted-*"):
-        if aside.is_dir() and not aside.is_symlink():
-            _remove_tree(aside)
-            n += not aside.exists()
+    for root in dict.fromkeys((home / "runs", runs_root(home))):
+        for aside in root.glob(".deleted-*"):
+            if aside.is_dir() and not aside.is_symlink():
+                remove_tree(aside)
+                n += not aside.exists()
     return n
+
+
+def move_aside(folder: Path, moved: list[tuple[Path, Path]], root: Path | None = None, tag: str = "") -> None:
+    """Rename `folder` to `.deleted-<tag>-<random>` in `root` (default: beside it; a runs folder, where
+    `sweep_deleted` finishes an interrupted removal), recording the move in `moved` so the caller can
+    put it back. A file moves too (a model saved as one file); a link is left alone."""
+    if (folder.is_dir() or folder.is_file()) and not folder.is_symlink():
+        aside = (root or folder.parent) / f".deleted-{tag or folder.name}-{secrets.token_hex(4)}"
+        folder.rename(aside)
+        moved.append((folder, aside))
+
+
+def _delete(store: Store, pick: Callable[[Any], list[int]]) -> list[int]:
+    """Rows in one transaction, folders renamed aside inside it (renamed back if it fails), removed after."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        with store.write() as s:
+            ids = pick(s)
+            for folders in job_folders(s, store.home, ids).values():
+                for d in folders:
+                    move_aside(d, moved)
+    except BaseException:
+        for d, aside in reversed(moved):
+            aside.rename(d)
+        raise
+    for _, aside in moved:
+        remove_tree(aside)
+    sweep_deleted(store.home)  # and what an earlier, interrupted rm left
+    return ids
 
 
 def delete_runs(store: Store, job_ids: Sequence[int]) -> list[int]:
     """Delete the jobs' rows and folders, or nothing (`IllegalTransition` / `UnknownJob` say why)."""
-    moved: list[tuple[Path, Path]] = []
-    try:
-        with store.write() as s:
-            ids = delete_jobs(s, job_ids)
-            for d in run_folders(store, ids):
-                if d.is_dir() and not d.is_symlink():
-                    aside = d.with_name(f".deleted-{d.name}-{secrets.token_hex(4)}")
-                    d.rename(aside)
-                    moved.append((d, aside))
-    except BaseException:
-        for d, aside in moved:
-            aside.rename(d)
-        raise
-    for _, aside in moved:
-        _remove_tree(aside)
-    sweep_deleted(store.home)  # and what an earlier, interrupted rm left
-    return ids
+    return _delete(store, lambda s: delete_jobs(s, job_ids))
+
+
+def delete_experiment(store: Store, name: str) -> list[int]:
+    """Delete an experiment with every job of it, their rows and run folders, or nothing: refused
+    (`IllegalTransition`, naming the jobs) while one is queued or running; `UnknownExperiment`."""
+    def pick(s: Any) -> list[int]:
+        plan = deletion_plan(s, store.home, name)
+        if plan.refusal:
+            raise IllegalTransition(plan.refusal)
+        if not plan.job_ids:
+            s.execute(delete(Experiment).where(Experiment.name == name))
+            return []
+        return delete_jobs(s, plan.job_ids)
+
+    return _delete(store, pick)

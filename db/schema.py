@@ -76,6 +76,11 @@ JOB_ROW_COLUMNS = (
 )
 JOB_ROW_FROM = "job JOIN experiment ON experiment.id = job.experiment_id"
 
+# Jobs of archived experiments are left out of the default job lists (`labdeck ls`, the jobs screen);
+# asked only when one is archived (ANY_ARCHIVED, a partial index), so lists pay nothing otherwise.
+ANY_ARCHIVED = "SELECT 1 FROM experiment WHERE archived_at IS NOT NULL LIMIT 1"
+NOT_ARCHIVED_JOB = "job.experiment_id NOT IN (SELECT id FROM experiment WHERE archived_at IS NOT NULL)"
+
 # The columns of a job's detail beyond its row (`db.rows.JobDetail`).
 JOB_DETAIL_COLUMNS = (
     "job.spec, job.run_dir, job.pid, job.host, job.exit_code, job.exit_signal, job.failure_detail, "

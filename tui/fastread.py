@@ -35,7 +35,7 @@ def first_page(path: Path, limit: int) -> tuple[list[JobRow], int, dict[int, dic
     if con is None:
         return None
     try:
-        rows, total = reads.page_jobs(con, limit=limit)
+        rows, total = reads.page_jobs(con, limit=limit, hide_archived=True)
         return rows, total, reads.latest_metrics(con, [r.id for r in rows])
     finally:
         con.close()

@@ -98,3 +98,10 @@ class DiskLoaded(_Latest):
 @dataclass
 class PipelineLoaded(_Latest):
     pipeline: Any  # db.experiments.Pipeline
+
+
+@dataclass
+class RunDiskLoaded(_Latest):
+    """A job's run folder measured: {"total", "checkpoints", "outputs"} bytes (the detail's Artifacts tab)."""
+
+    sizes: dict[str, int]

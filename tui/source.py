@@ -107,6 +107,7 @@ class JobsPage:
     total: int
     metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)  # queued job id -> why it waits (tui.waiting)
+    archived_hidden: bool = False  # jobs of archived experiments are left out of this page
 
 
 @dataclass(frozen=True)
@@ -242,17 +243,18 @@ class Source(ExperimentSource, ResultsSource):
         with self.store.read() as s:
             rows, total = Q.page_jobs(
                 s, experiment=query.experiment, statuses=query.statuses, kinds=query.kinds,
-                text=query.text or None, sort=query.sort, offset=offset, limit=limit,
+                text=query.text or None, sort=query.sort, offset=offset, limit=limit, hide_archived=True,
             )
             if not rows and offset > 0 and total > 0:  # the page emptied (jobs filtered away): show the last one
                 offset = max(0, (total - 1) // limit * limit)
                 rows, total = Q.page_jobs(
                     s, experiment=query.experiment, statuses=query.statuses, kinds=query.kinds,
-                    text=query.text or None, sort=query.sort, offset=offset, limit=limit,
+                    text=query.text or None, sort=query.sort, offset=offset, limit=limit, hide_archived=True,
                 )
             metrics = Q.latest_metrics(s, [r.id for r in rows])
             reasons = self.waiting_reasons(s, [r.id for r in rows if r.status == "queued"])
-        return JobsPage(query, offset, tuple(rows), total, metrics, reasons)
+            hidden = not query.experiment and Q.any_archived(s)
+        return JobsPage(query, offset, tuple(rows), total, metrics, reasons, hidden)
 
     def offset_of(self, query: JobQuery, job_id: int, limit: int = PAGE_SIZE) -> int | None:
         """The page offset where `job_id` shows under `query` (newest first), or None if it does not."""
@@ -261,7 +263,7 @@ class Source(ExperimentSource, ResultsSource):
         if query.sort not in ("newest", "oldest") or query.filtered:
             return None
         with self.store.read() as s:
-            return Q.offset_of(s, job_id, query.sort, limit)
+            return Q.offset_of(s, job_id, query.sort, limit, hide_archived=True)
 
     def detail(self, job_id: int) -> DetailData:
         from db import queries as Q

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from db.experiments import ExperimentRow, Pipeline
+    from db.housekeeping import ExperimentDeletion
+    from db.prune import PrunePlan
 
 EXPERIMENTS_PAGE = 100
 LIVE = ("queued", "running")
@@ -42,12 +44,46 @@ class ExperimentSource:
         return reasons(queue_view(session, self.clock()), job_ids)  # type: ignore[attr-defined]
 
     def experiments(self, text: str = "", statuses: Sequence[str] = (), offset: int = 0,
-                    limit: int = EXPERIMENTS_PAGE) -> ExperimentsPage:
+                    limit: int = EXPERIMENTS_PAGE, archived: bool | None = False) -> ExperimentsPage:
+        """A page of experiments; `archived` None shows the archived ones too (False hides them)."""
         from db.experiments import experiment_rows
 
         with self.store.read() as s:
-            rows, total = experiment_rows(s, text=text or None, statuses=tuple(statuses), offset=offset, limit=limit)
+            rows, total = experiment_rows(s, text=text or None, statuses=tuple(statuses), offset=offset, limit=limit,
+                                          archived=archived)
         return ExperimentsPage(text, tuple(statuses), offset, tuple(rows), total)
+
+    def archive(self, experiment: str, restore: bool = False) -> bool:
+        """Archive or restore one experiment (the client layer refuses one with live jobs); whether it changed."""
+        return self.client.archive([experiment], restore)[0][1]  # type: ignore[attr-defined]
+
+    def deletion_plan(self, experiment: str) -> tuple[ExperimentDeletion, int]:
+        """What deleting the experiment removes and the bytes it frees (walks its run folders)."""
+        return self.client.deletion_plan(experiment)  # type: ignore[attr-defined]
+
+    def metric_names_of(self, experiment: str) -> list[str]:
+        """Every metric name the experiment's jobs reported (what the prune dialog completes from)."""
+        from db.queries import experiment_metric_names
+
+        with self.store.read() as s:
+            return experiment_metric_names(s, experiment)
+
+    def prune(self, experiment: str, keep_best: int, metric: str, mode: str | None = None,
+              dry_run: bool = False) -> PrunePlan:
+        """Keep the best fine-tunes' weights, delete the others' (`labdeck prune`); the plan, applied unless dry_run."""
+        return self.client.prune(experiment, keep_best, metric, mode, dry_run=dry_run)  # type: ignore[attr-defined]
+
+    def run_disk(self, run_dir: str) -> dict[str, int]:
+        """Bytes a run folder takes, and its checkpoints and outputs (walks it, links not followed)."""
+        from db.experiments import folder_bytes
+
+        if not run_dir:
+            return {"total": 0, "checkpoints": 0, "outputs": 0}
+        return {"total": folder_bytes(run_dir), "checkpoints": folder_bytes(f"{run_dir}/checkpoints"),
+                "outputs": folder_bytes(f"{run_dir}/outputs")}
+
+    def delete_experiment(self, experiment: str) -> list[int]:
+        return self.client.delete_experiment(experiment)  # type: ignore[attr-defined]
 
     def disk_usage(self, experiments: Sequence[str]) -> dict[str, int]:
         """Bytes the run folders of each experiment take (walks the files: call after the first paint)."""

@@ -10,6 +10,8 @@ asks with a pinned revision) is `_loading`'s, shared with every other job. Here:
 - Attention: flash_attention_2 on a GPU when flash-attn is installed, SDPA otherwise.
 - `response_logits` runs the model's own forward (so logit soft-capping and scaling stay
   right) with a boolean `logits_to_keep`, so the lm_head runs only where a trained label follows.
+  transformers before `slice_logits_to_keep` (the newest on Python 3.10) reads a 2-D mask as
+  positions and fails; there the forward keeps every position and the mask selects after it.
 - `add_delimiter_tokens`: the StruQ special tokens and their embedding initialisation (§9.1).
 """
 
@@ -142,6 +144,14 @@ def init_new_embeddings(model: Any, tokenizer: Any, new: NewTokens) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def logits_to_keep(mask: Any) -> Any:
+    """`mask` as the forward's `logits_to_keep` when this transformers takes a boolean mask, else 0
+    (every position: the caller selects `logits[mask]` itself, same numbers, more lm_head work)."""
+    from transformers import modeling_utils
+
+    return mask if hasattr(modeling_utils, "slice_logits_to_keep") else 0
+
+
 def keep_mask(labels: Any) -> Any:
     """Positions t whose next token (t+1) is trained: where the lm_head must run."""
     import torch
@@ -154,9 +164,9 @@ def keep_mask(labels: Any) -> Any:
 def response_logits(model: Any, input_ids: Any, labels: Any, **inputs: Any) -> tuple[Any, Any, Any]:
     """(logits, targets, row) for every trained token: logits [n, V] in fp32, targets [n], row [n]."""
     keep = keep_mask(labels)
-    out = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep, **inputs)
+    out = model(input_ids=input_ids, use_cache=False, logits_to_keep=logits_to_keep(keep), **inputs)
     logits = out.logits
-    if logits.dim() == 3:  # a model that ignores a boolean logits_to_keep returns every position
+    if logits.dim() == 3:  # every position came back (an older transformers, or a model without the mask)
         logits = logits[keep]
     targets = labels[:, 1:][labels[:, 1:] != IGNORE]
     rows = keep.nonzero()[:, 0]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs._common import JobInputError
+from engine.jobs._train_model import logits_to_keep
 
 QUERY_SUFFIX = "\n\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
 HEAD_TEXT = "Linear(d,256)-ReLU-Linear(256,128)-ReLU-Linear(128,64)-ReLU-Linear(64,2)"
@@ -126,14 +127,14 @@ def last_hidden(model: Any, input_ids: Any, attention_mask: Any, last: Any) -> A
     import torch
 
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
-                logits_to_keep=_keep(input_ids, last))
+                logits_to_keep=logits_to_keep(_keep(input_ids, last)))
     return out.hidden_states[-1][torch.arange(input_ids.shape[0]), last]
 
 
 def choice_logits(model: Any, input_ids: Any, attention_mask: Any, last: Any, ids: Sequence[int]) -> Any:
     """The next-token logits of ('i', 'ii') after each row's last real token (the query's answer, §10.2)."""
     keep = _keep(input_ids, last)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=logits_to_keep(keep))
     logits = out.logits if out.logits.dim() == 2 else out.logits[keep]
     return logits[:, list(ids)].float()
 

@@ -40,11 +40,12 @@ def _pyproject() -> dict:
 
 def test_constraints_pin_every_dependency_within_its_bounds() -> None:
     project = _pyproject()
-    pins = {}
+    pins: dict[str, list[str]] = {}  # a package may have two pins: one per Python range (a marker)
     for line in (REPO / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[name.lower().replace("_", "-")] = version
+            pin = Requirement(line)
+            (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+            pins.setdefault(pin.name.lower().replace("_", "-"), []).append(version)
     reqs = [Requirement(r) for r in project["dependencies"]]
     reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
     for req in reqs:
@@ -52,7 +53,8 @@ def test_constraints_pin_every_dependency_within_its_bounds() -> None:
         if name == "torch":  # the Makefile's TORCH picks the build (CPU or CUDA), not the constraints
             continue
         assert name in pins, f"{req.name} is not pinned in constraints.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} violates {req}"
+        for version in pins[name]:
+            assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} violates {req}"
     base = {Requirement(r).name.lower() for r in project["dependencies"]}
     assert not base & {"numpy", "scipy", "scikit-learn", "pyarrow", "torch", "transformers"}
 

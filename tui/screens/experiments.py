@@ -21,6 +21,8 @@ from textual.worker import get_current_worker
 from tui.messages import DiskLoaded, ExperimentsLoaded, PipelineLoaded
 from tui.render import ago, size_text, state_bar, state_counts
 from tui.screens.common import DataScreen
+from tui.screens.experiment_actions import ExperimentActions
+from tui.screens.prune_dialog import PruneActions
 from tui.source import JobQuery
 from tui.source_experiments import EXPERIMENTS_PAGE
 from tui.widgets.filter_line import FilterLine
@@ -28,13 +30,14 @@ from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
 
 BAR = 10
+ARCHIVED = " (archived)"
 
 
 def column_widths(page, width: int, now: float) -> list[tuple[str, str, int]]:  # noqa: ANN001 - ExperimentsPage
     """(key, label, width) per column: content-sized; the description gets what is left, or goes."""
     rows = page.rows if page is not None else ()
     cols = [
-        ("name", "experiment", min(32, max([10, *(len(r.name) for r in rows)]))),
+        ("name", "experiment", min(32, max([10, *(len(r.name) + (len(ARCHIVED) if r.archived_at else 0) for r in rows)]))),
         ("jobs", "jobs", max([4, *(state_counts(r.counts).cell_len for r in rows)])),
         ("bar", "states", BAR),
         ("progress", "done", 4),
@@ -49,7 +52,7 @@ def column_widths(page, width: int, now: float) -> list[tuple[str, str, int]]:  
     return cols
 
 
-class ExperimentsScreen(DataScreen):
+class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
     DEFAULT_CSS = """
     #experiments-table { height: auto; max-height: 50%; scrollbar-size-vertical: 1; }
     #experiments-preview { height: 1fr; padding: 0 1; border-top: solid $panel; }
@@ -59,6 +62,11 @@ class ExperimentsScreen(DataScreen):
     BINDINGS = [
         Binding("enter", "open", "Pipeline", id="experiments.open"),
         Binding("slash", "filter", "Filter", id="experiments.filter"),
+        Binding("a", "archive", "Archive/restore", show=False, id="experiments.archive", tooltip="hide from the lists, keep on disk"),
+        Binding("A", "toggle_archived", "Show archived", show=False, id="experiments.show_archived"),
+        Binding("ctrl+d", "delete_experiment", "Delete", show=False, id="experiments.delete", tooltip="asks first"),
+        Binding("K", "prune", "Keep best N", show=False, id="experiments.prune",
+                tooltip="delete the weights of all but the best fine-tunes by a metric (asks first)"),
         Binding("escape", "clear_filter", "Clear filter / jobs", show=False, id="experiments.clear_filter"),
         Binding("j", "cursor('down')", "Down", show=False, id="experiments.down"),
         Binding("k", "cursor('up')", "Up", show=False, id="experiments.up"),
@@ -75,12 +83,14 @@ class ExperimentsScreen(DataScreen):
         self._layout: list[tuple[str, str, int]] = []
         self._preview_timer = None
         self.preview = None  # db.experiments.Pipeline of the highlighted experiment
+        self.show_archived = False  # `A`: archived experiments listed too
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
         yield Static("experiments …", id="experiments-info", classes="info-line")
         yield DataTable(id="experiments-table", cursor_type="row")
-        yield Static("No experiments yet. Press [b]n[/b] to queue a job or a recipe.", id="experiments-empty")
+        yield Static("No experiments yet (archived ones show with [b]A[/b]). Press [b]n[/b] to queue a job or a recipe.",
+                     id="experiments-empty")
         with VerticalScroll(id="experiments-preview"):
             yield Static("", id="experiments-pipeline")
         yield FilterLine("filter: text  status:failed   (enter keeps, escape clears)",
@@ -97,11 +107,11 @@ class ExperimentsScreen(DataScreen):
     def load(self) -> None:
         q = self.query_spec
         text = " ".join(w for w in (q.experiment, q.text) if w)
-        self._load(text, q.statuses, self.page_offset)
+        self._load(text, q.statuses, self.page_offset, None if self.show_archived else False)
 
     @work(thread=True, exclusive=True, group="experiments", exit_on_error=False)
-    def _load(self, text: str, statuses: tuple[str, ...], offset: int) -> None:
-        page = self.app.source.experiments(text, statuses, offset)
+    def _load(self, text: str, statuses: tuple[str, ...], offset: int, archived: bool | None = False) -> None:
+        page = self.app.source.experiments(text, statuses, offset, archived=archived)
         if not get_current_worker().is_cancelled:
             self.post_message(ExperimentsLoaded(page))
 
@@ -181,7 +191,7 @@ class ExperimentsScreen(DataScreen):
         out = []
         for key, _label, width in layout:
             if key == "name":
-                out.append(Text(r.name, style="bold"))
+                out.append(Text.assemble((r.name, "bold"), (ARCHIVED, "dim")) if r.archived_at else Text(r.name, style="bold"))
             elif key == "description":
                 out.append(Text(r.description, style="dim", overflow="ellipsis", no_wrap=True))
             elif key == "jobs":
@@ -218,10 +228,12 @@ class ExperimentsScreen(DataScreen):
         n = len(page.rows)
         span = f"{page.offset + 1:,}–{page.offset + n:,} of {page.total:,}" if n else f"0 of {page.total:,}"
         parts = [f"experiments {span}", "most recently active first"]
+        if self.show_archived:
+            parts.append("archived shown")
         if self.query_spec.filtered:
             parts.append(f"filter {self.query_spec.describe()}")
         self.query_one("#experiments-info", Static).update(" · ".join(parts))
-        self.query_one("#experiments-empty").display = page.total == 0 and not self.query_spec.filtered
+        self.query_one("#experiments-empty").display = page.total == 0 and not self.query_spec.filtered and not self.show_archived
 
     # ------------------------------------------------------------------ actions
 

@@ -20,7 +20,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, SelectionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from tui.messages import ActionDone, DetailLoaded, LogLoaded, SeriesLoaded
+from tui.messages import ActionDone, DetailLoaded, LogLoaded, RunDiskLoaded, SeriesLoaded
 from tui.render import (
     STATUS_ICON,
     STATUS_STYLE,
@@ -198,6 +198,7 @@ class JobDetailScreen(JobActions, DataScreen):
         self._series_version = -1
         self.smoothing = 0.0
         self._log_busy = False
+        self._disk_key: tuple | None = None  # what the run folder was last measured at (_disk_state)
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -218,6 +219,7 @@ class JobDetailScreen(JobActions, DataScreen):
                 with VerticalScroll():
                     yield Static(id="detail-spec")
             with TabPane("Artifacts", id="artifacts"):
+                yield Static("run folder …", id="detail-disk")
                 yield DataTable(id="detail-artifacts", cursor_type="row")
         yield KeyBar()
 
@@ -268,6 +270,36 @@ class JobDetailScreen(JobActions, DataScreen):
             self._poll_log(force=True)
         if self._active_tab() == "metrics":
             self._load_series()
+        elif self._active_tab() == "artifacts" and self._disk_key != self._disk_state():
+            self._measure_disk()
+
+    def _disk_state(self) -> tuple:
+        """What the run folder's size follows: the status and the artifacts (a prune changes them)."""
+        d = self.data.detail if self.data is not None else None
+        return () if d is None else (plain_status(d.row.status), tuple((a.path, "pruned_at" in a.meta) for a in d.artifacts))
+
+    def _measure_disk(self) -> None:
+        if self.data is not None:
+            self._disk_key = self._disk_state()
+            self._read_disk(self.data.detail.run_dir)
+
+    @work(thread=True, exclusive=True, group="detail-disk", exit_on_error=False)
+    def _read_disk(self, run_dir: str) -> None:
+        sizes = self.app.source.run_disk(run_dir)
+        if not get_current_worker().is_cancelled:
+            self.post_message(RunDiskLoaded(sizes))
+
+    def on_run_disk_loaded(self, message: RunDiskLoaded) -> None:
+        from tui.render import size_text
+
+        d = self.data.detail if self.data is not None else None
+        where = _rel(d.run_dir, self.app.source.open_home) if d is not None and d.run_dir else "no run folder yet"
+        z = message.sizes
+        line = Text.assemble(("run folder ", "dim"), where, "  ", (size_text(z["total"]), "bold"), " on disk")
+        if z["total"]:
+            line.append(f"  (checkpoints {size_text(z['checkpoints'])}, outputs {size_text(z['outputs'])})",
+                        style="dim")
+        self.query_one("#detail-disk", Static).update(line)
 
     def _render_overview(self) -> None:
         if self.data is None:
@@ -280,7 +312,9 @@ class JobDetailScreen(JobActions, DataScreen):
         table = self.query_one("#detail-artifacts", DataTable)
         table.clear()
         for i, a in enumerate(self.data.detail.artifacts):
-            table.add_row(Text(a.kind), Text(a.path), Text(timestamp(a.created_at)), key=str(i))
+            shown = _rel(a.path, self.app.source.open_home)
+            path = Text.assemble(("pruned (weights deleted)  ", "bold"), shown) if "pruned_at" in a.meta else Text(shown)
+            table.add_row(Text(a.kind), path, Text(timestamp(a.created_at)), key=str(i))
 
     def _fill_metric_list(self, first: bool) -> None:
         sl = self.query_one("#metric-list", SelectionList)
@@ -303,6 +337,8 @@ class JobDetailScreen(JobActions, DataScreen):
             self._load_series()
         elif self._active_tab() == "log":
             self._poll_log(force=True)
+        elif self._active_tab() == "artifacts":
+            self._measure_disk()
 
     @on(SelectionList.SelectedChanged, "#metric-list")
     def _metrics_chosen(self) -> None:
@@ -351,6 +387,9 @@ class JobDetailScreen(JobActions, DataScreen):
         d = data.detail
         if d.row.kind not in ("finetune", "merge") or plain_status(d.row.status) != "succeeded":
             self.notify("Only a finished fine-tune or merge has a checkpoint to evaluate", severity="warning")
+            return
+        if any(a.kind == "model" and "pruned_at" in a.meta for a in d.artifacts):
+            self.notify("This job's model was pruned (labdeck prune deleted its weights)", severity="warning")
             return
         model = next((a.path for a in d.artifacts if a.kind == "model"), "outputs/model")
         if d.run_dir and not model.startswith("/"):

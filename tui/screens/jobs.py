@@ -126,6 +126,8 @@ class JobsScreen(JobActions, DataScreen):
             parts.append(f"filter {self.query_spec.describe()}")
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
+        if getattr(page, "archived_hidden", False):
+            parts.append("archived experiments hidden (e, A)")
         self.query_one("#jobs-info", Static).update(" · ".join(parts))
 
     @on(JobsTable.PageRequest)
