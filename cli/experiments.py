@@ -1,6 +1,6 @@
 """`labdeck experiments`, `du` and `archive`: the experiments screen, its disk column and its archive key, for scripts.
 
-The same reads as the app (`db.experiments`): jobs by state aggregated in SQL, most recently
+The same reads as the app (`db.experiment_reads`, plain sqlite3): jobs by state aggregated in SQL, most recently
 active first, and the bytes each experiment's (and each job's) run folders take. Archiving goes
 through the client layer, as the app's key does.
 """
@@ -10,21 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.common import STATUSES, AddCommand, UserError
+from cli.common import STATUSES, AddCommand, UserError, reader
 from cli.common import open_home_store as _store
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from db.experiments import experiment_rows
+    from db.experiment_reads import experiment_rows
 
     archived = None if args.all else (True if args.archived else False)
-    store = _store(args)
-    try:
-        with store.read() as s:
-            rows, total = experiment_rows(s, text=args.filter, statuses=tuple(args.status or ()), limit=args.limit,
-                                          archived=archived)
-    finally:
-        store.dispose()
+    with reader(args) as con:  # plain sqlite3: an inspection command answers without importing the store
+        rows, total = experiment_rows(con, text=args.filter, statuses=tuple(args.status or ()), limit=args.limit,
+                                      archived=archived)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0

@@ -293,16 +293,24 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with _refusals():
         folders = run_folders(client.existing_store(), ids)
     what = f"{len(folders)} job(s) and their run folders ({folder_bytes(folders) / 1e6:.1f} MB)"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
-        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    if not _confirm_delete(args, what):
+        return 1
     with _refusals():
         deleted = client.rm(ids)
     _emit(args, {"deleted": deleted}, [f"deleted {what}"])
     return 0
+
+
+def _confirm_delete(args: argparse.Namespace, what: str) -> bool:
+    """`--yes`, or a person at a terminal who answers y; without a terminal, a one-line refusal."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
+    if input(f"Delete {what}? [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print("nothing deleted")
+    return False
 
 
 def _rm_experiment(args: argparse.Namespace, name: str) -> int:
@@ -313,12 +321,8 @@ def _rm_experiment(args: argparse.Namespace, name: str) -> int:
     if plan.refusal:
         raise UserError(plan.refusal)
     what = f"experiment {name} with {len(plan.job_ids)} job(s) and their run folders ({size / 1e6:.1f} MB)"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UserError(f"rm: would delete {what}; add --yes to do it without a prompt")
-        if input(f"Delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    if not _confirm_delete(args, what):
+        return 1
     with _refusals():
         deleted = client.delete_experiment(name)
     _emit(args, {"deleted": deleted, "experiment": name, "bytes": size}, [f"deleted {what}"])

@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from db.models import Experiment, Job, Metric
+from db.rows import ExperimentRow  # noqa: F401 - re-exported: the experiments list's row
 
 # The metrics a study reports as its outcome, best first; a stage reporting one of these is
 # shown on it. Anything else a stage reports comes before bookkeeping (counts, spreads, lengths).
@@ -99,124 +100,16 @@ def main_view(session: Session, experiment: str) -> MainView:
 
 # ----------------------------------------------------------------------------- the experiments list
 
-TERMINAL = ("succeeded", "failed", "cancelled", "interrupted", "skipped")
-STATUS_ORDER = ("running", "queued", "succeeded", "failed", "cancelled", "interrupted", "skipped")
-
-
-@dataclass(frozen=True)
-class ExperimentRow:
-    """One experiment as the experiments screen and `labdeck experiments` list it."""
-
-    name: str
-    description: str
-    created_at: float
-    jobs: int
-    counts: dict[str, int]  # jobs by status (only the statuses present)
-    progress: float | None  # finished jobs plus running jobs' fractions, over all jobs
-    gpus_in_use: int
-    last_activity: float | None
-    archived_at: float | None = None  # archived (hidden by default) since then
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "created_at": self.created_at,
-                "jobs": self.jobs, "counts": self.counts, "progress": self.progress,
-                "gpus_in_use": self.gpus_in_use, "last_activity": self.last_activity,
-                "archived_at": self.archived_at}
-
-
-def _summary_columns() -> list[Any]:
-    from sqlalchemy import case, literal
-
-    status = [func.coalesce(func.sum(case((Job.status == s, 1), else_=0)), 0) for s in STATUS_ORDER]
-    done = case(
-        (Job.status.in_(TERMINAL), 1.0),
-        (and_(Job.status == "running", Job.progress_total > 0),
-         func.min(1.0, func.coalesce(Job.progress_done, 0.0) / Job.progress_total)),
-        else_=0.0,
-    )
-    assigned = case(
-        (and_(Job.status == "running", Job.assigned_gpus != ""),
-         func.length(Job.assigned_gpus) - func.length(func.replace(Job.assigned_gpus, ",", "")) + 1),
-        else_=0,
-    )
-    last = func.max(func.coalesce(Job.finished_at, Job.started_at, Job.queued_at))
-    return [Experiment.name, Experiment.description, Experiment.created_at, func.count(Job.id), *status,
-            func.sum(done), func.coalesce(func.sum(assigned), literal(0)),
-            func.coalesce(last, Experiment.created_at).label("last_activity")]
-
-
-def _page_order(session: Session, text: str | None, statuses: tuple[str, ...], offset: int, limit: int,
-                archived: bool | None = False) -> tuple[list[int], int]:
-    """Experiment ids of one page, most recently active first, and how many match.
-
-    Activity order without aggregating every job: experiments with a running job first (the
-    status index), then by their newest job (walking job ids downwards until the page is full, a
-    few thousand index entries at most), then those without jobs. With a filter, the matching
-    experiments are ordered by their newest job through the experiment_id index. `archived`: False
-    leaves archived experiments out (skipped in the walk), True keeps only them, None keeps all.
-    """
-    from sqlalchemy import or_
-
-    running = list(dict.fromkeys(session.execute(
-        select(Job.experiment_id).where(Job.status == "running").order_by(Job.id.desc())).scalars()))
-    hidden: set[int] = set()
-    if archived is False:
-        hidden = set(session.execute(select(Experiment.id).where(Experiment.archived_at.is_not(None))).scalars())
-    if not text and not statuses and archived is not True:
-        total = int(session.execute(select(func.count()).select_from(Experiment)).scalar_one()) - len(hidden)
-        order = [e for e in running if e not in hidden]
-        seen = set(order) | hidden
-        want = offset + limit
-        if len(order) < want:
-            for (eid,) in session.execute(select(Job.experiment_id).order_by(Job.id.desc())).yield_per(2000):
-                if eid not in seen:
-                    seen.add(eid)
-                    order.append(eid)
-                    if len(order) >= want:
-                        break
-        if len(order) < want:  # experiments without jobs, newest first
-            order += [e for e in session.execute(select(Experiment.id).order_by(Experiment.id.desc())).scalars()
-                      if e not in seen][: want - len(order)]
-        return order[offset:want], total
-    cands = select(Experiment.id)
-    if archived is not None:
-        cands = cands.where(Experiment.archived_at.is_not(None) if archived else Experiment.archived_at.is_(None))
-    if text:
-        like = f"%{text}%"
-        cands = cands.where(or_(Experiment.name.like(like), Experiment.description.like(like)))
-    if statuses:
-        cands = cands.where(Experiment.id.in_(select(Job.experiment_id).where(Job.status.in_(list(statuses)))))
-    newest: dict[int, int] = dict(session.execute(
-        select(Job.experiment_id, func.max(Job.id)).where(Job.experiment_id.in_(cands)).group_by(Job.experiment_id)
-    ).all())
-    ids = list(session.execute(cands).scalars())
-    rank = {e: i for i, e in enumerate(running)}
-    ids.sort(key=lambda e: (rank.get(e, len(rank)), -newest.get(e, 0), -e))
-    return ids[offset:offset + limit], len(ids)
-
-
 def experiment_rows(
     session: Session, *, text: str | None = None, statuses: tuple[str, ...] = (),
     offset: int = 0, limit: int = 100, archived: bool | None = False,
 ) -> tuple[list[ExperimentRow], int]:
-    """A page of experiments (most recently active first, see `_page_order`) with their jobs
-    aggregated in SQL for that page only, and how many match. `text` matches name or description;
-    `statuses` keeps experiments having a job in one of them (`status:failed`: the ones to look at).
-    `archived` as in `_page_order`: archived experiments are hidden by default."""
-    page, total = _page_order(session, text, statuses, offset, limit, archived)
-    if not page:
-        return [], total
-    q = (select(*_summary_columns()).select_from(Experiment)
-         .join(Job, Job.experiment_id == Experiment.id, isouter=True)
-         .where(Experiment.id.in_(page)).group_by(Experiment.id))
-    found = {}
-    for r in session.execute(q.add_columns(Experiment.id, Experiment.archived_at)).all():
-        name, desc, created, n = r[0], r[1], r[2], int(r[3])
-        counts = {s: int(c) for s, c in zip(STATUS_ORDER, r[4:4 + len(STATUS_ORDER)], strict=True) if c}
-        done, gpus, last, eid, archived_at = r[4 + len(STATUS_ORDER):]
-        found[eid] = ExperimentRow(name, desc or "", created, n, counts, (done / n) if n else None, int(gpus or 0), last,
-                                   archived_at)
-    return [found[e] for e in page if e in found], total
+    """A page of experiments, most recently active first (`db.experiment_reads`: the same SQL the
+    app's cold first paint and `labdeck experiments` run, here on the session's connection)."""
+    from db import experiment_reads
+
+    return experiment_reads.experiment_rows(session, text=text, statuses=statuses, offset=offset, limit=limit,
+                                            archived=archived)
 
 
 def folder_bytes(path: str) -> int:

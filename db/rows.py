@@ -185,3 +185,24 @@ class ResultRow:
     params: dict[str, Any]
     spec: dict[str, Any]
     value: float | None
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    """One experiment as the experiments screen and `labdeck experiments` list it."""
+
+    name: str
+    description: str
+    created_at: float
+    jobs: int
+    counts: dict[str, int]  # jobs by status (only the statuses present)
+    progress: float | None  # finished jobs plus running jobs' fractions, over all jobs
+    gpus_in_use: int
+    last_activity: float | None
+    archived_at: float | None = None  # archived (hidden by default) since then
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "created_at": self.created_at,
+                "jobs": self.jobs, "counts": self.counts, "progress": self.progress,
+                "gpus_in_use": self.gpus_in_use, "last_activity": self.last_activity,
+                "archived_at": self.archived_at}

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from db.experiments import ExperimentRow, Pipeline
+    from db.experiments import Pipeline
     from db.housekeeping import ExperimentDeletion
     from db.prune import PrunePlan
+    from db.rows import ExperimentRow
 
 EXPERIMENTS_PAGE = 100
 LIVE = ("queued", "running")
@@ -45,7 +46,15 @@ class ExperimentSource:
 
     def experiments(self, text: str = "", statuses: Sequence[str] = (), offset: int = 0,
                     limit: int = EXPERIMENTS_PAGE, archived: bool | None = False) -> ExperimentsPage:
-        """A page of experiments; `archived` None shows the archived ones too (False hides them)."""
+        """A page of experiments; `archived` None shows the archived ones too (False hides them).
+        Before the store is open the first page is read with plain sqlite3 (`tui.fastread`)."""
+        if self.cold and offset == 0:  # type: ignore[attr-defined]
+            from tui import fastread
+
+            fast = fastread.experiments_page(self.db_path(), text or None, tuple(statuses), limit,  # type: ignore[attr-defined]
+                                             archived)
+            if fast is not None:
+                return ExperimentsPage(text, tuple(statuses), 0, tuple(fast[0]), fast[1])
         from db.experiments import experiment_rows
 
         with self.store.read() as s:

@@ -2,8 +2,11 @@
 
 The form is generated from the pydantic spec classes in `engine.specs`: one editor per field, in
 the class's order, grouped kind → model → dataset → parameters → resources → sweep; defaults and
-help text come from the class (a docstring per field). What the person typed is turned back into
-a spec mapping holding only what differs from the defaults, and validated by
+help text come from the class (a docstring per field). Each field's place (`engine.specs.form`):
+common or advanced (`form_order`), and the values of other fields it applies for (`applicable`: DPO's
+beta only for method dpo); an expanded block (`lora`) is a switch plus one field per inner field
+(`lora.r`). What the person typed is turned back into a spec mapping holding only what differs from
+the defaults and only the fields that apply, and validated by
 `client.Client.expand`, the same call `labdeck submit` makes, so a spec the form accepts is one
 the CLI accepts, and the YAML preview is a file `labdeck submit` can read.
 """
@@ -16,13 +19,15 @@ import re
 import shlex
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel
 
 from engine.specs import SPEC_CLASSES, DatasetRef, JobSpecBase, ModelRef
+from engine.specs.form import layout_of
 
 OMIT = object()  # "leave this field out": its default applies
 
@@ -47,6 +52,14 @@ class FieldSpec:
     required: bool = False
     default: Any = None
     description: str = ""
+    common: bool = False  # at the top of the form; the rest is under "Advanced" (engine.specs.form)
+    when: tuple[tuple[str, tuple[str, ...] | None], ...] = ()  # (other field, values it applies for; None: set)
+    group: str = ""  # an expanded block (`lora`): its on/off switch and its fields `lora.r`, ... name it
+
+    @property
+    def wid(self) -> str:
+        """The editor's widget id (`f-lora-r` for `lora.r`: ids take no dots)."""
+        return "f-" + self.name.replace(".", "-")
 
     def default_text(self) -> str:
         return "required" if self.required else format_value(self, self.default)
@@ -77,12 +90,14 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def field_spec(name: str, info: Any) -> FieldSpec:
+def field_spec(name: str, info: Any, section: str | None = None) -> FieldSpec:
     tp, optional = _strip_optional(info.annotation)
     required = info.is_required()
     default = None if required else _jsonable(info.get_default(call_default_factory=True))
     description = (info.description or "").strip()
-    if name in JOB_FIELDS:
+    if section is not None:
+        pass
+    elif name in JOB_FIELDS:
         section = "job"
     elif name in RESOURCE_FIELDS:
         section = "resources"
@@ -92,7 +107,11 @@ def field_spec(name: str, info: Any) -> FieldSpec:
         section = "model"
     else:
         section = "parameters"
-    common = {"optional": optional, "required": required, "default": default, "description": description}
+    layout = layout_of(info)
+    common = {"optional": optional, "required": required, "default": default, "description": description,
+              "common": layout.common, "when": tuple(layout.when.items())}
+    if layout.expand and isinstance(tp, type) and issubclass(tp, BaseModel):
+        return FieldSpec(name, section, "bool", "present", **{**common, "default": False}, group=name)
     if typing.get_origin(tp) is Literal:
         return FieldSpec(name, section, "select", "choice", tuple(str(a) for a in typing.get_args(tp)), **common)
     if tp is bool:
@@ -115,7 +134,15 @@ def field_spec(name: str, info: Any) -> FieldSpec:
 def fields_for(kind: str) -> list[FieldSpec]:
     """Every field of `kind`'s spec class except `kind`, in section order, then class order."""
     cls = SPEC_CLASSES[kind]
-    specs = [field_spec(n, f) for n, f in cls.model_fields.items() if n != "kind"]
+    specs = []
+    for n, info in cls.model_fields.items():
+        if n == "kind":
+            continue
+        specs.append(f := field_spec(n, info))
+        if f.parse == "present":  # an expanded block: its fields follow its switch, shown while it is on
+            block = _strip_optional(info.annotation)[0]
+            specs += [replace(field_spec(f"{n}.{sn}", si, f.section), common=f.common, when=((n, None),), group=n)
+                      for sn, si in block.model_fields.items()]
     order = {s: i for i, (s, _) in enumerate(SECTIONS)}
     specs.sort(key=lambda f: order[f.section])  # stable: class order within a section
     return specs + [
@@ -123,6 +150,49 @@ def fields_for(kind: str) -> list[FieldSpec]:
                   description="Fields to sweep: `learning_rate=1e-5,2e-5; lora.r=8,16` (or a YAML mapping). One job per combination."),
         FieldSpec(SWEEP_SEEDS, "sweep", "text", "seeds", description="Seeds to repeat every point with, e.g. `0, 1, 2`."),
     ]
+
+
+def applicable(fields: list[FieldSpec], raw: dict[str, Any]) -> set[str]:
+    """The names of the fields that apply, given the editors' contents: a field with `when` applies
+    when every field it names applies and holds one of the listed values (or, for None, any value)."""
+    by_name = {f.name: f for f in fields}
+    memo: dict[str, bool] = {}
+
+    def matches(name: str, values: tuple[str, ...] | None) -> bool:
+        f = by_name[name]
+        v = raw[name] if name in raw else format_value(f, None if f.required else f.default)
+        if values is None:  # "set": a switch that is on, an editor that is not empty
+            return v if isinstance(v, bool) else bool(str(v or "").strip())
+        return (str(v).lower() if isinstance(v, bool) else str(v or "").strip()) in values
+
+    def ok(name: str, depth: int = 0) -> bool:
+        if name not in memo:
+            f = by_name.get(name)
+            memo[name] = f is not None and depth < 10 and all(
+                other in by_name and ok(other, depth + 1) and matches(other, values) for other, values in f.when)
+        return memo[name]
+
+    return {f.name for f in fields if ok(f.name)}
+
+
+def is_default(f: FieldSpec, raw: Any) -> bool:
+    """True when the editor's content leaves the field at its default (so the spec omits it)."""
+    try:
+        return parse_value(f, raw) is OMIT
+    except FieldError:
+        return False
+
+
+def form_order(kind: str, fields: list[FieldSpec]) -> tuple[list[FieldSpec], list[FieldSpec]]:
+    """(common fields, advanced fields): the job's name and experiment first, then the kind's own
+    common fields in class order (a fine-tune's method, model, data, learning rate, ...), then GPUs;
+    advanced ones keep section order."""
+    position = {n: i for i, n in enumerate(SPEC_CLASSES[kind].model_fields)}
+    tail = {"resources": 1, "sweep": 3}  # an expanded block (LoRA) comes after GPUs: 2
+    common = sorted((f for f in fields if f.common),
+                    key=lambda f: (f.section != "job", 2 if f.group else tail.get(f.section, 0),
+                                   position.get(f.group or f.name, 0)))
+    return common, [f for f in fields if not f.common]
 
 
 def kind_summary(kind: str) -> str:
@@ -150,6 +220,8 @@ def format_value(f: FieldSpec, value: Any) -> Any:
     value = _jsonable(value)
     if f.parse == "bool":
         return bool(value)
+    if f.parse == "present":
+        return value is not None and value is not False
     if f.parse == "choice":
         return "" if value is None else str(value)
     if value is None:
@@ -231,6 +303,8 @@ def parse_grid(raw: str) -> dict[str, list[Any]]:
 
 def parse_value(f: FieldSpec, raw: Any) -> Any:
     """The value for `f` from its editor's content, or OMIT; raises FieldError."""
+    if f.parse == "present":
+        return True if raw else OMIT
     if f.parse == "bool":
         value: Any = bool(raw)
     elif f.parse == "choice":
@@ -278,9 +352,11 @@ def collect(kind: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     data: dict[str, Any] = {"kind": kind}
     errors: dict[str, str] = {}
     sweep: dict[str, Any] = {}
-    for f in fields_for(kind):
-        if f.name not in raw:
-            continue
+    fields = fields_for(kind)
+    applies = applicable(fields, raw)
+    for f in fields:
+        if f.name not in raw or f.name not in applies:
+            continue  # a field the chosen method does not use keeps its editor's text but stays out
         try:
             value = parse_value(f, raw[f.name])
         except FieldError as e:
@@ -292,6 +368,10 @@ def collect(kind: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
             sweep["grid"] = value
         elif f.name == SWEEP_SEEDS:
             sweep["seeds"] = value
+        elif f.parse == "present":
+            data[f.name] = {}  # its fields that differ from their defaults follow
+        elif f.group:
+            data.setdefault(f.group, {})[f.name.split(".", 1)[1]] = value
         else:
             data[f.name] = value
     if sweep:
@@ -308,6 +388,9 @@ def editor_values(kind: str, spec: dict[str, Any] | None) -> dict[str, Any]:
             out[f.name] = format_value(f, (spec.get("sweep") or {}).get("grid"))
         elif f.name == SWEEP_SEEDS:
             out[f.name] = format_value(f, (spec.get("sweep") or {}).get("seeds"))
+        elif f.group and f.group != f.name:
+            block, sub = spec.get(f.group), f.name.split(".", 1)[1]
+            out[f.name] = format_value(f, block[sub] if isinstance(block, dict) and sub in block else f.default)
         elif f.name in spec:
             out[f.name] = format_value(f, spec[f.name])
         else:
@@ -346,12 +429,13 @@ def validate(kind: str, raw: dict[str, Any]) -> Validation:
     try:
         (exp,) = Client.expand(data=json.loads(json.dumps(data)), source="form")
     except ClientError as e:
-        where, msg = _split_error(str(e))
-        return Validation(data, {where: msg, **_all_field_errors(data)}, (), text)
+        names = {f.name for f in fields_for(kind)}
+        where, msg = _split_error(str(e), names)
+        return Validation(data, {where: msg, **_all_field_errors(data, names)}, (), text)
     return Validation(data, {}, tuple(d.name for d in exp.drafts), text)
 
 
-def _all_field_errors(data: dict[str, Any]) -> dict[str, str]:
+def _all_field_errors(data: dict[str, Any], names: set[str]) -> dict[str, str]:
     """Every invalid field at once (a spec file's error names only the first), for marking the form."""
     from pydantic import ValidationError
 
@@ -368,7 +452,7 @@ def _all_field_errors(data: dict[str, Any]) -> dict[str, str]:
                 loc = loc[1:]
             if not loc:
                 continue
-            field_name = str(loc[0])
+            field_name = ".".join(map(str, loc[:2])) if ".".join(map(str, loc[:2])) in names else str(loc[0])
             msg = {"missing": "required field is missing", "extra_forbidden": "unknown field"}.get(
                 err["type"], err["msg"].removeprefix("Value error, "))
             out.setdefault(field_name, f"{'.'.join(map(str, loc))}: {msg}")
@@ -376,22 +460,21 @@ def _all_field_errors(data: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def _split_error(message: str) -> tuple[str, str]:
-    """'form: learning_rate: must be > 0' -> ('learning_rate', 'learning_rate: must be > 0')."""
+def _split_error(message: str, names: Collection[str] = ()) -> tuple[str, str]:
+    """'form: learning_rate: must be > 0' -> ('learning_rate', 'learning_rate: must be > 0'); an expanded
+    block's field keeps its two parts ('lora.r')."""
     rest = message.removeprefix("form: ")
     loc, sep, msg = rest.partition(": ")
     if not sep:
         return "", rest
     head = loc.split(".")[0].split("[")[0]
+    if ".".join(loc.split(".")[:2]) in names:
+        head = ".".join(loc.split(".")[:2])
     if head == "sweep":
         head = SWEEP_SEEDS if loc.startswith("sweep.seeds") else SWEEP_GRID
     return head, f"{loc}: {msg}"
 
 
-def error_field(fields: list[FieldSpec], name: str) -> str | None:
-    names = {f.name for f in fields}
-    return name if name in names else None
-
-
-__all__ = ["OMIT", "SECTIONS", "FieldError", "FieldSpec", "JobSpecBase", "Validation", "collect", "editor_values",
-           "fields_for", "format_value", "kind_summary", "parse_grid", "parse_value", "to_yaml", "validate"]
+__all__ = ["OMIT", "SECTIONS", "FieldError", "FieldSpec", "JobSpecBase", "Validation", "applicable", "collect",
+           "editor_values", "fields_for", "form_order", "format_value", "is_default", "kind_summary", "parse_grid",
+           "parse_value", "to_yaml", "validate"]

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from engine.specs.form import form
 from engine.specs.slurm import SlurmOptions
 from engine.specs.strict import StrictModel  # noqa: F401 - the spec classes import it from here
 
@@ -47,13 +48,13 @@ def parse_duration(value: float | int | str | None) -> float | None:
 class JobSpecBase(StrictModel):
     """Fields every job kind has. Subclasses add their own and set `kind`."""
 
-    experiment: str = Field(min_length=1, max_length=200)
+    experiment: str = Field(min_length=1, max_length=200, json_schema_extra=form(common=True))
     """The experiment this job belongs to; created on first use."""
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, json_schema_extra=form(common=True))
     """A short name for the job, shown in tables (sweeps append their point)."""
     description: str = ""
     """Free text for the person reading the results later."""
-    gpus: int = Field(0, ge=0, le=64)
+    gpus: int = Field(0, ge=0, le=64, json_schema_extra=form(common=True))
     """How many GPUs the job needs; 0 runs it on the CPU."""
     min_free_mem_gb: float = Field(0.0, ge=0)
     """Start only on GPUs with at least this much free memory (GiB)."""

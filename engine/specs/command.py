@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from engine.specs.base import JobSpecBase
+from engine.specs.form import form
 
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})
 
@@ -19,7 +20,7 @@ class CommandSpec(JobSpecBase):
     """
 
     kind: Literal["command"] = "command"
-    command: list[str] = Field(min_length=1)
+    command: list[str] = Field(min_length=1, json_schema_extra=form(common=True))
     """The program and its arguments, as a list; never passed through a shell."""
     env: dict[str, str] = {}
     """Extra environment variables for the command."""

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.specs.base import JobSpecBase, StrictModel
 from engine.specs.common import DatasetRef, ModelRef
+from engine.specs.form import form
 
 
 class LoraConfig(StrictModel):
@@ -45,6 +46,12 @@ class LoraConfig(StrictModel):
 
 
 Method = Literal["sft", "dpo", "calibration"]
+
+# The New-job form's layout (engine.specs.form): the fields at the top, and those of one method only.
+COMMON = form(common=True)
+DPO = form(when={"method": ["dpo"]})
+CALIBRATION = form(when={"method": ["calibration"]})
+LORA_PROMPT = form(when={"calibration_style": ["lora_prompt"]})
 Preset = Literal["none", "car_table5", "struq_sft", "secalign_dpo", "calibration_tuning"]
 
 # Effective (global) batch sizes of the papers; grad_accum is derived from the GPU count so the
@@ -99,45 +106,45 @@ class FinetuneSpec(JobSpecBase):
     """Train a model on a dataset; saves safetensors weights (or an adapter) with the tokenizer to outputs/model."""
 
     kind: Literal["finetune"] = "finetune"
-    method: Method = "sft"
+    method: Method = Field("sft", json_schema_extra=COMMON)
     """'sft': cross-entropy on response tokens only (§0, §6); 'dpo': preference pairs with a frozen reference (§9.3); 'calibration': an uncertainty estimator (§10.3)."""
     preset: Preset = "none"
     """Paper hyper-parameters (car_table5 §6, struq_sft and secalign_dpo §9.4, calibration_tuning §10.3); fields you set explicitly win over the preset."""
-    model: ModelRef
+    model: ModelRef = Field(json_schema_extra=COMMON)
     """The model to start from (for DPO also the reference, unless `reference` is set)."""
-    dataset: DatasetRef
+    dataset: DatasetRef = Field(json_schema_extra=COMMON)
     """Training records: instruction/input/output or messages (SFT), prompt/chosen/rejected (DPO), question/answer/label (calibration)."""
-    validation: DatasetRef | None = None
+    validation: DatasetRef | None = Field(None, json_schema_extra=CALIBRATION)
     """Calibration: the split the temperature is fitted on and the metrics are reported on; default a held-out `validation_fraction` of `dataset`."""
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, json_schema_extra=CALIBRATION)
     """Calibration without `validation`: the share of records held out (seeded)."""
     template: Literal["chat", "struq", "raw", "alpaca"] = "chat"
     """How a record becomes a prompt: the model's chat template, the StruQ/SecAlign format with its delimiter tokens (§9.1), the text as is, or the Alpaca prompt. The response follows and only it is trained on."""
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, json_schema_extra=form(when={"template": ["chat"]}))
     """Optional system message for `template: chat`."""
-    transform: Literal["none", "struq", "secalign", "bon_to_sft"] = "none"
+    transform: Literal["none", "struq", "secalign", "bon_to_sft"] = Field("none", json_schema_extra=form(when={"method": ["sft", "dpo"]}))
     """Dataset transform applied first: the StruQ training mix or the SecAlign preference set (§9.2), or best-of-N output turned into SFT records."""
-    injection_reference: DatasetRef | None = None
+    injection_reference: DatasetRef | None = Field(None, json_schema_extra=form(when={"transform": ["struq", "secalign"]}))
     """StruQ/SecAlign transforms: the original alpaca_data.json, where Completion injections look up the reference response to an instruction (§9.2 step 4); default the sample's own output."""
-    bon_select: Literal["best", "worst", "sampling"] = "best"
+    bon_select: Literal["best", "worst", "sampling"] = Field("best", json_schema_extra=form(when={"transform": ["bon_to_sft"]}))
     """transform bon_to_sft: keep the highest-reward response, the lowest, or the first sample (§5)."""
-    chosen_field: str = "chosen"
+    chosen_field: str = Field("chosen", json_schema_extra=DPO)
     """DPO: the field with the preferred response."""
-    rejected_field: str = "rejected"
+    rejected_field: str = Field("rejected", json_schema_extra=DPO)
     """DPO: the field with the dispreferred response."""
-    label_field: str = "label"
+    label_field: str = Field("label", json_schema_extra=CALIBRATION)
     """Calibration: the field with the correctness label y (0/1 or false/true) of the answer (§10.1)."""
-    lora: LoraConfig | None = None
+    lora: LoraConfig | None = Field(None, json_schema_extra=form(common=True, expand=True))
     """Set to train LoRA adapters instead of all weights."""
-    merge_lora: bool = False
+    merge_lora: bool = Field(False, json_schema_extra=form(when={"lora": None}))
     """With LoRA: save the base model with the adapters merged in, instead of the adapter folder."""
-    reference: ModelRef | None = None
+    reference: ModelRef | None = Field(None, json_schema_extra=DPO)
     """DPO: the frozen reference policy; default the starting model (with LoRA, the model with its adapters disabled, as TRL does)."""
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, json_schema_extra=COMMON)
     """Peak AdamW learning rate."""
-    epochs: float = Field(1.0, gt=0, le=1000)
+    epochs: float = Field(1.0, gt=0, le=1000, json_schema_extra=COMMON)
     """Passes over the data (fractions allowed); ignored when `max_steps` is set."""
-    max_steps: int | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0, json_schema_extra=COMMON)
     """If set, stop after this many optimizer steps (overrides epochs; the data is cycled if needed)."""
     per_device_batch: int = Field(1, ge=1, le=4096)
     """Records per micro-batch on each device (DPO: pairs)."""
@@ -173,20 +180,20 @@ class FinetuneSpec(JobSpecBase):
     """Checkpoints to keep; older ones are deleted after a newer one is complete."""
     resume_from: str | None = "auto"
     """'auto': continue from this run's newest checkpoint if there is one; 'latest': the same, but it must exist; a path: that checkpoint (or checkpoints folder) of a run with the same training spec; null: start afresh (refused if this run already has checkpoints)."""
-    dpo_beta: float = Field(0.1, gt=0, le=100)
+    dpo_beta: float = Field(0.1, gt=0, le=100, json_schema_extra=DPO)
     """DPO β: the strength of the pull toward the reference (§9.3: 0.1)."""
-    calibration_style: Literal["probe", "lora", "lora_prompt"] = "lora_prompt"
+    calibration_style: Literal["probe", "lora", "lora_prompt"] = Field("lora_prompt", json_schema_extra=CALIBRATION)
     """§10.3: an MLP probe on frozen last-token features, LoRA + the same head, or LoRA + Prompt (the uncertainty query)."""
-    jsd_weight: float = Field(0.0, ge=0)
+    jsd_weight: float = Field(0.0, ge=0, json_schema_extra=LORA_PROMPT)
     """κ for the JSD term of LoRA + Prompt (code default 0, README example 1)."""
-    jsd_text: Literal["target", "answer"] = "target"
+    jsd_text: Literal["target", "answer"] = Field("target", json_schema_extra=LORA_PROMPT)
     """What the JSD term of LoRA + Prompt compares the two models on: the question with its gold target (as
     calibration-tuning does) or with the model's own answer."""
-    target_field: str = "target"
+    target_field: str = Field("target", json_schema_extra=LORA_PROMPT)
     """Record field with the gold answer (for `jsd_text: target`)."""
-    temperature_scaling: bool = True
+    temperature_scaling: bool = Field(True, json_schema_extra=CALIBRATION)
     """Fit a temperature on the validation split after calibration training (the '-TS' variants)."""
-    temperature_fit: Literal["adamw", "lbfgs"] = "adamw"
+    temperature_fit: Literal["adamw", "lbfgs"] = Field("adamw", json_schema_extra=CALIBRATION)
     """'adamw': calibration-tuning's temperature_scale.py (AdamW lr 1e-2, weight decay 1e-2, cosine over 2000 steps,
     batches of 64); 'lbfgs': the exact CE optimum of log T (L-BFGS)."""
     oom_retry: bool = False

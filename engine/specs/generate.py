@@ -12,8 +12,10 @@ from pydantic import Field, model_validator
 
 from engine.specs.base import JobSpecBase
 from engine.specs.common import DatasetRef, ModelRef
+from engine.specs.form import form
 
 PromptTemplate = Literal["chat", "struq", "alpaca", "raw"]
+VLLM = form(when={"backend": ["vllm"]})  # the New-job form shows these only for vLLM
 Attack = Literal["none", "naive", "ignore", "completion_real", "completion_realcmb"]
 
 
@@ -21,22 +23,22 @@ class GenerateSpec(JobSpecBase):
     """Generate responses for every record of a dataset with one model."""
 
     kind: Literal["generate"] = "generate"
-    model: ModelRef
+    model: ModelRef = Field(json_schema_extra=form(common=True))
     """The generator."""
-    dataset: DatasetRef
+    dataset: DatasetRef = Field(json_schema_extra=form(common=True))
     """The prompts."""
     template: PromptTemplate = "chat"
     """'chat': the model's own chat template (§5; the job fails if the model has none); 'struq': the StruQ/SecAlign
     SpclSpclSpcl format (§9.1); 'alpaca': the Alpaca prompt with '### Instruction:' headers; 'raw': the instruction
     text as is (a calibration question already ending in 'Answer:', §10.2)."""
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, json_schema_extra=form(when={"template": ["chat"]}))
     """Optional system message, for 'chat' only."""
     input_join: str = "\n\n"
     """How a record's input is appended to its instruction for 'chat' and 'raw' (alpaca_eval's convention;
     UNPINNED for other datasets, recorded with the output). 'struq' and 'alpaca' have their own input section."""
-    max_new_tokens: int = Field(2048, ge=1, le=131072)
+    max_new_tokens: int = Field(2048, ge=1, le=131072, json_schema_extra=form(common=True))
     """Longest response, in tokens (§5 default 2048; SecAlign tests 512; calibration answers 30)."""
-    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, json_schema_extra=form(common=True))
     """0 is greedy decoding (the CAR paper's default, §5); > 0 samples."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling threshold; 1.0 turns it off."""
@@ -71,10 +73,10 @@ class GenerateSpec(JobSpecBase):
     trailing newlines stripped, first line kept); the unsanitised text is kept in `response_raw`."""
     backend: Literal["hf", "vllm"] = "hf"
     """'hf': transformers generate, data parallel over the job's GPUs through accelerate; 'vllm': vLLM if installed."""
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, json_schema_extra=VLLM)
     """vLLM's share of each GPU's memory. vLLM's own default (0.9 of the whole card) collides with any co-located
     job, so labdeck always passes this explicitly."""
-    max_model_len: int | None = Field(None, ge=16)
+    max_model_len: int | None = Field(None, ge=16, json_schema_extra=VLLM)
     """vLLM's context length (prompt + response); None lets vLLM use the model's (§5 used 4096)."""
     attack: Attack | list[Attack] = "none"
     """Prompt-injection attack built into records that have a non-empty input (§9.5); records without an input are

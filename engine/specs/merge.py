@@ -12,27 +12,33 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.specs.base import JobSpecBase
 from engine.specs.common import ModelRef
+from engine.specs.form import form
+
+# The New-job form (engine.specs.form): each method's inputs at the top, only for that method.
+EXPO = form(common=True, when={"method": ["expo"]})
+LORA = form(common=True, when={"method": ["lora"]})
+AVERAGE = form(common=True, when={"method": ["average"]})
 
 
 class MergeSpec(JobSpecBase):
     """Build a new model from others, saved as safetensors with a tokenizer to outputs/model."""
 
     kind: Literal["merge"] = "merge"
-    method: Literal["expo", "lora", "average"] = "expo"
+    method: Literal["expo", "lora", "average"] = Field("expo", json_schema_extra=form(common=True))
     """'expo': θ_aligned + α(θ_aligned − θ_sft) over every tensor (§8.1); 'lora': fold an adapter into its base; 'average': weighted mean of checkpoints."""
-    sft: ModelRef | None = None
+    sft: ModelRef | None = Field(None, json_schema_extra=EXPO)
     """ExPO: the weaker starting checkpoint (SFT) that `aligned` was trained from."""
-    aligned: ModelRef | None = None
+    aligned: ModelRef | None = Field(None, json_schema_extra=EXPO)
     """ExPO: the aligned (DPO/RLHF) checkpoint; its config and tokenizer are kept (§8.1)."""
-    alpha: float = Field(0.3, ge=-1.0, le=1000.0)
+    alpha: float = Field(0.3, ge=-1.0, le=1000.0, json_schema_extra=EXPO)
     """ExPO strength: 0 gives `aligned`, −1 gives `sft`; under-trained checkpoints need α far above 1 (the zephyr runs used 8 and 25, §8.2)."""
-    base: ModelRef | None = None
+    base: ModelRef | None = Field(None, json_schema_extra=LORA)
     """LoRA: the base model; default the base recorded in the adapter's adapter_config.json."""
-    adapter: str | None = None
+    adapter: str | None = Field(None, json_schema_extra=LORA)
     """LoRA: the adapter folder (adapter_config.json + adapter_model.safetensors), e.g. a finetune job's outputs/model."""
-    models: list[ModelRef] = []
+    models: list[ModelRef] = Field([], json_schema_extra=AVERAGE)
     """Average: the checkpoints (same architecture, same tensor names and shapes); the first one's config and tokenizer are kept."""
-    weights: list[float] | None = None
+    weights: list[float] | None = Field(None, json_schema_extra=AVERAGE)
     """Average: one weight per model, normalised to sum 1 (default equal)."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """Arithmetic dtype: float32 (safer, §8.1) or bfloat16 (what the ExPO repository does; may differ in the last bits). The result is saved in the source dtype either way."""

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from engine.specs.base import JobSpecBase, StrictModel
 from engine.specs.common import ModelRef
+from engine.specs.form import form
 
 _FIELD_RE = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
 
@@ -310,7 +311,7 @@ class ScoreSpec(JobSpecBase):
     """Add per-sample fields to a records file and report per-job aggregates."""
 
     kind: Literal["score"] = "score"
-    records: str | list[str] = Field(min_length=1)
+    records: str | list[str] = Field(min_length=1, json_schema_extra=form(common=True))
     """A records file (jsonl/json/parquet), e.g. a generate job's output; a list concatenates several (e.g. one
     generate job per attack)."""
     instruction_field: str = "instruction"
@@ -323,7 +324,7 @@ class ScoreSpec(JobSpecBase):
     """Record field with the response being scored."""
     group_field: str | None = None
     """If set, every aggregate is also reported per group as 'metric/group' (e.g. MMLU subject, base model)."""
-    scorers: list[Scorer] = Field(min_length=1)
+    scorers: list[Scorer] = Field(min_length=1, json_schema_extra=form(common=True))
     """What to compute for every record, in order; a scorer sees the fields earlier ones wrote (e.g. correctness
     before confidence)."""
     carry: list[str] = []

@@ -209,3 +209,20 @@ def test_jobs_behind_the_planned_head_of_a_long_queue_say_so(pipeline_dir) -> No
     last = full.queued[-1].id
     assert reasons(head, [last]) == {last: "no worker running; behind 3+ queued jobs"}
     assert reasons(full, [last])[last].startswith("no worker running; waiting for job ")
+
+
+def test_the_experiments_list_reads_cold_without_opening_the_store(pipeline_dir, seeded_dir) -> None:  # noqa: ANN001
+    """`e` pressed before the store is open: the first page comes from plain sqlite3 and says what the
+    store would (filters and archived flags included)."""
+    from tui.source import Source
+
+    for home in (pipeline_dir[0], seeded_dir[0]):
+        for kwargs in ({}, {"text": "car"}, {"statuses": ("failed",)}, {"archived": None}, {"archived": True}):
+            cold = Source(home)
+            fast = cold.experiments(**kwargs)
+            assert cold.cold, "answered without importing and opening the store"
+            warm = Source(store=Store(home))
+            page = warm.experiments(**kwargs)
+            assert (fast.rows, fast.total) == (page.rows, page.total), kwargs
+            warm.store.dispose()
+    assert Source(seeded_dir[0]).experiments().rows[0].counts  # not vacuous: rows with jobs by state

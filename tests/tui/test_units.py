@@ -76,7 +76,9 @@ def test_form_parses_text_like_a_person_types_it() -> None:
     assert SF.parse_value(fields["learning_rate"], "1e-5") == 1e-5
     assert SF.parse_value(fields["learning_rate"], "") is SF.OMIT  # empty: the default applies
     assert SF.parse_value(fields["max_steps"], "") is SF.OMIT
-    assert SF.parse_value(fields["lora"], "{r: 16}") == {"r": 16}
+    assert SF.parse_value(fields["lora"], True) is True and SF.parse_value(fields["lora"], False) is SF.OMIT
+    assert SF.parse_value(fields["lora.r"], "16") == 16 and SF.parse_value(fields["lora.r"], "8") is SF.OMIT
+    assert SF.parse_value(fields["lora.target_modules"], "[q_proj, v_proj]") == ["q_proj", "v_proj"]
     assert SF.parse_value(fields["model"], "Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
     assert SF.parse_grid("learning_rate=1e-5,2e-5; lora.r=8,16") == {"learning_rate": [1e-5, 2e-5], "lora.r": [8, 16]}
     with pytest.raises(SF.FieldError):

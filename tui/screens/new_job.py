@@ -1,28 +1,30 @@
 """New job: a menu of kinds and presets, then a form generated from the kind's spec class.
 
-kind → model → dataset → parameters → resources → sweep, with the class's defaults filled in and
-its docstrings as help for the focused field. Every change is validated (in a thread worker,
-through `engine.specfile.expand`, exactly as `labdeck submit` would) and the YAML preview and the
-list of jobs it would queue follow along; an error shows under the field it names. ctrl+s queues,
-ctrl+o saves the spec as a YAML file for `labdeck submit`. Duplicate-and-edit opens this screen
-filled from a past job's spec. The menu also lists the shipped recipes with their variants and a
-spec file from disk; those open `tui.screens.recipe` (a form over the file's `vars:`).
+The form (`tui.widgets.spec_form`) shows the fields that fit the kind and method, the common ones
+first and the rest folded under "Advanced", with the class's defaults filled in and its docstrings
+as help for the focused field; ctrl+f finds a field by name. Every change is validated (in a thread
+worker, through `client.Client.expand`, exactly as `labdeck submit` would) and the YAML preview and
+the list of jobs it would queue follow along; an error shows at the field it names. ctrl+s queues;
+ctrl+t saves the spec to the user's saved specs and ctrl+o to any file (`new_job_save`).
+Duplicate-and-edit opens this screen filled from a past job's spec. The menu also lists the saved
+specs, the shipped recipes with their variants and a spec file from disk; those open
+`tui.screens.recipe` (a form over the file's `vars:`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
-from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Input, Label, OptionList, Static
+from textual.widgets import ContentSwitcher, Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -31,15 +33,18 @@ from engine.specs import KINDS
 from tui import spec_fields as SF
 from tui.messages import ActionDone
 from tui.render import st
+from tui.saved_specs import tilde
 from tui.screens.new_job_menu import RecipeMenu
+from tui.screens.new_job_save import SaveActions
 from tui.source import ActionError
 from tui.waiting import spec_warning
 from tui.widgets.choice import Choice
 from tui.widgets.key_bar import KeyBar
+from tui.widgets.spec_form import SpecForm
 from tui.widgets.status_bar import StatusBar
 
+FORM_ACTIONS = frozenset({"submit", "find_field", "save_spec", "save", "toggle_preview"})
 NARROW = 120  # below this width the YAML preview is a toggle (ctrl+y) instead of a side pane
-BOOL_CHOICES = [("true", True), ("false", False)]
 
 
 class Validated(Message):
@@ -64,103 +69,14 @@ class SuggestionsLoaded(Message):
         self.suggestions = suggestions
 
 
-class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
-    DEFAULT_CSS = """
-    #new-switcher {
-        height: 1fr;
-    }
-
-    #kind-menu {
-        height: 1fr;
-        margin: 0 1;
-    }
-
-    #form-body {
-        height: 1fr;
-    }
-
-    #spec-form {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-        scrollbar-size-vertical: 1;
-    }
-
-    #preview {
-        width: 1fr;
-        height: 1fr;
-        padding: 0 1;
-        border-left: vkey $panel;
-        scrollbar-size-vertical: 1;
-    }
-
-    NewJobScreen.-narrow #preview {
-        display: none;
-    }
-
-    NewJobScreen.-narrow.-preview #preview {
-        display: block;
-        border-left: none;
-    }
-
-    NewJobScreen.-narrow.-preview #spec-form {
-        display: none;
-    }
-
-    .section {
-        margin-top: 1;
-        text-style: bold;
-        color: $accent;
-        height: 1;
-    }
-
-    .fields {
-        grid-size: 2;
-        grid-columns: 24 1fr;
-        grid-rows: 1;
-        height: auto;
-    }
-
-    .field-label {
-        height: 1;
-        color: $text-muted;
-    }
-
-    .field-label.-invalid {
-        color: $error;
-        text-style: bold;
-    }
-
-    #field-help {
-        height: 2;
-        padding: 0 1;
-        color: $text-muted;
-        background: $panel;
-    }
-
-    #form-status {
-        height: 1;
-        padding: 0 1;
-    }
-
-    #form-status.-ok {
-        color: $success;
-    }
-
-    #form-status.-error {
-        color: $error;
-        text-style: bold;
-    }
-
-    #form-status.-warn {
-        color: $warning;
-        text-style: bold;
-    }
-    """
+class NewJobScreen(RecipeMenu, SaveActions, Screen[list[int] | None]):
+    CSS_PATH = "new_job.tcss"
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="new.back"),
         Binding("ctrl+s", "submit", "Queue", id="new.submit"),
+        Binding("ctrl+f", "find_field", "Find a field", id="new.find"),
+        Binding("ctrl+t", "save_spec", "Save to my specs", id="new.save_spec"),
         Binding("ctrl+o", "save", "Save as file", id="new.save"),
         Binding("ctrl+y", "toggle_preview", "YAML preview", id="new.preview"),
     ]
@@ -177,6 +93,7 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         self._suggestions: dict[str, list[str]] = {}
         self._tried = False  # after a first ctrl+s, empty required fields are marked too
         self._recipes: dict[str, tuple[str, str | None, str]] = {}  # menu option id -> (recipe, variant, text)
+        self._saved: dict[str, Path] = {}  # the user's saved specs: name -> file
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
@@ -184,7 +101,7 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         with ContentSwitcher(initial="kind-menu", id="new-switcher"):
             yield OptionList(*self._menu_options(), id="kind-menu")
             with Horizontal(id="form-body"):
-                yield VerticalScroll(id="spec-form")
+                yield SpecForm(id="spec-form")
                 with VerticalScroll(id="preview"):
                     yield Static(id="preview-text")
         yield Static("", id="form-status")
@@ -202,6 +119,10 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         opts.append(None)
         opts.append(Option(Text.assemble(("file   ", "dim"), ("a spec file or recipe from disk…", "bold")), id="file:"))
         return opts  # the shipped recipes follow once read (`_load_recipes`, off the event loop)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The form's keys (queue, find, save, preview) are offered only once a form is open."""
+        return self.kind is not None or action not in FORM_ACTIONS
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
@@ -238,6 +159,10 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
                 await self._open_recipe(path, variant, f"{recipe} · {variant}" if variant else recipe)
         elif what == "file":
             self._ask_file()
+        elif what == "saved":
+            path = self._saved.get(name)
+            if path is not None:
+                await self._open_recipe(path, None, f"my spec {name}")
 
     @on(OptionList.OptionHighlighted, "#kind-menu")
     def _menu_help(self, event: OptionList.OptionHighlighted) -> None:
@@ -248,6 +173,8 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
             text = f"labdeck submit {recipe}{' --variant ' + variant if variant else ''}: {text}"
         elif what == "file":
             text = "A YAML or JSON spec: one job, a sweep or a pipeline (its vars: become a form)"
+        elif what == "saved":
+            text = f"labdeck submit {tilde(self._saved.get(name, Path(name)))}"
         self.query_one("#field-help", Static).update(Text(text))
 
     # ------------------------------------------------------------------ form
@@ -256,58 +183,29 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         exps = self._suggestions.get("experiment") or []
         return {"experiment": exps[0] if exps else "scratch", "name": kind}
 
+    @property
+    def form(self) -> SpecForm:
+        return self.query_one("#spec-form", SpecForm)
+
     async def _open_form(self, kind: str, spec: dict[str, Any] | None) -> None:
         self.kind = kind
+        self.refresh_bindings()
         self.fields = SF.fields_for(kind)
         values = SF.editor_values(kind, {**self._defaults(kind), **(spec or {})})
-        form = self.query_one("#spec-form", VerticalScroll)
-        await form.remove_children()
-        widgets: list[Widget] = []
-        for section, title in SF.SECTIONS:
-            members = [f for f in self.fields if f.section == section]
-            if not members:
-                continue
-            widgets.append(Static(title, classes="section"))
-            cells: list[Widget] = []
-            for f in members:  # a two-column grid: label, editor (few widgets: the form mounts fast)
-                cells += [Label(f.name, classes="field-label", id=f"row-{f.name}"), self._editor(f, values.get(f.name))]
-            widgets.append(Grid(*cells, classes="fields"))
-        await form.mount_all(widgets)
+        await self.form.build(kind, values)
         self.query_one("#form-title", Static).update(Text.assemble((self.title_text, "bold"), "  ", (kind, "cyan")))
         self.query_one("#new-switcher", ContentSwitcher).current = "form-body"
         first = next((f for f in self.fields if f.required and not values.get(f.name)), self.fields[0])
-        self.query_one(f"#f-{first.name}").focus()
+        self.form.focus_field(first.name)
         self._apply_suggestions()
         self._schedule(0)
 
-    def _editor(self, f: SF.FieldSpec, value: Any) -> Widget:
-        wid = f"f-{f.name}"
-        if f.editor == "select":
-            options = ([("(none)", "")] if f.optional else []) + [(c, c) for c in f.choices]
-            current = value if value in f.choices else options[0][1]
-            return Choice(options, current, id=wid)
-        if f.editor == "bool":
-            return Choice(BOOL_CHOICES, bool(value), id=wid)
-        placeholder = "required" if f.required else ("" if value else f"(none) {f.description[:60]}")
-        return Input(str(value or ""), id=wid, compact=True, placeholder=placeholder, select_on_focus=False)
-
     def raw_values(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in self.fields:
-            w = self.query_one(f"#f-{f.name}")
-            if isinstance(w, Choice):
-                out[f.name] = w.value
-            elif isinstance(w, Input):
-                out[f.name] = w.value
-        return out
+        return self.form.raw_values()
 
     def set_value(self, name: str, value: Any) -> None:
         """Set one editor (tests and the palette use it); validation follows as for typing."""
-        w = self.query_one(f"#f-{name}")
-        if isinstance(w, Choice):
-            w.value = value
-        elif isinstance(w, Input):
-            w.value = str(value)
+        self.form.set_value(name, value)
 
     def _apply_suggestions(self) -> None:
         for name, key in (("model", "model"), ("sft", "model"), ("aligned", "model"), ("base", "model"),
@@ -331,7 +229,11 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
     @on(Input.Changed)
     @on(Choice.Changed)
     def _edited(self, event: Message) -> None:
-        if self.kind is not None and getattr(event, "control", None) is not None and (event.control.id or "").startswith("f-"):
+        wid = getattr(getattr(event, "control", None), "id", None) or ""
+        if self.kind is not None and wid.startswith("f-"):
+            f = self.form.field(wid)
+            if f is not None and self.form.is_selector(f.name):
+                self.form.show_applicable()  # the method changed: its fields, with what was typed in them
             self._schedule(0.25)
 
     def _schedule(self, delay: float) -> None:
@@ -362,8 +264,7 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
 
     def _show_result(self, r: SF.Validation) -> None:
         names = {f.name for f in self.fields}
-        for f in self.fields:
-            self.query_one(f"#row-{f.name}").set_class(self._field_error(f.name) is not None, "-invalid")
+        self.form.mark({f.name: self._field_error(f.name) for f in self.fields})
         self._show_help()
         status = self.query_one("#form-status", Static)
         status.remove_class("-ok", "-error", "-warn")
@@ -405,7 +306,7 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         wid = getattr(self.focused, "id", None) or ""
         if not wid.startswith("f-"):
             return
-        f = next((x for x in self.fields if x.name == wid[2:]), None)
+        f = self.form.field(wid)
         if f is None:
             return
         err = self._field_error(f.name)
@@ -424,6 +325,7 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         if switcher.current == "form-body" and self.initial is None:
             switcher.current = "kind-menu"
             self.kind = None
+            self.refresh_bindings()
             self.query_one("#form-title", Static).update(f"{self.title_text} · choose a kind or a preset")
             self.query_one("#form-status", Static).update("")
             self.query_one("#kind-menu", OptionList).focus()
@@ -432,6 +334,21 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
 
     def action_toggle_preview(self) -> None:
         self.toggle_class("-preview")
+
+    def action_find_field(self) -> None:
+        """A fuzzy finder (Textual's command palette) over the fields shown; choosing one focuses it."""
+        from functools import partial
+
+        if self.kind is None:
+            self.notify("Choose a kind first", severity="warning")
+            return
+        titles = dict(SF.SECTIONS)
+        common, rest = SF.form_order(self.kind, self.fields)
+        # the focus waits for a refresh: the palette's screen is still closing when the callback runs
+        commands = [(f.name, partial(self.call_after_refresh, self.form.focus_field, f.name),
+                     f.description if f.common else f"Advanced · {titles[f.section]} · {f.description}")
+                    for f in common + rest if f.name in self.form.shown]
+        self.app.search_commands(commands, placeholder="Go to field…")
 
     def action_submit(self) -> None:
         if self.kind is None:
@@ -460,28 +377,3 @@ class NewJobScreen(RecipeMenu, Screen[list[int] | None]):
         span = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs ({ids[0]}–{ids[-1]})"
         self.app.post_message(ActionDone(f"Queued {span}", select_id=ids[0]))
         self.dismiss(ids)
-
-    def action_save(self) -> None:
-        from tui.screens.dialogs import PromptScreen
-
-        if self.kind is None:
-            self.notify("Choose a kind first", severity="warning")
-            return
-        data, errors = SF.collect(self.kind, self.raw_values())
-        stem = str(data.get("name") or self.kind)
-        stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-") or self.kind
-
-        def chosen(path: str | None) -> None:
-            if path:
-                self._save(path, SF.to_yaml(data))
-
-        self.app.push_screen(PromptScreen("Save the spec as (YAML, for `labdeck submit`)", f"{stem}.yaml"), chosen)
-
-    @work(thread=True, group="write", exit_on_error=False)
-    def _save(self, path: str, text: str) -> None:
-        try:
-            written = self.app.source.write_text(path, text)
-        except ActionError as e:
-            self.post_message(ActionDone(f"Not saved: {e}", "warning", changed=False))
-            return
-        self.post_message(ActionDone(f"Saved {written}", changed=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -207,7 +208,7 @@ class PipelineScreen(DataScreen):
                 self._write("cancel", None)
 
         self.app.push_screen(ConfirmScreen(
-            f"Cancel the {len(live)} queued or running jobs of {self.experiment}?",
+            f"Cancel the {len(live)} queued or running jobs of {escape(self.experiment)}?",  # names may hold [ ]
             "Queued jobs never start; running ones are stopped by the worker (SIGTERM, then SIGKILL)."), answered)
 
     async def action_results(self) -> None:
