@@ -35,12 +35,23 @@ def _finetune(method: str, find: str, choose: bool):  # noqa: ANN202
                     and app.screen.query_one(CommandList).highlighted is not None, "the finder's matches")
         if choose:
             await pilot.press("enter")
-            await settle(pilot)
+            # The finder focuses the field and scrolls to it once the fold is laid out: wait for that
+            # state itself (on a loaded machine it takes more than one refresh).
+            await until(pilot, lambda: _in_view(app, f"f-{find}"), f"{find} focused and in view")
         for inp in app.screen.query(Input):  # a blinking cursor would make snapshots flaky
             inp.cursor_blink = False
         await settle(pilot)
 
     return run
+
+
+def _in_view(app, editor_id: str) -> bool:  # noqa: ANN001
+    """The focused widget is `editor_id` and every scrolling container above it shows all of it."""
+    w = app.focused
+    if w is None or w.id != editor_id:
+        return False
+    return all(a.can_view_entire(w) for a in w.ancestors if getattr(a, "is_scrollable", False)
+               and hasattr(a, "can_view_entire"))
 
 
 @SIZES
