@@ -2,7 +2,8 @@
 
 Parses the options, takes the home's single-worker lock (`engine.control.WorkerLock`), optionally
 double-forks into the background with its output on `HOME/worker.log`, tells whoever started it
-one line (`ok: ...`, `busy: ...`, `error: ...`) and runs `engine.worker.WorkerDaemon`. The options
+one line (`ok: ...`, `busy: ...`, `error: ...`) and runs `engine.worker.WorkerDaemon` (the sequence
+`engine.daemonize.serve` shares with the Slurm worker). The options
 of an explicit start are remembered in the store, so a worker started later on demand (by
 `labdeck submit` or the app) runs the same way.
 """
@@ -11,25 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from db.home import ensure_home
 from db.queue import get_setting, set_setting
 from db.session import Store
 from engine import logs
-from engine.control import GPUS_KEY, OPTIONS_KEY, WorkerLock, log_path
+from engine.control import GPUS_KEY, OPTIONS_KEY, log_path
 from engine.daemonize import daemonize as _daemonize
+from engine.daemonize import serve as _serve
 from engine.daemonize import setup_logging as _setup_logging  # noqa: F401 - tests start a worker in-process with it
-from engine.daemonize import tell as _tell
 from engine.rundir import usable_cpus
 
-log = logging.getLogger("labdeck.worker")
+if TYPE_CHECKING:
+    from engine.worker import WorkerDaemon
+
 
 def parse_gpus(text: str | None) -> frozenset[int] | None:
     """'0,2' -> {0, 2}; None, '' or 'all' -> None (every GPU)."""
@@ -126,46 +128,33 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(path=log_path(home))
     else:
         logs.setup(sys.stderr)
-    lock = WorkerLock(home)
-    if not lock.acquire(wait_s=2.0):
-        _tell(ready_fd, f"busy: a worker is already running for {home}")
-        return 0
-    try:
-        store = Store(home)
-        with store.write() as s:
-            try:
-                remembered = json.loads(get_setting(s, OPTIONS_KEY, "") or "{}")
-            except ValueError:
-                remembered = {}
-            if not remembered and get_setting(s, GPUS_KEY, ""):  # a home from before all options were kept
-                remembered = {"gpus": get_setting(s, GPUS_KEY, "")}
-            opts = resolve_options(args, remembered)
-            given = {k: getattr(args, k) for k in REMEMBERED if getattr(args, k) is not None}
-            if given:  # remember for workers started on demand later
-                set_setting(s, OPTIONS_KEY, json.dumps({**remembered, **given}, sort_keys=True))
-                if "gpus" in given:
-                    set_setting(s, GPUS_KEY, "" if parse_gpus(given["gpus"]) is None else given["gpus"])
-        gpus = parse_gpus(opts["gpus"])
-        allocated = allocated_gpus()  # pilot mode, or CUDA_VISIBLE_DEVICES: only those cards
-        if allocated is not None:
-            gpus = allocated if gpus is None else gpus & allocated
-        from engine.worker import Config, WorkerDaemon
+    return _serve(home, ready_fd, lambda store: _local_worker(args, home, store))
 
-        cfg = Config(home=home, gpus=gpus, poll_s=opts["poll"], heartbeat_s=opts["heartbeat"],
-                     kill_grace_s=opts["grace"], cpu_slots=cpu_slots(opts["cpu_slots"]), backfill=bool(opts["backfill"]))
-        daemon = WorkerDaemon(cfg, store)
-        daemon.install_signals()
-        daemon.register()
-    except Exception as e:  # noqa: BLE001 - report why, in one line, to whoever started us
-        log.error("could not start:\n%s", traceback.format_exc())
-        _tell(ready_fd, f"error: {type(e).__name__}: {e}")
-        return 1
-    _tell(ready_fd, f"ok: worker {daemon.worker_id} running (pid {os.getpid()}), log {log_path(home)}")
-    try:
-        return daemon.run()
-    finally:
-        lock.release()
 
+def _local_worker(args: argparse.Namespace, home: Path, store: Store) -> WorkerDaemon:
+    """The local worker with this start's options (remembered for workers started on demand later)."""
+    with store.write() as s:
+        try:
+            remembered = json.loads(get_setting(s, OPTIONS_KEY, "") or "{}")
+        except ValueError:
+            remembered = {}
+        if not remembered and get_setting(s, GPUS_KEY, ""):  # a home from before all options were kept
+            remembered = {"gpus": get_setting(s, GPUS_KEY, "")}
+        opts = resolve_options(args, remembered)
+        given = {k: getattr(args, k) for k in REMEMBERED if getattr(args, k) is not None}
+        if given:  # remember for workers started on demand later
+            set_setting(s, OPTIONS_KEY, json.dumps({**remembered, **given}, sort_keys=True))
+            if "gpus" in given:
+                set_setting(s, GPUS_KEY, "" if parse_gpus(given["gpus"]) is None else given["gpus"])
+    gpus = parse_gpus(opts["gpus"])
+    allocated = allocated_gpus()  # pilot mode, or CUDA_VISIBLE_DEVICES: only those cards
+    if allocated is not None:
+        gpus = allocated if gpus is None else gpus & allocated
+    from engine.worker import Config, WorkerDaemon
+
+    cfg = Config(home=home, gpus=gpus, poll_s=opts["poll"], heartbeat_s=opts["heartbeat"],
+                 kill_grace_s=opts["grace"], cpu_slots=cpu_slots(opts["cpu_slots"]), backfill=bool(opts["backfill"]))
+    return WorkerDaemon(cfg, store)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,19 +1,31 @@
-"""Detaching the worker from the terminal that started it, and telling that terminal how it went.
+"""Starting a worker process: detaching it from the terminal, taking the home's lock, telling
+whoever started it how it went.
 
-Shared by the local worker (`engine.daemon`) and the Slurm one (`engine.executors.slurm_start`):
-a double fork into a new session with output on `HOME/worker.log`, and one readiness line
-(`ok: ...`, `busy: ...`, `error: ...`) written back through a pipe.
+Shared by the local worker (`engine.daemon`) and the Slurm one (`engine.executors.slurm_start`), so
+both start the same way and a fix to the sequence reaches both: a double fork into a new session
+with output on `HOME/worker.log`; `serve`, which takes the single-worker lock, builds and registers
+the worker, writes one readiness line (`ok: ...`, `busy: ...`, `error: ...`) back through a pipe
+and runs it until it is stopped.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from db.session import Store
 from engine import logs
-from engine.control import log_path
+from engine.control import WorkerLock, log_path
+
+if TYPE_CHECKING:
+    from engine.worker import WorkerDaemon
+
+log = logging.getLogger("labdeck.worker")
 
 
 def setup_logging(stream: Any) -> None:
@@ -65,3 +77,30 @@ def tell(fd: int | None, line: str) -> None:
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
+
+
+def serve(home: Path, ready_fd: int | None, build: Callable[[Store], WorkerDaemon], where: str = "") -> int:
+    """Run one worker for `home`: take the single-worker lock, `build` the worker on a new store,
+    register it, tell whoever started us (`ready_fd`, or stdout) and run it until it is stopped.
+
+    Another worker holding the lock is not an error (`busy: ...`, exit 0): starting on demand races
+    are harmless. A failure while building says why in one line and in the log (exit 1).
+    `where` completes the `ok` line (" on Slurm").
+    """
+    lock = WorkerLock(home)
+    if not lock.acquire(wait_s=2.0):
+        tell(ready_fd, f"busy: a worker is already running for {home}")
+        return 0
+    try:
+        daemon = build(Store(home))
+        daemon.install_signals()
+        daemon.register()
+    except Exception as e:  # noqa: BLE001 - report why, in one line, to whoever started us
+        log.error("could not start:\n%s", traceback.format_exc())
+        tell(ready_fd, f"error: {type(e).__name__}: {e}")
+        return 1
+    tell(ready_fd, f"ok: worker {daemon.worker_id} running{where} (pid {os.getpid()}), log {log_path(home)}")
+    try:
+        return daemon.run()
+    finally:
+        lock.release()

@@ -14,23 +14,17 @@ import argparse
 import ctypes
 import ctypes.util
 import json
-import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 from db.home import set_runs_dir
 from db.queue import get_setting, set_setting
 from db.session import Store
-from engine.control import WorkerLock, log_path
-from engine.daemonize import daemonize, setup_logging, tell
+from engine.daemonize import daemonize, serve, setup_logging
 from engine.executors import slurm as sl
 from engine.executors.slurm_worker import SlurmConfig, SlurmWorker
 from engine.jobstate import Config
-
-log = logging.getLogger("labdeck.worker")
 
 EXECUTOR_KEY = "worker_executor"  # JSON of the last `worker start --executor slurm ...` options
 
@@ -127,24 +121,11 @@ def run(args: argparse.Namespace, home: Path) -> int:
         return 2
     ready_fd = daemonize(home) if args.detach else None
     setup_logging(sys.stderr)
-    lock = WorkerLock(home)
-    if not lock.acquire(wait_s=2.0):
-        tell(ready_fd, f"busy: a worker is already running for {home}")
-        return 0
-    try:
-        store = Store(home)
+
+    def build(store: Store) -> SlurmWorker:
         opts = resolve_options(store, args)
         given = {"poll_s": args.poll, "heartbeat_s": args.heartbeat, "kill_grace_s": args.grace}
         cfg = Config(home=home, **{k: v for k, v in given.items() if v is not None})
-        daemon = SlurmWorker(cfg, slurm_config(opts), store)
-        daemon.install_signals()
-        daemon.register()
-    except Exception as e:  # noqa: BLE001 - report why, in one line, to whoever started us
-        log.error("could not start:\n%s", traceback.format_exc())
-        tell(ready_fd, f"error: {type(e).__name__}: {e}")
-        return 1
-    tell(ready_fd, f"ok: worker {daemon.worker_id} running on Slurm (pid {os.getpid()}), log {log_path(home)}")
-    try:
-        return daemon.run()
-    finally:
-        lock.release()
+        return SlurmWorker(cfg, slurm_config(opts), store)
+
+    return serve(home, ready_fd, build, " on Slurm")

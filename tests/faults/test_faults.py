@@ -162,7 +162,9 @@ def test_disk_full(tmp_path) -> None:
         (marks / "end").touch()  # the job ends with exit 0 on a full disk
         rd = h.home / "runs" / str(filler)
         h.wait(lambda: (rd / "exit.json").exists(), what="the exit record")
-        time.sleep(0.5)  # a few rounds on a full disk
+        out = h.root / "worker.out"  # off the full disk: the worker's own output
+        h.wait(lambda: "database or disk is full" in out.read_text(errors="replace"),
+               what="the worker to meet the full disk")
         assert h.worker is not None and h.worker.poll() is None, "the worker died of the full disk"
         (rd / "outputs" / "fill").unlink()
         h.wait(h.all_final, what="every job final")

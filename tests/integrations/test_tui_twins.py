@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tui_helpers import settle
+from tui_helpers import settle, until
 
 from db.models import JobStatus
 from db.queue import claim, enqueue, record_metrics, transition
@@ -53,11 +53,8 @@ async def test_compare_overlays_the_loss_curves_of_marked_jobs(sweep_home) -> No
         specs = app.source.specs(ids[:3])
         app.push_screen(CompareScreen(specs))
         await settle(pilot)
-        for _ in range(20):
-            chart = app.screen.query_one("#compare-curves", MetricChart)
-            if chart.series:
-                break
-            await pilot.pause(0.05)
+        chart = app.screen.query_one("#compare-curves", MetricChart)
+        await until(pilot, lambda: bool(chart.series), "the compared jobs' curves")
         assert list(chart.series) == [f"#{i}" for i in ids[:3]]
         assert all(len(pts) == 5 for pts in chart.series.values()) and not chart.has_class("hidden")
 
@@ -75,11 +72,7 @@ async def test_results_lines_draw_the_metric_against_a_numeric_field(sweep_home)
         screen = app.screen
         assert isinstance(screen, ResultsScreen)
         screen.choose("lr", metric="win_rate", rows="learning_rate", cols=None)
-        for _ in range(40):
-            await settle(pilot)
-            if screen.pivot is not None and screen.pivot.cells:
-                break
-            await pilot.pause(0.05)
+        await until(pilot, lambda: screen.pivot is not None and bool(screen.pivot.cells), "the pivot of lr")
         await pilot.press("l")
         await settle(pilot)
         chart = screen.query_one("#lines-chart", MetricChart)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from worker_helpers import PY, job, submit, wait_for, wait_status, write_script
 from db.models import Job
 from db.queue import claim
 from db.session import Store
+from engine.control import worker_alive
 from engine.executors import Launch
 from engine.executors import slurm as sl
 from engine.executors.slurm_worker import SlurmConfig, SlurmWorker
@@ -52,7 +52,7 @@ def test_kill_9_worker_with_jobs_pending_and_running_adopts_all_runs_none_twice(
         assert pending and job(store, pending[0]).slurm_reason, "a pending job shows Slurm's reason"
         os.kill(w.pid, signal.SIGKILL)
         w.wait(10)
-        time.sleep(1.0)
+        wait_for(lambda: not worker_alive(home), 30, what="the dead worker's lock to be free")
         w = start_process_worker(home)
         for j in ids:
             assert wait_status(store, j, timeout=120) == "succeeded", job(store, j).failure_detail
@@ -90,10 +90,13 @@ def test_slurmctld_restarted_mid_run(cluster, tmp_path: Path) -> None:
     script = write_script(tmp_path, "once.py", ONCE)
     starts = tmp_path / "starts.txt"
     ids = [submit(store, [PY, str(script), str(starts), "8", "0.5"], name=f"j{i}") for i in range(2)]
-    with ThreadSlurmWorker(home):
+    with ThreadSlurmWorker(home) as w:
         wait_for(lambda: all(job(store, j).slurm_state == "RUNNING" for j in ids), 60, what="running")
         cluster.stop_daemon("slurmctld")
-        time.sleep(2.0)  # the worker's squeue fails meanwhile: jobs must stay as they are
+        # Calls are counted as they begin, one at a time: the next one meets no slurmctld, and once the
+        # one after it begins the worker has handled that failed poll; jobs must stay as they are.
+        calls = w.daemon.client.calls.get("squeue", 0)
+        wait_for(lambda: w.daemon.client.calls.get("squeue", 0) >= calls + 2, 120, what="a failed squeue poll")
         assert all(job(store, j).status.value == "running" for j in ids)
         cluster.start_ctld()
         for j in ids:

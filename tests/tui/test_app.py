@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 from textual.binding import Binding
-from tui_helpers import make_app, palette_choose, screen_text, settle
+from tui_helpers import make_app, palette_choose, screen_text, settle, until
 from tui_seed import FROZEN
 
 from db.models import Job
@@ -279,9 +279,5 @@ async def test_after_the_first_screenful_the_store_and_screens_warm_up(home_copy
     app = make_app(home_copy, source=source)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        for _ in range(50):
-            if not source.cold and "tui.screens.new_job" in sys.modules:
-                break
-            await pilot.pause(0.1)
-        assert not source.cold
+        await until(pilot, lambda: not source.cold and "tui.screens.new_job" in sys.modules, "the warm-up")
         assert app.screen.query_one(JobsTable).row_count == 18

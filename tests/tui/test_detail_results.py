@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.widgets import DataTable
-from tui_helpers import make_app, screen_text, settle, type_text
+from tui_helpers import make_app, screen_text, settle, type_text, until
 
 from db.formats import RENDERERS
 from db.queries import experiment_metric
@@ -60,12 +60,11 @@ async def test_log_tail_follows_new_lines_in_batches(app, home_copy, ids) -> Non
         with open(log_path, "a") as fh:
             fh.write("".join(f"step {s} loss 0.5\n" for s in range(630, 1630, 10)))
             fh.write("partial line without newline")
-        for _ in range(30):  # the half-second tail timer, or a nudge when no read is in flight
+        def read() -> bool:  # the half-second tail timer, or a nudge when no read is in flight
             screen._poll_log()
-            await settle(pilot, 1)
-            if log.line_count >= 163:
-                break
-            await pilot.pause(0.1)
+            return log.line_count >= 163
+
+        await until(pilot, read, "the appended lines in the tail")
         assert log.line_count == 163
         assert log.lines[-1] == "step 1620 loss 0.5"  # the partial line waits for its newline
 

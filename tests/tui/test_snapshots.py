@@ -112,11 +112,6 @@ def test_results_spec_diff(snap_compare, seeded_dir, ids) -> None:  # noqa: ANN0
     assert snap_compare(app, run_before=_steps(f"@{ids['failed']}", "2", "v", after=_win_rate))
 
 
-def test_cancel_confirmation(snap_compare, seeded_dir, ids) -> None:  # noqa: ANN001
-    app = make_app(seeded_dir[0])
-    assert snap_compare(app, run_before=_steps(f"@{ids['running']}", "c"))
-
-
 def test_compare_marked_jobs(snap_compare, seeded_dir) -> None:  # noqa: ANN001
     app = make_app(seeded_dir[0])
     assert snap_compare(app, run_before=_steps("@3", "space", "space", "space", "v"))
@@ -144,3 +139,9 @@ def test_job_detail_spec_tab(snap_compare, seeded_dir, ids, size) -> None:  # no
     app = make_app(seeded_dir[0])
     assert snap_compare(app, terminal_size=size, run_before=_steps(f"@{ids['running']}", "enter", "s"))
 
+
+
+@SIZES
+def test_job_detail_artifacts_tab(snap_compare, seeded_dir, ids, size) -> None:  # noqa: ANN001
+    app = make_app(seeded_dir[0])
+    assert snap_compare(app, terminal_size=size, run_before=_steps(f"@{ids['running']}", "enter", "a"))

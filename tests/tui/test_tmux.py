@@ -52,11 +52,10 @@ class Tmux:
         return self._tmux("capture-pane", "-p", "-t", "w")
 
     def keys(self, *keys: str, literal: bool = False) -> None:
+        # A terminal app cannot tell Escape-then-q from alt+q (ESC q) but by time: a person never
+        # types them 1 ms apart, a script does. So after an Escape the tests wait for the screen
+        # the Escape leads to before the next key.
         self._tmux("send-keys", "-t", "w", *(["-l"] if literal else []), *keys)
-        if "Escape" in keys:
-            # A terminal app cannot tell Escape-then-q from alt+q (ESC q) but by time; a person
-            # never types them 1 ms apart, a script does.
-            time.sleep(0.3)
 
     def wait_for(self, *texts: str, timeout: float = 20.0) -> str:
         """Wait until any of `texts` shows; the screen then."""
@@ -110,6 +109,7 @@ def test_new_user_queues_a_job_from_the_menus_and_quits(tmp_path: Path) -> None:
         t.keys("2")  # results of its experiment
         t.wait_for("no job has reported a metric yet")
         t.keys("Escape")
+        t.wait_for("jobs 1–1 of 1")
         t.keys("q")
         end = time.monotonic() + 10
         while t.alive() and time.monotonic() < end:
@@ -155,9 +155,9 @@ def test_a_pipeline_at_120_columns_full_names_its_metric_and_its_stages(tmp_path
         for word in ("demo-car", "build", "generate", "compat", "sft", "answer", "judge", "teacher-a", "student-qwen"):
             assert word in screen, word
         t.keys("Enter")
-        t.wait_for("columns teacher × student")
+        t.wait_for("31 jobs · columns teacher × student")  # the pipeline (the preview says "enter opens it")
         t.keys("Escape")
-        t.wait_for("experiments 1–1 of 1")
+        t.wait_for("enter opens it")  # back on the experiments
         t.keys("q")
         end = time.monotonic() + 10
         while t.alive() and time.monotonic() < end:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -73,10 +72,10 @@ def test_start_status_stop(tmp_path, home, store):
     r = labdeck(home, "worker", "stop")
     assert "1 running job(s) finish first" in r.stdout, r.stdout
     b = submit(store, script=slow)
-    time.sleep(0.5)
-    assert worker_alive(home)  # a graceful stop waits for the running job
+    wait_for(lambda: worker_row_state(store) == "stopping", what="the worker to take the stop request")
+    assert worker_alive(home)
     release.touch()
-    wait_status(store, a, "succeeded")
+    wait_status(store, a, "succeeded")  # recorded: the worker waited for the running job (nothing else records it)
     wait_for(lambda: not worker_alive(home), timeout=10, what="the worker to exit")
     assert status(store, b) == "queued"  # a stopping worker starts nothing new
     r = labdeck(home, "worker", "status")
@@ -159,13 +158,22 @@ def test_closing_the_terminal_does_not_stop_jobs(tmp_path, home, store):
         assert worker and worker_alive(home)
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], timeout=30)
-    time.sleep(0.5)
-    assert worker_alive(home) and pid_alive(worker)
+    # the job ends after the terminal closed; only a live worker records it, and it is still the same one
     wait_status(store, jid, "succeeded", timeout=30)
+    assert worker_alive(home) and pid_alive(worker) and lock_owner_pid(home) == worker
     from worker_helpers import metrics
 
     assert len(metrics(store, jid)) == 30
     labdeck(home, "worker", "stop", "--wait")
+
+
+def worker_row_state(store):  # noqa: ANN001
+    from sqlalchemy import select
+
+    from db.models import Worker
+
+    with store.read() as s:
+        return s.execute(select(Worker.state).order_by(Worker.id.desc())).scalars().first()
 
 
 def store_ids(store):  # noqa: ANN001

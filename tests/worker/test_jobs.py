@@ -149,13 +149,13 @@ def test_priority_then_oldest(tmp_path, store, home):
 def test_drain_finishes_running_and_starts_nothing(tmp_path, store, home):
     slow = write_script(tmp_path, "slow.py", "import time; time.sleep(1.0)")
     a = submit(store, script=slow)
-    with ThreadWorker(home):
+    with ThreadWorker(home) as w:
         wait_status(store, a, "running")
         with store.write() as s:
             set_queue_state(s, "draining")
         b = submit(store, script=slow)
         wait_status(store, a, "succeeded")
-        time.sleep(0.5)
+        w.wait_rounds(3)  # the round that recorded a's end, and two more: any of them would have started b
         assert status(store, b) == "queued"
         with store.write() as s:
             set_queue_state(s, "running")

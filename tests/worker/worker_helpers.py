@@ -98,14 +98,33 @@ class ThreadWorker:
         inventory = defaults.pop("inventory", None) or open_inventory()
         self.daemon = WorkerDaemon(Config(home=home, **defaults), inventory=inventory)
         self._stop = threading.Event()
+        self._round = threading.Condition()
+        self.rounds = 0  # rounds the worker has finished
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         try:
-            self.daemon.run(until=self._stop.is_set)
+            self.daemon.run(until=self._round_done)
         except BaseException as e:  # noqa: BLE001
             self.error = e
+
+    def _round_done(self) -> bool:
+        """Called by the worker after each round (`WorkerDaemon.run(until=...)`)."""
+        with self._round:
+            self.rounds += 1
+            self._round.notify_all()
+        return self._stop.is_set()
+
+    def wait_rounds(self, n: int = 2, timeout: float = 20.0) -> None:
+        """Wait until the worker has finished `n` more rounds: whatever a round would do with the store
+        as it is now (start a job, record one) has been done. A check that something did NOT happen
+        follows this, never a guessed delay."""
+        with self._round:
+            target = self.rounds + n
+            ok = self._round.wait_for(lambda: self.rounds >= target or not self.thread.is_alive(), timeout)
+        assert self.error is None, self.error
+        assert ok and self.rounds >= target, f"the worker did not finish {n} rounds in {timeout}s"
 
     def __enter__(self) -> ThreadWorker:
         self.daemon.register()

@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from tui.messages import DiskLoaded, ExperimentsLoaded, PipelineLoaded
@@ -25,6 +25,7 @@ from tui.screens.experiment_actions import ExperimentActions
 from tui.screens.prune_dialog import PruneActions
 from tui.source import JobQuery
 from tui.source_experiments import EXPERIMENTS_PAGE
+from tui.widgets.filter_line import FilterLine
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
 
@@ -55,7 +56,6 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
     DEFAULT_CSS = """
     #experiments-table { height: auto; max-height: 50%; scrollbar-size-vertical: 1; }
     #experiments-preview { height: 1fr; padding: 0 1; border-top: solid $panel; }
-    #experiments-filter { dock: bottom; margin-bottom: 1; height: 1; border: none; }
     #experiments-empty { height: auto; padding: 1 2; color: $text-muted; }
     """
 
@@ -81,7 +81,6 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
         self.page = None  # tui.source_experiments.ExperimentsPage
         self.disk: dict[str, int] = {}
         self._layout: list[tuple[str, str, int]] = []
-        self._timer = None
         self._preview_timer = None
         self.preview = None  # db.experiments.Pipeline of the highlighted experiment
         self.show_archived = False  # `A`: archived experiments listed too
@@ -94,8 +93,8 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
                      id="experiments-empty")
         with VerticalScroll(id="experiments-preview"):
             yield Static("", id="experiments-pipeline")
-        yield Input(placeholder="filter: text  status:failed   (enter keeps, escape clears)",
-                    id="experiments-filter", compact=True, classes="hidden")
+        yield FilterLine("filter: text  status:failed   (enter keeps, escape clears)",
+                         id="experiments-filter")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -272,36 +271,22 @@ class ExperimentsScreen(PruneActions, ExperimentActions, DataScreen):
             self.load()
 
     def action_filter(self) -> None:
-        box = self.query_one("#experiments-filter", Input)
-        box.remove_class("hidden")
-        box.focus()
+        self.query_one(FilterLine).open()
 
     async def action_clear_filter(self) -> None:
-        box = self.query_one("#experiments-filter", Input)
-        if not box.value and not self.query_spec.filtered and box.has_class("hidden"):
+        line = self.query_one(FilterLine)
+        if not line.is_open and not self.query_spec.filtered:
             await self.app.run_action("show_jobs")  # nothing to clear: back to the jobs
             return
-        box.value = ""
-        box.add_class("hidden")
+        line.close()
         self.query_one("#experiments-table").focus()
         self.set_filter("")
 
-    @on(Input.Changed, "#experiments-filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        value = event.value
-        self._timer = self.set_timer(0.15, lambda: self.set_filter(value))
-
-    @on(Input.Submitted, "#experiments-filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        if self._timer is not None:
-            self._timer.stop()
-        self.set_filter(event.value)
-        if not event.value:
-            event.input.add_class("hidden")
-        self.query_one("#experiments-table").focus()
+    @on(FilterLine.Applied, "#experiments-filter")
+    def _filter_applied(self, event: FilterLine.Applied) -> None:
+        self.set_filter(event.text)
+        if event.submitted:
+            self.query_one("#experiments-table").focus()
 
     def set_filter(self, text: str) -> None:
         query = JobQuery.parse(text)

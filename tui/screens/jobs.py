@@ -11,12 +11,13 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from tui.messages import JobsLoaded
 from tui.screens.common import DataScreen, JobActions
 from tui.source import PAGE_SIZE, JobQuery
+from tui.widgets.filter_line import FilterLine
 from tui.widgets.jobs_table import JobsTable
 from tui.widgets.key_bar import KeyBar
 from tui.widgets.status_bar import StatusBar
@@ -50,7 +51,6 @@ class JobsScreen(JobActions, DataScreen):
         self.metric: str | None = None
         self.metric_chosen = False
         self.metric_names: list[str] = []
-        self._filter_timer = None
         self._pending_select: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -58,8 +58,8 @@ class JobsScreen(JobActions, DataScreen):
         yield Static("jobs …", id="jobs-info", classes="info-line")
         yield JobsTable(id="jobs-table")
         yield Static("No jobs yet. Press [b]n[/b] to queue one, or [b]?[/b] for every key.", id="jobs-empty")
-        yield Input(placeholder="filter: text  status:running  kind:finetune  exp:NAME   (enter keeps, escape clears)",
-                    id="jobs-filter", compact=True, classes="hidden")
+        yield FilterLine("filter: text  status:running  kind:finetune  exp:NAME   (enter keeps, escape clears)",
+                         id="jobs-filter")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -167,15 +167,12 @@ class JobsScreen(JobActions, DataScreen):
         self.action_open()
 
     def action_filter(self) -> None:
-        box = self.query_one("#jobs-filter", Input)
-        box.remove_class("hidden")
-        box.focus()
+        self.query_one(FilterLine).open()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#jobs-filter", Input)
-        had = bool(box.value) or self.query_spec.filtered
-        box.value = ""
-        box.add_class("hidden")
+        line = self.query_one(FilterLine)
+        had = bool(line.value) or self.query_spec.filtered
+        line.close()
         self.query_one(JobsTable).focus()
         if had:
             self._set_query(JobQuery(sort=self.query_spec.sort))
@@ -184,22 +181,11 @@ class JobsScreen(JobActions, DataScreen):
             self.query_one(JobsTable).set_marked(self.marked)
             self._update_info()
 
-    @on(Input.Changed, "#jobs-filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        value = event.value
-        self._filter_timer = self.set_timer(0.15, lambda: self._set_query(JobQuery.parse(value, self.query_spec.sort)))
-
-    @on(Input.Submitted, "#jobs-filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        self._set_query(JobQuery.parse(event.value, self.query_spec.sort))
-        if not event.value:
-            event.input.add_class("hidden")
-        self.query_one(JobsTable).focus()
+    @on(FilterLine.Applied, "#jobs-filter")
+    def _filter_applied(self, event: FilterLine.Applied) -> None:
+        self._set_query(JobQuery.parse(event.text, self.query_spec.sort))
+        if event.submitted:
+            self.query_one(JobsTable).focus()
 
     def _set_query(self, query: JobQuery) -> None:
         if query != self.query_spec:
@@ -209,9 +195,7 @@ class JobsScreen(JobActions, DataScreen):
 
     def set_filter(self, text: str) -> None:
         """Filter as if `text` was typed after `/` (the palette's filter commands use this)."""
-        box = self.query_one("#jobs-filter", Input)
-        box.value = text
-        box.set_class(not text, "hidden")
+        self.query_one(FilterLine).show_text(text)
         self._set_query(JobQuery.parse(text, self.query_spec.sort))
 
     def action_sort(self) -> None:

@@ -164,7 +164,9 @@ class RecipeScreen(Screen[list[int] | None]):
         for f in self.fields:
             self._check(f.name, f.value)
         if self.fields:
-            self.query_one(f"#var-{self.fields[0].name}", Input).focus()
+            # the first field is at the top already; scrolling it "into view" before the form's
+            # layout settled would hide its label (and made the first frame differ run to run)
+            self.query_one(f"#var-{self.fields[0].name}", Input).focus(scroll_visible=False)
         self._refresh_preview()
 
     def values(self) -> dict[str, str]:
