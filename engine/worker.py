@@ -58,8 +58,8 @@ from engine.executors import Executor, Launch, local
 from engine.gpus import Gpu, Inventory, SnapshotMeta, open_inventory, snapshot_json
 from engine.jobstate import Config, Running, changed_log_tails, record_end, record_failed_starts
 from engine.logs import RateLimited
+from engine.outputs import PRIMARY_OUTPUT
 from engine.rundir import LOG_FILE, cpu_job_threads, job_env, prepare_run_dir
-from engine.specs import PRIMARY_OUTPUT
 
 log = logging.getLogger("labdeck.worker")
 

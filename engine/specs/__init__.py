@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from engine.outputs import PRIMARY_OUTPUT  # re-exported: what a stage's `output` means
 from engine.specs.base import JobSpecBase, RetryPolicy, parse_duration
 from engine.specs.command import CommandSpec
 from engine.specs.common import DatasetRef, ModelRef
@@ -31,15 +32,6 @@ JobSpec = Annotated[
     CommandSpec | GenerateSpec | ScoreSpec | FinetuneSpec | MergeSpec, Field(discriminator="kind")
 ]
 _ADAPTER: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
-
-# Where each kind puts its main result inside its run folder: what `${stages.X.output}` names.
-PRIMARY_OUTPUT = {
-    "command": "outputs",
-    "generate": "outputs/records.jsonl",
-    "score": "outputs/records.jsonl",
-    "finetune": "outputs/model",
-    "merge": "outputs/model",
-}
 
 
 def parse_spec(data: Any) -> JobSpecBase:
