@@ -222,7 +222,8 @@ def test_endpoint_judge_gets_the_grading_prompt(tmp_path: Path) -> None:
         server.shutdown()
     assert res.returncode == 0, res.errors()
     assert [o["correct"] for o in res.records()] == [int(i % 3 != 0) for i in range(24)]
-    first = _Grader.bodies[0]
+    # requests go out concurrently: take record 0's by its question, not by arrival order
+    first = next(b for b in _Grader.bodies if "what is 0 plus one?" in b["messages"][1]["content"])
     # calibration-tuning's request: no temperature, no max_tokens (the API defaults)
     assert first["model"] == "gpt-3.5-turbo-1106" and "temperature" not in first and "max_tokens" not in first
     assert first["messages"][0]["content"] == "You are an automated grading assistant helping a teacher grade student answers."
