@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
-import psutil
 import pytest
+from worker_helpers import kill_strays
 
 
 @pytest.fixture(autouse=True)
@@ -13,18 +11,4 @@ def no_stray_processes(tmp_path: Path):
     """Whatever a test started under its home (jobs, workers) is killed afterwards, so a failing
     test does not leave processes running on a shared machine."""
     yield
-    root = str(tmp_path)
-    me = os.getpid()
-    for p in psutil.process_iter(["pid"]):
-        if p.pid == me:
-            continue
-        try:
-            env = p.environ()
-            cmd = " ".join(p.cmdline())
-        except (psutil.Error, OSError):
-            continue
-        if env.get("LABDECK_RUN_DIR", "").startswith(root) or (root in cmd and "engine.daemon" in cmd):
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
+    kill_strays(tmp_path)

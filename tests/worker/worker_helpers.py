@@ -231,3 +231,24 @@ def fake_gpus(path: Path, gpus: list[dict[str, Any]]) -> Path:
 def gpu(index: int, total_mb: float = 81920, used_mb: float = 0, processes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"index": index, "name": f"Fake H100 {index}", "mem_total_mb": total_mb, "mem_used_mb": used_mb,
             "util_pct": 0, "processes": processes or []}
+
+
+def kill_strays(root: Path) -> None:
+    """SIGKILL every process a test started under `root`: jobs (their LABDECK_RUN_DIR) and worker
+    daemons (their --home), so a failing test leaves nothing running on a shared machine."""
+    import psutil
+
+    me = os.getpid()
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == me:
+            continue
+        try:
+            env = p.environ()
+            cmd = " ".join(p.cmdline())
+        except (psutil.Error, OSError):
+            continue
+        if env.get("LABDECK_RUN_DIR", "").startswith(str(root)) or (str(root) in cmd and "engine.daemon" in cmd):
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
