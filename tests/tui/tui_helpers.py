@@ -76,18 +76,33 @@ async def type_text(pilot, text: str) -> None:  # noqa: ANN001
 
 
 async def palette_choose(pilot, query: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
-    """Type `query` into the open command palette and run the first match once the search has
-    listed it (the search is asynchronous: a fixed pause is too short on a loaded machine)."""
+    """Type `query` into the open command palette and run the first match once the search *for the
+    whole query* has finished. The palette searches asynchronously after each key, so until the last
+    search ends the list may still hold an earlier prefix's hits ("gradc" lists
+    gradient_accumulation_steps before gradient_checkpointing): choosing then picks the wrong one."""
     import time
 
-    from textual.command import CommandList
+    from textual.command import CommandInput, CommandList
 
     await type_text(pilot, query)
+    palette = pilot.app.screen
+    group = getattr(palette, "_GATHER_COMMANDS_GROUP", None)
+
+    def ready() -> bool:
+        found = palette.query(CommandList)
+        if not found or palette.query_one(CommandInput).value != query:
+            return False
+        if any(w.group == group and not w.is_finished for w in palette.workers):
+            return False  # a search is still running (or queued): the list may be an earlier prefix's
+        hits = found.first()
+        if not hits.option_count or hits.highlighted is None:
+            return False
+        chosen = str(hits.get_option_at_index(hits.highlighted).prompt).lower()
+        letters = iter(chosen)  # the hit fuzzy-matches the whole query: its letters appear in order
+        return all(c in letters for c in query.lower() if not c.isspace())
+
     deadline = time.monotonic() + timeout_s
-    while True:
-        await pilot.pause(0.05)
-        found = pilot.app.screen.query(CommandList)
-        if found and found.first().option_count and found.first().highlighted is not None:
-            break
+    while not ready():
         assert time.monotonic() < deadline, f"the palette listed nothing for {query!r}"
+        await pilot.pause(0.05)
     await pilot.press("enter")
