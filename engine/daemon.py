@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 from db.home import ensure_home
 from db.queue import get_setting, set_setting
 from db.session import Store
-from engine import logs
-from engine.control import GPUS_KEY, OPTIONS_KEY, log_path
+from engine.control import GPUS_KEY, OPTIONS_KEY
 from engine.daemonize import daemonize as _daemonize
 from engine.daemonize import serve as _serve
-from engine.daemonize import setup_logging as _setup_logging  # noqa: F401 - tests start a worker in-process with it
+from engine.daemonize import setup_logging
 from engine.rundir import usable_cpus
 
 if TYPE_CHECKING:
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would hide how jobs ended
     ready_fd = _daemonize(home) if args.detach else None
-    if args.detach:  # stdout/stderr stay on worker.log for a crash's last words; log lines rotate
-        logs.setup(path=log_path(home))
-    else:
-        logs.setup(sys.stderr)
+    setup_logging(home, args.detach)
     return _serve(home, ready_fd, lambda store: _local_worker(args, home, store))
 
 

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("labdeck.worker")
 
 
-def setup_logging(stream: Any) -> None:
-    logs.setup(stream)
+def setup_logging(home: Path, detached: bool, stream: Any = None) -> None:
+    """Where a worker's log lines go: a detached worker (local or Slurm) writes the size-rotated
+    `HOME/worker.log`, whose stdio also catches a crash's last words; one in a terminal writes to
+    `stream` (stderr by default)."""
+    if detached:
+        logs.setup(path=log_path(home))
+    else:
+        logs.setup(stream if stream is not None else sys.stderr)
 
 
 def daemonize(home: Path) -> int:

@@ -58,7 +58,7 @@ def save_spec(home: Path, name: str, text: str) -> Path:
 
 
 def exists(home: Path, name: str) -> bool:
-    """Whether a saved spec of that name is there already (so the composer can say it replaced it)."""
+    """Whether a saved spec of that name is there already (so the composer asks before replacing it)."""
     try:
         return (specs_dir(home) / f"{spec_name(name)}.yaml").is_file()
     except SpecNameError:

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
         print(f"labdeck: {why}", file=sys.stderr)
         return 2
     ready_fd = daemonize(home) if args.detach else None
-    setup_logging(sys.stderr)
+    setup_logging(home, args.detach)
 
     def build(store: Store) -> SlurmWorker:
         opts = resolve_options(store, args)

@@ -17,7 +17,7 @@ from db.models import Job
 from db.session import Store
 from tui import spec_fields as SF
 from tui.saved_specs import SpecNameError, exists, list_specs, save_spec
-from tui.screens.dialogs import PromptScreen
+from tui.screens.dialogs import ConfirmScreen, PromptScreen
 from tui.screens.new_job import NewJobScreen
 from tui.screens.recipe import RecipeScreen
 
@@ -209,10 +209,28 @@ async def test_a_saved_spec_is_listed_in_the_menu_and_queues_what_the_cli_queues
         await settle(pilot)
         saved = home_copy / "specs" / "lora-two-seeds.yaml"
         assert saved.is_file() and stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+        first = saved.read_text()
+        screen.set_value("description", "LoRA SFT, two seeds (v2)")
+        for answer, expected in (("n", first), ("y", None)):  # the same name again: asked, and only a yes replaces
+            await pilot.press("ctrl+t")
+            await settle(pilot)
+            await pilot.press("ctrl+u")
+            await type_text(pilot, "lora-two-seeds")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the replace question")
+            assert "Replace the saved spec 'lora-two-seeds'?" in screen_text(app)
+            await pilot.press(answer)
+            await settle(pilot)
+            assert app.screen is screen
+            if expected is not None:
+                assert saved.read_text() == expected
+                assert any("already has 'lora-two-seeds'" in n.message for n in app._notifications)
+        await until(pilot, lambda: "(v2)" in saved.read_text(), "the spec replaced after the yes")
+        assert any("it replaced the one saved before" in n.message for n in app._notifications)
         await pilot.press("escape")  # back to the menu, which now lists it with its description
         await settle(pilot)
         menu = app.screen.query_one("#kind-menu", OptionList)
-        assert "LoRA SFT, two seeds" in str(menu.get_option("saved:lora-two-seeds").prompt)
+        assert "LoRA SFT, two seeds (v2)" in str(menu.get_option("saved:lora-two-seeds").prompt)
         await _choose(pilot, "saved:lora-two-seeds")
         assert isinstance(app.screen, RecipeScreen)
         await until(pilot, lambda: "queues 2 jobs" in screen_text(app), "the preview of the saved spec")

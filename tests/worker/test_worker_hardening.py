@@ -142,3 +142,21 @@ def test_repeated_warnings_are_rate_limited_and_the_log_rotates(tmp_path) -> Non
     sizes = [p.stat().st_size for p in tmp_path.glob("worker.log*")]
     assert len(sizes) == 1 + logs.BACKUPS and max(sizes) <= 4096 + 200
     logs.setup(sys.stderr)
+
+
+def test_a_detached_worker_of_either_executor_logs_to_the_rotated_worker_log(tmp_path) -> None:
+    """Both `engine.daemon` and the Slurm start go through `setup_logging(home, detached)`."""
+    import logging.handlers
+
+    from engine.daemonize import setup_logging
+
+    try:
+        setup_logging(tmp_path, detached=True)
+        handler, = logging.getLogger("labdeck").handlers
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        assert Path(handler.baseFilename) == tmp_path / "worker.log" and handler.maxBytes == logs.MAX_BYTES
+        logging.getLogger("labdeck.worker").info("adopted job 3")
+        handler.flush()
+        assert "adopted job 3" in (tmp_path / "worker.log").read_text()
+    finally:
+        logs.setup(sys.stderr)

@@ -173,13 +173,13 @@ def fork_worker(home: Path, **config: Any) -> int:
     code = 1
     try:
         from engine.control import WorkerLock
-        from engine.daemon import _setup_logging
+        from engine.daemonize import setup_logging
         from engine.worker import Config, WorkerDaemon
 
         os.setsid()
         fd = os.open(home / "test-worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 2)
-        _setup_logging(sys.stderr)
+        setup_logging(home, detached=False)
         lock = WorkerLock(home)
         if not lock.acquire(5.0):
             os._exit(3)
