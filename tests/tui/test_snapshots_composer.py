@@ -7,9 +7,8 @@ Regenerate with `--snapshot-update` on these test ids, then look at the SVGs bef
 from __future__ import annotations
 
 import pytest
-from textual.command import CommandList
 from textual.widgets import Input
-from tui_helpers import make_app, settle, type_text, until
+from tui_helpers import make_app, palette_searched, settle, until
 
 SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 
@@ -30,9 +29,7 @@ def _finetune(method: str, find: str, choose: bool):  # noqa: ANN202
         await settle(pilot)
         await pilot.press("ctrl+f")
         await settle(pilot)
-        await type_text(pilot, find)
-        await until(pilot, lambda: bool(app.screen.query(CommandList))
-                    and app.screen.query_one(CommandList).highlighted is not None, "the finder's matches")
+        await palette_searched(pilot, find)
         if choose:
             await pilot.press("enter")
             # The finder focuses the field and scrolls to it once the fold is laid out: wait for that

@@ -11,7 +11,7 @@ import pytest
 from test_snapshots import _steps
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, LoadingIndicator, OptionList
-from tui_helpers import make_app, settle, type_text, until
+from tui_helpers import make_app, palette_searched, settle, until
 
 from tui.screens.dialogs import ChoiceScreen, ConfirmScreen, ExportScreen, PromptScreen
 from tui.screens.recipe import RecipeScreen
@@ -91,7 +91,7 @@ def test_command_palette(snap_compare, seeded_dir, size) -> None:  # noqa: ANN00
         await settle(pilot)
         palette = pilot.app.screen
         assert isinstance(palette, CommandPalette)
-        await type_text(pilot, "with status")
+        await palette_searched(pilot, "with status")
         hits = palette.query_one(CommandList)
         busy = palette.query_one(LoadingIndicator)
         await until(pilot, lambda: palette.has_class("-ready") and hits.option_count == 7 and hits.highlighted == 0

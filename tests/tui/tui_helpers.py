@@ -75,11 +75,12 @@ async def type_text(pilot, text: str) -> None:  # noqa: ANN001
     await pilot.press(*(_character_to_key(c) if not c.isalnum() else c for c in text))
 
 
-async def palette_choose(pilot, query: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
-    """Type `query` into the open command palette and run the first match once the search *for the
-    whole query* has finished. The palette searches asynchronously after each key, so until the last
-    search ends the list may still hold an earlier prefix's hits ("gradc" lists
-    gradient_accumulation_steps before gradient_checkpointing): choosing then picks the wrong one."""
+async def palette_searched(pilot, query: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+    """Type `query` into the open command palette and wait until the search *for the whole query*
+    has finished and listed a match. The palette searches asynchronously after each key, so until
+    the last search ends the list may still hold an earlier prefix's hits ("gradc" lists
+    gradient_accumulation_steps before gradient_checkpointing): choosing then picks the wrong one,
+    and a snapshot shows the wrong list."""
     import time
 
     from textual.command import CommandInput, CommandList
@@ -105,4 +106,9 @@ async def palette_choose(pilot, query: str, timeout_s: float = 10.0) -> None:  #
     while not ready():
         assert time.monotonic() < deadline, f"the palette listed nothing for {query!r}"
         await pilot.pause(0.05)
+
+
+async def palette_choose(pilot, query: str, timeout_s: float = 10.0) -> None:  # noqa: ANN001
+    """Type `query` into the open command palette and run the first match of the finished search."""
+    await palette_searched(pilot, query, timeout_s)
     await pilot.press("enter")
