@@ -237,12 +237,16 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
     """Queue a new attempt of a finished job; returns the new job's id.
 
     The new job copies the spec and resource request, links to its parent and keeps the parent's
-    dependencies (so a retried pipeline stage still waits for its upstream).
+    dependencies (so a retried pipeline stage still waits for its upstream). A succeeded fine-tune
+    whose weights `labdeck prune` deleted may be retried too: that rebuilds them. An upstream whose
+    weights were pruned is replaced by its rebuilding attempt, and without one the retry is refused
+    (it would only fail, looking for a model that is gone).
     """
     job = session.get(Job, job_id)
     if job is None:
         raise UnknownJob(f"job {job_id}: no such job")
-    if job.status not in RETRYABLE_STATUSES:
+    rebuild = job.status is S.succeeded and job_id in pruned_jobs(session, [job_id])
+    if job.status not in RETRYABLE_STATUSES and not rebuild:
         raise IllegalTransition(f"job {job_id}: a {job.status.value} job cannot be retried")
     live = session.execute(
         select(Job.id).where(Job.parent_id == job_id, Job.status.in_([S.queued.value, S.running.value]))
@@ -262,14 +266,41 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
     session.add(new)
     session.flush()
     assert new.id is not None
-    deps = session.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars()
-    rows = [{"job_id": new.id, "depends_on_id": d} for d in deps]
+    deps = session.execute(select(JobDependency.depends_on_id).where(JobDependency.job_id == job_id)).scalars().all()
+    rows = [{"job_id": new.id, "depends_on_id": _readable_attempt(session, job_id, d)} for d in deps]
     if rows:
         session.execute(insert(JobDependency), rows)
     # Queued jobs still waiting for this one now wait for (and read the outputs of) the new attempt;
     # jobs already skipped because of it stay skipped unless `retry_with_dependents` brings them back.
     repoint_dependents(session, job_id, new.id)
     return new.id
+
+
+def pruned_jobs(session: Session, ids: Iterable[int]) -> set[int]:
+    """The jobs among `ids` whose model weights `labdeck prune` deleted (their artifact rows say so)."""
+    rows = session.execute(select(Artifact.job_id, Artifact.meta)
+                           .where(Artifact.job_id.in_(list(ids)), Artifact.kind == "model")).all()
+    return {int(j) for j, meta in rows if "pruned_at" in json.loads(meta or "{}")}
+
+
+def _readable_attempt(session: Session, job_id: int, upstream: int) -> int:
+    """The attempt of `upstream` whose outputs a retry of `job_id` can read: `upstream` itself unless
+    its weights were pruned, else its newest retry (transitively) that is queued, running or succeeded
+    with its weights. Raises IllegalTransition when there is none."""
+    if upstream not in pruned_jobs(session, [upstream]):
+        return upstream
+    attempts, frontier = [], [upstream]
+    while frontier:
+        children = session.execute(select(Job.id, Job.status).where(Job.parent_id.in_(frontier))).all()
+        attempts += children
+        frontier = [int(c) for c, _ in children]
+    usable = {S.queued.value, S.running.value, S.succeeded.value}
+    alive = [int(c) for c, st in attempts if JobStatus(st).value in usable]
+    alive = sorted(set(alive) - pruned_jobs(session, alive))
+    if not alive:
+        raise IllegalTransition(f"job {job_id}: it reads job {upstream}'s model, which `labdeck prune` deleted; "
+                                f"retry job {upstream} first to rebuild it")
+    return alive[-1]
 
 
 def retry_with_dependents(session: Session, job_id: int) -> dict[int, int]:

@@ -164,6 +164,37 @@ def test_prune_keeps_the_best_by_final_value_and_marks_the_rest(home: Path, hk, 
     assert again["prune"] == [] and all("pruned before" in i["note"] for i in again["skipped"])
 
 
+def test_a_pruned_model_is_rebuilt_by_a_retry_and_its_readers_retry_after_it(home: Path, hk, capsys) -> None:  # noqa: ANN001
+    """A failed job that read a pruned fine-tune cannot be retried into a sure failure: labdeck says to
+    retry the fine-tune (which rebuilds its weights), and the reader's retry then reads the rebuild."""
+    from db.session import Store
+    from db.stagerefs import targets
+
+    sweep, (reader,) = hk["sweep"], hk["broken"]
+    con = sqlite3.connect(home / "labdeck.db")
+    con.execute("INSERT INTO jobdependency (job_id, depends_on_id) VALUES (?, ?)", (reader, sweep[0]))
+    con.commit()
+    con.close()
+    assert run(capsys, "prune", "lr-sweep", "-n", "2", "-m", "eval_loss", "--yes")[0] == 0
+    code, out, err = run(capsys, "retry", str(reader))
+    assert code == 2 and out == ""
+    assert err == (f"labdeck: job {reader}: it reads job {sweep[0]}'s model, which `labdeck prune` deleted; "
+                   f"retry job {sweep[0]} first to rebuild it\n")
+    code, _, err = run(capsys, "retry", str(sweep[1]))  # kept weights: a succeeded job is still final
+    assert code == 2 and "a succeeded job cannot be retried" in err
+    code, out, _ = run(capsys, "retry", str(sweep[0]), "--json")
+    assert code == 0
+    rebuild = json.loads(out)[0]["new"]
+    code, out, _ = run(capsys, "retry", str(reader), "--json")
+    assert code == 0
+    again = json.loads(out)[0]["new"]
+    assert db_rows(home, f"SELECT depends_on_id FROM jobdependency WHERE job_id = {again}") == [(rebuild,)]
+    store = Store(home)
+    with store.read() as s:  # the stored `${job:S.output}` reference now means the rebuild's folder
+        assert targets(s, again, {sweep[0]})[sweep[0]][0] == rebuild
+    store.dispose()
+
+
 def test_prune_leaves_models_a_live_job_reads_and_paths_outside_the_run_folder(home: Path, hk, capsys,  # noqa: ANN001
                                                                               tmp_path: Path) -> None:
     sweep = hk["sweep"]
