@@ -136,7 +136,7 @@ async def test_an_error_inside_advanced_unfolds_it(read_app) -> None:  # noqa: A
         screen = read_app.screen
         await type_text(pilot, "Qwen/Qwen2.5-0.5B")
         screen.set_value("dataset", "data/train.jsonl")
-        await until(pilot, lambda: "valid" in str(screen.query_one("#form-status").render()), "a valid form")
+        await until(pilot, lambda: "✔ valid" in str(screen.query_one("#form-status").render()), "a valid form")
         assert screen.form.folded
         screen.set_value("warmup_steps", "-5")
         await until(pilot, lambda: screen.query_one("#row-warmup_steps").has_class("-invalid"),

@@ -45,8 +45,7 @@ async def test_new_command_job_from_the_menus_gets_queued(app, home_copy, store_
         # the cursor waits in the first required field that is still empty: the command
         assert app.focused.id == "f-command"
         await type_text(pilot, "python -c 'print(42)'")
-        await settle(pilot)
-        assert "valid" in screen_text(app)
+        await until(pilot, lambda: "✔ valid" in screen_text(app), "the form validated (debounced)")
         await pilot.press("ctrl+s")
         await settle(pilot)
         assert not isinstance(app.screen, NewJobScreen)
