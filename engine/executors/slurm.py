@@ -152,15 +152,22 @@ def write_script(run_dir: Path, text: str) -> Path:
 
 
 def parse_squeue(text: str) -> dict[str, SlurmJob]:
+    """`squeue -o SQUEUE_FORMAT` or `sacct -n -X -P -o JobID,State,Reason,NodeList,JobName` lines.
+
+    sacct writes a cancelled job's state as `CANCELLED by UID` (kept as its reason when it has none)
+    and a pending job's nodes as `None assigned`; squeue writes `(null)` for both blanks."""
     out = {}
     for line in text.splitlines():
         parts = line.strip().split("|", 4)
         if len(parts) != 5 or not parts[0]:
             continue
-        sid, state, reason, nodes, name = parts
-        state = state.split()[0].rstrip("+") if state else ""
-        out[sid] = SlurmJob(sid, state, "" if reason in ("None", "(null)") else reason,
-                            "" if nodes in ("(null)", "") else nodes, name)
+        sid, state_text, reason, nodes, name = parts
+        words = state_text.split()
+        state = words[0].rstrip("+") if words else ""
+        reason = "" if reason in ("None", "(null)") else reason
+        if len(words) > 1 and not reason:
+            reason = " ".join(words[1:])
+        out[sid] = SlurmJob(sid, state, reason, "" if nodes in ("(null)", "", "None assigned") else nodes, name)
     return out
 
 

@@ -61,6 +61,14 @@ def test_squeue_and_scontrol_parsing() -> None:
     jobs = sl.parse_squeue("41|PENDING|Resources|(null)|labdeck-x-1\n42|RUNNING|None|gpu[01-02]|labdeck-x-2\n")
     assert (jobs["41"].state, jobs["41"].reason, jobs["41"].nodes) == ("PENDING", "Resources", "")
     assert (jobs["42"].state, jobs["42"].nodes) == ("RUNNING", "gpu[01-02]")
+    # sacct -n -X -P -o JobID,State,Reason,NodeList,JobName (the path with accounting on)
+    acct = sl.parse_squeue("44|CANCELLED by 1000|None|gpu03|labdeck-x-4\n45|PENDING|Priority|None assigned|labdeck-x-5\n"
+                           "46|OUT_OF_MEMORY|OutOfMemory|gpu04|labdeck-x-6\n")
+    assert (acct["44"].state, acct["44"].reason, acct["44"].nodes) == ("CANCELLED", "by 1000", "gpu03")
+    assert sl.end_of(acct["44"].state, acct["44"].reason, None, None).detail == \
+        "cancelled outside labdeck (Slurm: CANCELLED by 1000)"
+    assert (acct["45"].state, acct["45"].reason, acct["45"].nodes) == ("PENDING", "Priority", "")
+    assert sl.end_of(acct["46"].state, acct["46"].reason, None, None).status == "failed"
     one = sl.parse_scontrol("JobId=43 JobName=labdeck-x-3 JobState=NODE_FAIL Reason=NodeDown NodeList=gpu07 X=1")
     assert one is not None and (one.state, one.reason, one.nodes) == ("NODE_FAIL", "NodeDown", "gpu07")
 
