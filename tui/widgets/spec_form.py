@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from textual.containers import Grid, VerticalScroll
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Collapsible, Input, Label, Static
 
@@ -22,6 +23,11 @@ from tui.widgets.choice import Choice
 
 BOOL_CHOICES = [("true", True), ("false", False)]
 OFF_ON = [("off", False), ("on", True)]  # an expanded block's switch (LoRA): its fields show while on
+
+
+REVEAL_TICK_S = 0.05
+REVEAL_STEADY_TICKS = 4  # in view this many ticks in a row: the fold has settled
+REVEAL_MAX_TICKS = 60  # give up after 3 s (a view too small to hold the editor)
 
 
 class SpecForm(VerticalScroll):
@@ -42,6 +48,7 @@ class SpecForm(VerticalScroll):
         self.fields: list[SF.FieldSpec] = []
         self.advanced: set[str] = set()
         self.shown: set[str] = set()
+        self._revealing: Timer | None = None  # focus_field's re-check, while the fold settles
 
     async def build(self, kind: str, values: dict[str, Any]) -> None:
         self.kind = kind
@@ -151,14 +158,40 @@ class SpecForm(VerticalScroll):
         return self.query_one("#advanced", Collapsible).collapsed
 
     def focus_field(self, name: str) -> None:
-        """Unfold the field's section if needed, focus its editor and scroll it into view."""
+        """Unfold the field's section if needed, focus its editor and keep scrolling it into view
+        until it has stayed there a moment.
+
+        Opening the fold moves the view several frames later, outside our control: the section's
+        layout arrives a refresh after the fold opens, and Textual's Collapsible then scrolls itself
+        into view (animated). One scroll to the editor made too early is undone by those, so a
+        short timer re-checks and scrolls again until the editor has been in view for a few ticks."""
         editor = self.editor(name)
         if name in self.advanced and self.folded:
-            self.unfold()  # the editor has no place on screen until the fold's contents are laid out
-            self.call_after_refresh(self._focus, editor)
-        else:
-            self._focus(editor)
-
-    def _focus(self, editor: Widget) -> None:
+            self.unfold()
         editor.focus(scroll_visible=False)
-        editor.scroll_visible(animate=False)  # itself after the next refresh, once the fold is laid out
+        if self._revealing is not None:
+            self._revealing.stop()
+        steady, focused = [0], [False]
+
+        def keep_in_view() -> None:
+            if self.app.focused is editor:
+                focused[0] = True
+            elif focused[0]:  # the person moved on: leave the view to them
+                self._stop_revealing()
+                return
+            if editor.size and self.can_view_entire(editor):
+                steady[0] += 1
+                if steady[0] >= REVEAL_STEADY_TICKS:
+                    self._stop_revealing()
+                return
+            steady[0] = 0
+            if editor.size:
+                editor.scroll_visible(animate=False, immediate=True)
+
+        self._revealing = self.set_interval(REVEAL_TICK_S, keep_in_view, repeat=REVEAL_MAX_TICKS)
+        self.call_after_refresh(keep_in_view)
+
+    def _stop_revealing(self) -> None:
+        if self._revealing is not None:
+            self._revealing.stop()
+            self._revealing = None
