@@ -169,11 +169,12 @@ class SpecForm(VerticalScroll):
         if name in self.advanced and self.folded:
             self.unfold()
         editor.focus(scroll_visible=False)
-        if self._revealing is not None:
-            self._revealing.stop()
+        self._stop_revealing()  # a field chosen before this one no longer matters
         steady, focused = [0], [False]
 
         def keep_in_view() -> None:
+            if self._revealing is not timer:
+                return  # stopped, or replaced by a later focus_field
             if self.app.focused is editor:
                 focused[0] = True
             elif focused[0]:  # the person moved on: leave the view to them
@@ -188,7 +189,7 @@ class SpecForm(VerticalScroll):
             if editor.size:
                 editor.scroll_visible(animate=False, immediate=True)
 
-        self._revealing = self.set_interval(REVEAL_TICK_S, keep_in_view, repeat=REVEAL_MAX_TICKS)
+        timer = self._revealing = self.set_interval(REVEAL_TICK_S, keep_in_view, repeat=REVEAL_MAX_TICKS)
         self.call_after_refresh(keep_in_view)
 
     def _stop_revealing(self) -> None:
