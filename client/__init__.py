@@ -201,13 +201,24 @@ class Client:
             return [(i, request_cancel(s, i).value) for i in ids]
 
     def retry(self, ids: Sequence[int], alone: bool = False) -> list[dict[int, int]]:
-        """A new attempt of each job (with the jobs skipped because of it unless `alone`): {old: new} each."""
-        from db.queue import IllegalTransition, retry, retry_with_dependents
+        """A new attempt of each job (with the jobs skipped because of it unless `alone`): {old: new} each.
+
+        A job retried before is retried from its newest attempt (the one its pipeline's dependents
+        follow), and only once that attempt has ended; the mapping still names the id given."""
+        from db.queue import IllegalTransition, latest_attempt, retry, retry_with_dependents
 
         try:
             with self.existing_store().write() as s:
                 self._require(s, ids)
-                return [{i: retry(s, i)} if alone else retry_with_dependents(s, i) for i in ids]
+                out = []
+                for i in ids:
+                    target, status = latest_attempt(s, i)
+                    if target != i and not status.is_terminal:
+                        raise ClientError(f"job {i}: its latest attempt, job {target}, is still {status.value}; "
+                                          "one attempt at a time")
+                    done = {target: retry(s, target)} if alone else retry_with_dependents(s, target)
+                    out.append({(i if old == target else old): new for old, new in done.items()})
+                return out
         except IllegalTransition as e:
             raise ClientError(str(e)) from None
 

@@ -276,6 +276,17 @@ def retry(session: Session, job_id: int, *, reason: str = "") -> int:
     return new.id
 
 
+def latest_attempt(session: Session, job_id: int) -> tuple[int, JobStatus]:
+    """The newest attempt in `job_id`'s retry chain (its retries, theirs, ...; itself if none) and its
+    status. A person who retries job 5 after its retry, job 9, also failed means "try again": the new
+    attempt continues from 9, which the pipeline's dependents follow, not beside it from 5."""
+    newest, frontier = job_id, [job_id]
+    while frontier:
+        frontier = [int(c) for c in session.execute(select(Job.id).where(Job.parent_id.in_(frontier))).scalars()]
+        newest = max([newest, *frontier])
+    return newest, _status_of(session, newest)
+
+
 def pruned_jobs(session: Session, ids: Iterable[int]) -> set[int]:
     """The jobs among `ids` whose model weights `labdeck prune` deleted (their artifact rows say so)."""
     rows = session.execute(select(Artifact.job_id, Artifact.meta)

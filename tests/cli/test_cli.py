@@ -120,6 +120,16 @@ def test_retry_brings_back_the_stages_skipped_by_a_failure(tmp_path, home, capsy
     run(capsys, "cancel", str(new_down))
     code, out, _ = run(capsys, "retry", str(down), "--alone")
     assert code == 0 and "skipped dependents" not in out
+    third = int(out.split("->")[1])  # retried from its newest attempt, the one the pipeline follows
+    assert json.loads(run(capsys, "show", str(third), "--json")[1])["parent_id"] == new_down
+    with store.write() as s:  # the first retry of up fails too: retrying up again continues from it
+        s.get(Job, up + 2).status = JobStatus.failed
+        skip_dependents_of_failed(s)
+    code, out, _ = run(capsys, "retry", str(up), "--json")
+    (again,) = json.loads(out)
+    assert code == 0 and again["id"] == up
+    shown = json.loads(run(capsys, "show", str(again["new"]), "--json")[1])
+    assert (shown["parent_id"], shown["attempt"]) == (up + 2, 3)
 
 
 def test_rm_deletes_finished_jobs_with_their_rows_and_folders(tmp_path, home, capsys) -> None:
