@@ -300,13 +300,14 @@ def _readable_attempt(session: Session, job_id: int, upstream: int) -> int:
     with its weights. Raises IllegalTransition when there is none."""
     if upstream not in pruned_jobs(session, [upstream]):
         return upstream
-    attempts, frontier = [], [upstream]
+    attempts: list[tuple[int, JobStatus]] = []
+    frontier = [upstream]
     while frontier:
-        children = session.execute(select(Job.id, Job.status).where(Job.parent_id.in_(frontier))).all()
+        children = [(int(c), JobStatus(st)) for c, st in
+                    session.execute(select(Job.id, Job.status).where(Job.parent_id.in_(frontier))).all()]
         attempts += children
-        frontier = [int(c) for c, _ in children]
-    usable = {S.queued.value, S.running.value, S.succeeded.value}
-    alive = [int(c) for c, st in attempts if JobStatus(st).value in usable]
+        frontier = [c for c, _ in children]
+    alive = [c for c, st in attempts if st in (S.queued, S.running, S.succeeded)]
     alive = sorted(set(alive) - pruned_jobs(session, alive))
     if not alive:
         raise IllegalTransition(f"job {job_id}: it reads job {upstream}'s model, which `labdeck prune` deleted; "
