@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from engine.specfile import SpecError, expand, validate_one
 from engine.specs import KINDS, SPEC_CLASSES, dump_spec, parse_spec
+from engine.specs.command import RESERVED_ENV
 
 NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
@@ -27,10 +28,13 @@ optional_common = {
     "description": TEXT,
 }
 
+# What a valid env may hold: no NUL in a value, and none of the variables labdeck sets itself.
+ENV_NAMES = NAMES.filter(lambda n: n not in RESERVED_ENV and not n.startswith("LABDECK_"))
+
 SPECS = {
     "command": st.fixed_dictionaries(
         {**common, "kind": st.just("command"), "command": st.lists(TEXT.filter(lambda s: "\x00" not in s), min_size=1, max_size=4).filter(lambda c: c[0].strip() != "")},
-        optional={**optional_common, "env": st.dictionaries(NAMES, TEXT, max_size=3)},
+        optional={**optional_common, "env": st.dictionaries(ENV_NAMES, TEXT.filter(lambda s: "\x00" not in s), max_size=3)},
     ),
     "generate": st.fixed_dictionaries(
         {**common, "kind": st.just("generate"), "model": model_ref, "dataset": NAMES},
