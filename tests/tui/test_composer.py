@@ -29,6 +29,14 @@ async def _choose(pilot, option_id: str) -> None:  # noqa: ANN001
     await settle(pilot)
 
 
+async def _new_job(pilot, option_id: str) -> None:  # noqa: ANN001
+    """From a fresh app: open the New-job menu (`n`) and choose `option_id` from it."""
+    await settle(pilot)
+    await pilot.press("n")
+    await settle(pilot)
+    await _choose(pilot, option_id)
+
+
 def _shown(screen, name: str) -> bool:  # noqa: ANN001
     return screen.query_one(f"#f-{name}").display and screen.query_one(f"#row-{name}").display
 
@@ -47,10 +55,7 @@ def test_the_lora_block_is_a_switch_with_a_field_per_setting() -> None:
 
 async def test_lora_sft_shows_the_lora_fields_and_not_dpos_and_keeps_what_was_typed(read_app) -> None:  # noqa: ANN001
     async with read_app.run_test(size=(160, 48)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        await settle(pilot)
-        await _choose(pilot, "preset:finetune: LoRA SFT")
+        await _new_job(pilot, "preset:finetune: LoRA SFT")
         screen = read_app.screen
         assert screen.query_one("#f-lora").value is True
         assert _shown(screen, "lora") and _shown(screen, "lora-r") and _shown(screen, "lora-alpha")
@@ -84,10 +89,7 @@ async def test_lora_sft_shows_the_lora_fields_and_not_dpos_and_keeps_what_was_ty
 
 async def test_gpus_is_within_the_first_ten_tab_stops(read_app) -> None:  # noqa: ANN001
     async with read_app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        await settle(pilot)
-        await _choose(pilot, "kind:finetune")
+        await _new_job(pilot, "kind:finetune")
         read_app.screen.query_one("#f-experiment").focus()
         await pilot.pause()
         seen = [read_app.focused.id]
@@ -107,10 +109,7 @@ async def test_gpus_is_within_the_first_ten_tab_stops(read_app) -> None:  # noqa
 
 async def test_typing_a_field_name_jumps_to_it_and_unfolds_its_section(read_app) -> None:  # noqa: ANN001
     async with read_app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        await settle(pilot)
-        await _choose(pilot, "kind:finetune")
+        await _new_job(pilot, "kind:finetune")
         screen = read_app.screen
         assert screen.form.folded
         await pilot.press("ctrl+f")
@@ -129,10 +128,7 @@ async def test_typing_a_field_name_jumps_to_it_and_unfolds_its_section(read_app)
 
 async def test_an_error_inside_advanced_unfolds_it(read_app) -> None:  # noqa: ANN001
     async with read_app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        await settle(pilot)
-        await _choose(pilot, "kind:finetune")
+        await _new_job(pilot, "kind:finetune")
         screen = read_app.screen
         await type_text(pilot, "Qwen/Qwen2.5-0.5B")
         screen.set_value("dataset", "data/train.jsonl")
@@ -184,10 +180,7 @@ async def test_a_saved_spec_is_listed_in_the_menu_and_queues_what_the_cli_queues
     before = len(_jobs(home_copy))
     app = make_app(home_copy)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        await settle(pilot)
-        await _choose(pilot, "preset:finetune: LoRA SFT")
+        await _new_job(pilot, "preset:finetune: LoRA SFT")
         screen = app.screen
         screen.set_value("description", "LoRA SFT, two seeds")
         screen.set_value("sweep_seeds", "0, 1")

@@ -33,6 +33,14 @@ def _rows(app) -> list[str]:  # noqa: ANN001
     return [str(k.value) for k in app.screen.query_one("#experiments-table", DataTable).rows]
 
 
+async def _experiments_at(pilot, name: str) -> None:  # noqa: ANN001
+    """From a fresh app: open the experiments screen (`e`) with the cursor on experiment `name`."""
+    await settle(pilot)
+    await pilot.press("e")
+    await settle(pilot)
+    await _to(pilot, name)
+
+
 async def _to(pilot, name: str) -> None:  # noqa: ANN001
     """Move the experiments cursor onto `name`."""
     table = pilot.app.screen.query_one("#experiments-table", DataTable)
@@ -77,10 +85,7 @@ async def test_archiving_an_experiment_with_live_jobs_is_refused_with_one_line(h
     home, _ids = hk_home
     app = make_app(home)
     async with app.run_test(size=(160, 36)) as pilot:
-        await settle(pilot)
-        await pilot.press("e")
-        await settle(pilot)
-        await _to(pilot, "busy")
+        await _experiments_at(pilot, "busy")
         await pilot.press("a")
         await settle(pilot)
         assert set(_rows(app)) == {"busy", "lr-sweep"}
@@ -91,10 +96,7 @@ async def test_ctrl_d_asks_naming_jobs_and_disk_then_deletes_rows_and_folders(hk
     home, ids = hk_home
     app = make_app(home)
     async with app.run_test(size=(120, 36)) as pilot:
-        await settle(pilot)
-        await pilot.press("e")
-        await settle(pilot)
-        await _to(pilot, "lr-sweep")
+        await _experiments_at(pilot, "lr-sweep")
         await pilot.press("ctrl+d")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
@@ -122,10 +124,7 @@ async def test_deleting_an_experiment_with_live_jobs_is_refused_before_any_dialo
     home, _ids = hk_home
     app = make_app(home)
     async with app.run_test(size=(160, 36)) as pilot:
-        await settle(pilot)
-        await pilot.press("e")
-        await settle(pilot)
-        await _to(pilot, "busy")
+        await _experiments_at(pilot, "busy")
         await pilot.press("ctrl+d")
         await settle(pilot)
         assert isinstance(app.screen, ExperimentsScreen)
@@ -172,10 +171,7 @@ async def test_K_asks_for_n_and_metric_previews_then_prunes(hk_home) -> None:  #
     sweep = ids["sweep"]
     app = make_app(home)
     async with app.run_test(size=(120, 36)) as pilot:
-        await settle(pilot)
-        await pilot.press("e")
-        await settle(pilot)
-        await _to(pilot, "lr-sweep")
+        await _experiments_at(pilot, "lr-sweep")
         await pilot.press("K")
         await settle(pilot)
         assert isinstance(app.screen, PruneScreen)
